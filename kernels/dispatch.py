@@ -1,0 +1,85 @@
+"""Which backend serves an attention call: one table, one preference list per platform.
+
+| impl     | where                | masks                                   | lse                     | given-lse bwd |
+|----------|----------------------|-----------------------------------------|-------------------------|---------------|
+| `xla`    | any device           | all (segments, positions, Sq != Sk)     | exact, float32          | yes           |
+| `cudnn`  | GPU, bf16/fp16, D%8=0, D<=128 | full, or causal with default positions and Sq == Sk; no segments | cuDNN softmax stats | no |
+| `triton` | CUDA GPU, bf16/fp16, D<=128 | all                              | exact, float32          | yes           |
+| `mosaic` | (planned) Hopper     | all                                     |                         |               |
+
+``auto`` takes the first valid backend of the platform's preference list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from . import cudnn_backend, triton_backend, unavailable, xla_backend
+
+BACKENDS = {
+    "xla": xla_backend,
+    "cudnn": cudnn_backend,
+    "triton": triton_backend,
+    "mosaic": unavailable.mosaic,
+}
+# Fastest first. Unwritten backends report themselves unsupported. `triton` comes
+# after cudnn: 0.53x cuDNN on H100 where both serve (BENCHMARKS.md), but it alone
+# serves packed segments, explicit positions and a given out/lse on GPU.
+AUTO_PREFERENCE = {
+    "gpu": ("mosaic", "cudnn", "triton", "xla"),
+}
+DEFAULT_PREFERENCE = ("xla",)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionCall:
+    """The static facts of one call that decide which backends are valid."""
+
+    platform: str  # "cpu", "gpu", "tpu"
+    dtype: np.dtype
+    head_dim: int
+    q_len: int
+    kv_len: int
+    q_heads: int
+    kv_heads: int
+    causal: bool
+    has_segments: bool  # any segment ids given
+    has_positions: bool  # any positions given
+    given_lse: bool  # the backward entry with a given out/lse
+
+
+def current_platform() -> str:
+    return jax.default_backend()
+
+
+def _checked_on_gpu(backend, call: AttentionCall) -> bool:
+    """Whether ``auto`` may pick ``backend`` for ``call``: head dims it serves but that no GPU run of
+    tests/test_kernels_gpu.py has checked yet (``AUTO_HEAD_DIMS``) are left to an explicit ``impl``."""
+    head_dims = getattr(backend, "AUTO_HEAD_DIMS", None)
+    return head_dims is None or call.head_dim in head_dims
+
+
+def choose(impl: str, call: AttentionCall):
+    """The backend module for ``impl`` ('auto' or a name in BACKENDS).
+
+    Raises NotImplementedError for a planned backend, ValueError for an unknown
+    name or a backend that cannot serve ``call`` (with the reason).
+    """
+    if impl == "auto":
+        for name in AUTO_PREFERENCE.get(call.platform, DEFAULT_PREFERENCE):
+            backend = BACKENDS[name]
+            if backend.unsupported(call) is None and _checked_on_gpu(backend, call):
+                return backend
+        raise ValueError(f"no attention backend can serve {call}")
+    if impl not in BACKENDS:
+        raise ValueError(f"impl must be 'auto' or one of {sorted(BACKENDS)}, got {impl!r}")
+    backend = BACKENDS[impl]
+    if isinstance(backend, unavailable.Unavailable):
+        backend.attention()  # raises NotImplementedError with the plan and the alternatives
+    reason = backend.unsupported(call)
+    if reason is not None:
+        raise ValueError(f"impl={impl!r} cannot serve this call: {reason}")
+    return backend

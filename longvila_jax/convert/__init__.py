@@ -1,0 +1,1 @@
+"""longvila_jax.convert"""

@@ -1,0 +1,167 @@
+"""Single-GPU attention throughput: this project's backends next to JAX cuDNN, same run.
+
+    python scripts/bench_attention.py                    # everything, S = 8k and 32k
+    python scripts/bench_attention.py --seqs 8192 --impls xla,cudnn --masks causal
+    python scripts/bench_attention.py --impls triton,cudnn    # skip the slow xla fallback
+
+Shapes: B=1, Hq=32, Hkv=8, D=128, bf16. Masks: ``causal`` and ``full`` (plain),
+and ``causal-packed4`` / ``full-packed4``: 4 packed samples of S/4 tokens
+each (segment ids; cuDNN through JAX cannot run these).
+FLOPs: forward ``4 * B * S^2 * Hq * D`` for the full mask, half that causal;
+packed masks count only the visible work (the sum over samples, 1/4 of the
+plain mask); forward+backward is 3.5x the forward. Every row prints its
+ratio to JAX cuDNN on the plain mask of the same kind and S, and to the
+measured bf16 matmul ceiling (8192^3), all in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from longvila_jax.kernels import flash_attention, triton_backend
+from longvila_jax.kernels.dispatch import BACKENDS
+from longvila_jax.kernels.unavailable import Unavailable
+
+BATCH, Q_HEADS, KV_HEADS, HEAD_DIM = 1, 32, 8, 128
+
+
+def time_call(fn, *args, min_runs=3, max_runs=20, budget_s=20.0):
+    """Median seconds of ``fn(*args)`` after one warm-up (compile) call; slow calls run once."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    if time.perf_counter() - t0 > budget_s / 2:
+        min_runs = 1
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_ceiling_tflops(size):
+    a = jnp.ones((size, size), jnp.bfloat16)
+    seconds = time_call(jax.jit(lambda a, b: a @ b), a, a)
+    return 2 * size ** 3 / seconds / 1e12
+
+
+def packed_tokens(length, n_segments):
+    """Segment ids 1..n and positions restarting per sample: int32 ``[1, length]``."""
+    per = length // n_segments
+    seg = np.repeat(np.arange(1, n_segments + 1), per)
+    pos = np.tile(np.arange(per), n_segments)
+    return jnp.asarray(seg[None], jnp.int32), jnp.asarray(pos[None], jnp.int32)
+
+
+def forward_flops(length, causal, n_segments):
+    per = length // n_segments
+    flops = 4 * BATCH * n_segments * per * per * Q_HEADS * HEAD_DIM
+    return flops / 2 if causal else flops
+
+
+def attention_fn(impl, length, causal, n_segments, block_q, block_k):
+    """``f(q, k, v) -> out`` for one backend and mask."""
+    if impl == "jax-cudnn":
+        return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                                             implementation="cudnn")
+    kwargs = dict(causal=causal, impl=impl)
+    if impl == "xla":
+        kwargs.update(block_q=block_q, block_k=block_k)
+    if n_segments > 1:
+        seg, pos = packed_tokens(length, n_segments)
+        kwargs.update(q_segment_ids=seg, kv_segment_ids=seg, q_positions=pos, kv_positions=pos)
+    return lambda q, k, v: flash_attention(q, k, v, **kwargs)[0]
+
+
+def bench_one(impl, length, mask, block_q, block_k, budget_s):
+    causal = mask.startswith("causal")
+    n_segments = 4 if mask.endswith("packed4") else 1
+    keys = jax.random.split(jax.random.key(length), 4)
+    q = jax.random.normal(keys[0], (BATCH, length, Q_HEADS, HEAD_DIM), jnp.bfloat16)
+    k = jax.random.normal(keys[1], (BATCH, length, KV_HEADS, HEAD_DIM), jnp.bfloat16)
+    v = jax.random.normal(keys[2], (BATCH, length, KV_HEADS, HEAD_DIM), jnp.bfloat16)
+    dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
+    f = attention_fn(impl, length, causal, n_segments, block_q, block_k)
+    fwd = jax.jit(f)
+    fwd_bwd = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))
+    flops = forward_flops(length, causal, n_segments)
+    t_fwd = time_call(fwd, q, k, v, budget_s=budget_s)
+    t_all = time_call(fwd_bwd, q, k, v, dout, budget_s=budget_s)
+    return dict(fwd_ms=t_fwd * 1e3, fwd_bwd_ms=t_all * 1e3, fwd_tflops=flops / t_fwd / 1e12,
+                fwd_bwd_tflops=3.5 * flops / t_all / 1e12)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    implemented = [n for n in ("mosaic", "triton", "cudnn", "xla")  # slowest last
+                   if not isinstance(BACKENDS[n], Unavailable)]
+    parser.add_argument("--impls", default=",".join(implemented),
+                        help="project backends to time (JAX cuDNN always runs as the anchor)")
+    parser.add_argument("--seqs", default="8192,32768")
+    parser.add_argument("--masks", default="causal,full,causal-packed4,full-packed4")
+    parser.add_argument("--block-q", type=int, default=1024, help="xla backend tile rows")
+    parser.add_argument("--block-k", type=int, default=1024, help="xla backend tile columns")
+    parser.add_argument("--budget-s", type=float, default=10.0, help="timing budget per measurement")
+    parser.add_argument("--triton-tiles", default="",
+                        help="override Triton tiles, e.g. 'forward=128,64,8,3;dkdv=32,128,8,3;dq=128,32,8,3'")
+    parser.add_argument("--ceiling-size", type=int, default=8192, help="square matmul for the ceiling")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args()
+
+    for spec in filter(None, args.triton_tiles.split(";")):
+        name, values = spec.split("=")
+        triton_backend.TILES[name] = triton_backend.Tiles(*map(int, values.split(",")))
+    device = jax.devices()[0]
+    print(f"# device: {device.device_kind}; jax {jax.__version__}; "
+          f"B={BATCH} Hq={Q_HEADS} Hkv={KV_HEADS} D={HEAD_DIM} bf16")
+    print(f"# triton tiles: {triton_backend.TILES}; xla tiles: {args.block_q}x{args.block_k}")
+    ceiling = matmul_ceiling_tflops(args.ceiling_size)
+    print(f"# bf16 matmul {args.ceiling_size}^3: {ceiling:.0f} TFLOP/s (ceiling anchor)")
+    print("| impl | S | mask | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN "
+          "| fwd+bwd / own plain | fwd+bwd / ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for length in (int(s) for s in args.seqs.split(",")):
+        anchors, own_plain = {}, {}
+        for mask in args.masks.split(","):
+            plain = mask.split("-")[0]
+            impls = ["jax-cudnn"] if mask == plain else []
+            impls += [i for i in args.impls.split(",") if i]
+            for impl in impls:
+                try:
+                    r = bench_one(impl, length, mask, args.block_q, args.block_k, args.budget_s)
+                except Exception as e:  # report and go on: one failing backend must not hide the rest
+                    print(f"| {impl} | {length} | {mask} | failed: {type(e).__name__}: {str(e)[:120]} |")
+                    continue
+                if impl == "jax-cudnn":
+                    anchors[plain] = r
+                if mask == plain:
+                    own_plain[(impl, plain)] = r
+
+                def ratio(key, base):
+                    return f"{r[key] / base[key]:.2f}" if base else "-"
+
+                anchor, own = anchors.get(plain), own_plain.get((impl, plain))
+                row = dict(impl=impl, seq=length, mask=mask, **r, ceiling_tflops=ceiling,
+                           ratio_fwd=ratio("fwd_tflops", anchor),
+                           ratio_fwd_bwd=ratio("fwd_bwd_tflops", anchor),
+                           ratio_own_plain=ratio("fwd_bwd_tflops", own))
+                rows.append(row)
+                print(f"| {impl} | {length} | {mask} | {r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} "
+                      f"| {row['ratio_fwd']} | {row['ratio_fwd_bwd']} | {row['ratio_own_plain']} "
+                      f"| {r['fwd_bwd_tflops'] / ceiling:.2f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=device.device_kind, jax=jax.__version__, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

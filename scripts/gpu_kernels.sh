@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device-machine call for the kernels issue: GPU correctness tests, the PyTorch anchors
+# (FlashAttention-2 and cuDNN through SDPA), then the attention benchmark.
+# Run through the device tool from the repo root with .whl (the jax-triton wheel) carried.
+#   STEPS="tests anchor bench"  BENCH_ARGS="--impls triton,cudnn --budget-s 2"
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+STEPS=${STEPS:-"tests anchor bench"}
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null || { echo "install failed"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import jax, triton, jax_triton; print('jax', jax.__version__, 'triton', triton.__version__, 'jax_triton', jax_triton.__version__, jax.devices())"
+if [[ " $STEPS " == *" tests "* ]]; then
+  # four workers share the GPU (compilation dominates); no preallocation so they fit together
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-420} python3 -m pytest -q -p no:cacheprovider -n 4 \
+    -m gpu tests/test_kernels_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+fi
+if [[ " $STEPS " == *" anchor "* ]]; then
+  timeout 180 python3 scripts/anchors/anchor_attention.py torch 2>&1 | tee "$OUT/anchor_torch.log" | grep -v "^torch " | tail -20
+fi
+if [[ " $STEPS " == *" bench "* ]]; then
+  timeout 300 python3 scripts/bench_attention.py ${BENCH_ARGS:-} --json "$OUT/bench_attention.json" 2>&1 \
+    | tee "$OUT/bench_attention.log" | tail -40
+fi
