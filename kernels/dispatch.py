@@ -5,7 +5,7 @@
 | `xla`    | any device           | all (segments, positions, Sq != Sk)     | exact, float32          | yes           |
 | `cudnn`  | GPU, bf16/fp16, D%8=0, D<=128 | full, or causal with default positions and Sq == Sk; no segments | cuDNN softmax stats | no |
 | `triton` | CUDA GPU, bf16/fp16, D<=128 | all                              | exact, float32          | yes           |
-| `mosaic` | (planned) Hopper     | all                                     |                         |               |
+| `mosaic` | Hopper GPU, bf16/fp16, D in (64, 128) | all                       | exact, float32          | yes           |
 
 ``auto`` takes the first valid backend of the platform's preference list.
 """
@@ -17,15 +17,15 @@ import dataclasses
 import jax
 import numpy as np
 
-from . import cudnn_backend, triton_backend, unavailable, xla_backend
+from . import cudnn_backend, mosaic_backend, triton_backend, xla_backend
 
 BACKENDS = {
     "xla": xla_backend,
     "cudnn": cudnn_backend,
     "triton": triton_backend,
-    "mosaic": unavailable.mosaic,
+    "mosaic": mosaic_backend,
 }
-# Fastest first. Unwritten backends report themselves unsupported. `triton` comes
+# Fastest first. `triton` comes
 # after cudnn: 0.53x cuDNN on H100 where both serve (BENCHMARKS.md), but it alone
 # serves packed segments, explicit positions and a given out/lse on GPU.
 AUTO_PREFERENCE = {
@@ -65,8 +65,8 @@ def _checked_on_gpu(backend, call: AttentionCall) -> bool:
 def choose(impl: str, call: AttentionCall):
     """The backend module for ``impl`` ('auto' or a name in BACKENDS).
 
-    Raises NotImplementedError for a planned backend, ValueError for an unknown
-    name or a backend that cannot serve ``call`` (with the reason).
+    Raises ValueError for an unknown name or a backend that cannot serve ``call``
+    (with the reason).
     """
     if impl == "auto":
         for name in AUTO_PREFERENCE.get(call.platform, DEFAULT_PREFERENCE):
@@ -77,8 +77,6 @@ def choose(impl: str, call: AttentionCall):
     if impl not in BACKENDS:
         raise ValueError(f"impl must be 'auto' or one of {sorted(BACKENDS)}, got {impl!r}")
     backend = BACKENDS[impl]
-    if isinstance(backend, unavailable.Unavailable):
-        backend.attention()  # raises NotImplementedError with the plan and the alternatives
     reason = backend.unsupported(call)
     if reason is not None:
         raise ValueError(f"impl={impl!r} cannot serve this call: {reason}")

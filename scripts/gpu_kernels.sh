@@ -3,6 +3,7 @@
 # (FlashAttention-2 and cuDNN through SDPA), then the attention benchmark.
 # Run through the device tool from the repo root with .whl (the jax-triton wheel) carried.
 #   STEPS="tests anchor bench"  BENCH_ARGS="--impls triton,cudnn --budget-s 2"
+#   LONGVILA_GPU_IMPLS=mosaic (backends the tests check)  TEST_K="not 72" (pytest -k)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -14,7 +15,7 @@ python3 -c "import jax, triton, jax_triton; print('jax', jax.__version__, 'trito
 if [[ " $STEPS " == *" tests "* ]]; then
   # four workers share the GPU (compilation dominates); no preallocation so they fit together
   XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-420} python3 -m pytest -q -p no:cacheprovider -n 4 \
-    -m gpu tests/test_kernels_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+    -m gpu -k "${TEST_K:-}" tests/test_kernels_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [[ " $STEPS " == *" anchor "* ]]; then
   timeout 180 python3 scripts/anchors/anchor_attention.py torch 2>&1 | tee "$OUT/anchor_torch.log" | grep -v "^torch " | tail -20

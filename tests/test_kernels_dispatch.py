@@ -58,12 +58,13 @@ def test_triton_on_cpu_says_why():
         flash_attention(Q, KV, KV, impl="triton")
 
 
-@pytest.mark.parametrize("impl", ["mosaic"])
-def test_planned_backends_raise_not_implemented(impl):
-    with pytest.raises(NotImplementedError, match=f"'{impl}'.*impl='xla'"):
-        flash_attention(Q, KV, KV, impl=impl)
-    with pytest.raises(NotImplementedError, match=impl):
-        flash_attention_bwd(Q, KV, KV, Q, jnp.zeros((1, 4, 16)), Q, impl=impl)
+def test_mosaic_off_hopper_says_why():
+    with pytest.raises(ValueError, match="impl='mosaic' cannot serve this call: needs a Hopper GPU"):
+        flash_attention(Q, KV, KV, impl="mosaic")
+    with pytest.raises(ValueError, match="impl='mosaic' cannot serve this call: needs a Hopper GPU"):
+        flash_attention_bwd(Q, KV, KV, Q, jnp.zeros((1, 4, 16)), Q, impl="mosaic")
+    call = dataclasses.replace(GPU_CALL, head_dim=72)
+    assert "head_dim must be one of (64, 128), got 72" in dispatch.BACKENDS["mosaic"].unsupported(call)
 
 
 def test_unknown_impl():

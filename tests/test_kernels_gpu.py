@@ -2,7 +2,13 @@
 
 Run on the device machine: ``pytest -m gpu tests/test_kernels_gpu.py``.
 Tolerance: relative error (Frobenius) <= 1e-2 for out, lse, dq, dk, dv.
+``LONGVILA_GPU_IMPLS=mosaic,triton`` limits the backends checked (default: every valid one).
+Before each backend runs, device memory the size of its outputs is filled with NaN and freed,
+so the allocator hands the poisoned blocks to the kernels' outputs: a row a kernel forgets
+to write shows up as NaN.
 """
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +48,19 @@ CASES = [
 ]
 
 
+def poison(*likes):
+    """Fill, then free, device buffers as large as ``likes`` with NaN (see the module docstring)."""
+    for x in likes:
+        jnp.full(x.shape, jnp.nan, jnp.float32).block_until_ready().delete()
+
+
+def selected(impls):
+    chosen = os.environ.get("LONGVILA_GPU_IMPLS")
+    return impls if not chosen else [i for i in impls if i in chosen.split(",")]
+
+
 def backends_for(q, k, mask):
-    """Every backend that claims this call (planned ones join once written)."""
+    """Every backend that claims this call."""
     call = dispatch.AttentionCall(
         platform="gpu", dtype=np.dtype(q.dtype), head_dim=q.shape[3], q_len=q.shape[1],
         kv_len=k.shape[1], q_heads=q.shape[2], kv_heads=k.shape[2], causal=mask["causal"],
@@ -70,14 +87,18 @@ def test_backends_match_reference(rng, q_len, kv_len, q_heads, kv_heads, layout,
 
     impls = backends_for(q, k, mask)
     assert {"xla", "triton"} <= set(impls) and ("cudnn" in impls) == (layout == "plain")
-    for impl in impls:
+    hopper = dispatch.BACKENDS["mosaic"]._is_hopper()
+    assert ("mosaic" in impls) == (hopper and head_dim in (64, 128))
+    for impl in selected(impls):
         run = jax.jit(lambda q, k, v, dout: jax.vjp(
             lambda *a: flash_attention(*a, **mask, impl=impl)[0], q, k, v)[1](dout))
         fwd = jax.jit(lambda q, k, v: flash_attention(q, k, v, **mask, impl=impl))
+        poison(q, q)
         out, lse = fwd(q, k, v)
         assert rel_err(out, ref_out) <= TOL, impl
         np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
         assert rel_err(np.asarray(lse)[finite], np.asarray(ref_lse)[finite]) <= TOL, impl
+        poison(q, k, v)
         for name, g, ref_g in zip(("dq", "dk", "dv"), run(q, k, v, dout), ref_grads):
             assert np.isfinite(np.asarray(g, np.float32)).all(), (impl, name)
             assert rel_err(g, ref_g) <= TOL, (impl, name, rel_err(g, ref_g))
@@ -90,7 +111,9 @@ def test_given_lse_backward_on_gpu(rng):
     (ref_out, ref_lse), ref_vjp = jax.vjp(lambda *a: reference_attention(*a, **mask), q, k, v)
     dout = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
     ref_grads = ref_vjp((dout, jnp.zeros_like(ref_lse)))
-    for impl in ("xla", "triton"):
+    impls = ["xla", "triton"] + (["mosaic"] if dispatch.BACKENDS["mosaic"]._is_hopper() else [])
+    for impl in selected(impls):
+        poison(q, k, v)
         grads = jax.jit(lambda *a: flash_attention_bwd(*a, **mask, impl=impl))(
             q, k, v, ref_out.astype(jnp.bfloat16), ref_lse, dout.astype(jnp.bfloat16))
         for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):

@@ -1,0 +1,132 @@
+"""The ``mosaic`` backend: Pallas Mosaic GPU kernels for Hopper (sm_90), every mask.
+
+:mod:`.mosaic_forward` writes out and lse; :mod:`.mosaic_backward` computes
+dK/dV and dQ from a given out/lse. Lengths are padded to the 128-token block
+here (padding is segment 0, so it sees and is seen by nothing) and the results
+sliced back. Valid: Hopper GPU, bf16/fp16, head_dim 64 or 128; everything else
+goes to cudnn/triton/xla (SigLIP's D = 72: cudnn on GPU).
+
+``interpret`` (tests on CPU) runs the same kernels under Pallas' GPU interpret
+mode; there the ``p``/``ds`` wgmma operands go through SMEM instead of registers.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from . import mosaic_common as mc
+from . import mosaic_plan as plan
+from .triton_backend import softmax_delta
+
+NAME = "mosaic"
+_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+HEAD_DIMS = (64, 128)
+# Head dims checked against the reference on a GPU (tests/test_kernels_gpu.py): ``auto`` picks
+# mosaic only for these; an explicit impl="mosaic" serves every HEAD_DIMS entry.
+AUTO_HEAD_DIMS = ()
+
+
+def _is_hopper() -> bool:
+    try:
+        capability = getattr(jax.devices()[0], "compute_capability", "")
+    except RuntimeError:
+        return False
+    return str(capability).split(".")[0] == "9"
+
+
+def unsupported(call) -> str | None:
+    if call.platform != "gpu":
+        return f"needs a Hopper GPU, running on {call.platform}"
+    if jnp.dtype(call.dtype) not in _DTYPES:
+        return f"needs bfloat16 or float16, got {call.dtype}"
+    if call.head_dim not in HEAD_DIMS:
+        return f"head_dim must be one of {HEAD_DIMS}, got {call.head_dim}"
+    if not _is_hopper():
+        return "needs compute capability 9.x (Hopper: wgmma and TMA)"
+    return None
+
+
+def _pad_rows(x, length: int):
+    extra = length - x.shape[1]
+    return x if extra == 0 else jnp.pad(x, ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
+
+
+class _Plan:
+    """Padded token arrays and the visit lists of one call."""
+
+    def __init__(self, q_seg, kv_seg, q_pos, kv_pos, causal):
+        self.q_len, self.kv_len = q_seg.shape[1], kv_seg.shape[1]
+        self.q_pad, self.kv_pad = plan.round_up(self.q_len, mc.BLOCK), plan.round_up(self.kv_len, mc.BLOCK)
+        self.q_tokens = plan.token_array(q_seg, q_pos, self.q_pad)
+        self.kv_tokens = plan.token_array(kv_seg, kv_pos, self.kv_pad)
+        self.tiles = plan.tile_table(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=mc.BLOCK,
+                                     block_k=mc.BLOCK)
+
+    def per_query_block(self):
+        return plan.visit_lists(self.tiles.visit, self.tiles.whole)
+
+    def per_key_block(self):
+        return plan.visit_lists(self.tiles.visit.transpose(0, 2, 1), self.tiles.whole.transpose(0, 2, 1))
+
+
+def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=None):
+    """-> out ``[B, Sq, Hq, D]``, lse float32 ``[B, Hq, Sq]``."""
+    from .mosaic_forward import forward as kernel
+
+    p = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
+    out, lse = kernel(_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad), p.q_tokens,
+                      p.kv_tokens, p.per_query_block(), causal=causal, scale=scale, interpret=interpret)
+    return out[:, :p.q_len], lse[:, :, :p.q_len]
+
+
+def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=None):
+    """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None)."""
+    from .mosaic_backward import dkdv, dq
+
+    p = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
+    lse = lse.astype(jnp.float32)
+    delta = softmax_delta(out, dout, lse, dlse)
+    lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)  # empty rows: p = exp2(-inf) = 0
+    stats = jnp.pad(jnp.stack([lse2, delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, p.q_pad - p.q_len)))
+    tensors = (_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad),
+               _pad_rows(dout.astype(q.dtype), p.q_pad), stats, p.q_tokens, p.kv_tokens)
+    dk, dv = dkdv(*tensors, p.per_key_block(), causal=causal, scale=scale, interpret=interpret)
+    dq_ = dq(*tensors, p.per_query_block(), causal=causal, scale=scale, interpret=interpret)
+    return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, scale, interpret):
+    return forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal=causal, scale=scale, interpret=interpret)
+
+
+def _attention_fwd(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, scale, interpret):
+    out, lse = forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal=causal, scale=scale, interpret=interpret)
+    return (out, lse), (q, k, v, q_seg, kv_seg, q_pos, kv_pos, out, lse)
+
+
+def _attention_bwd(causal, scale, interpret, residuals, cotangents):
+    q, k, v, q_seg, kv_seg, q_pos, kv_pos, out, lse = residuals
+    dout, dlse = cotangents
+    dq, dk, dv = backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, causal=causal,
+                          scale=scale, interpret=interpret)
+    return dq, dk, dv, None, None, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, call=None, interpret=None, **unused):
+    """Differentiable ``(out, lse)``; ids/positions complete int32 arrays."""
+    del call, unused
+    return _attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, scale, interpret)
+
+
+def attention_bwd(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale,
+                  call=None, interpret=None, **unused):
+    del call, unused
+    return backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, causal=causal,
+                    scale=scale, interpret=interpret)

@@ -1,0 +1,249 @@
+"""The Mosaic GPU backward kernels: dK/dV per key block, dQ per query block (no atomics).
+
+Both recompute ``p = exp2(s * scale * log2 e - lse * log2 e)`` from the given
+(possibly ring-merged) lse, so they serve ``flash_attention_bwd`` as well as the
+custom VJP. ``stats`` is float32 ``[B, Hq, 2, Sq]``: row 0 the lse in base 2
+(+inf on empty rows, so their p is 0), row 1 ``delta = rowsum(dout * out) - dlse``
+(0 on empty rows).
+
+* dK/dV, grid ``(B, n_k_blocks, Hkv)``: threads 0/1 own 64 key rows each and
+  work on transposed tiles (keys x queries) so every operand is in the layout
+  wgmma wants; thread 2 streams q, dout, the query tokens and stats of every
+  visited query block, for each query head of the GQA group in turn (the group's
+  dK/dV sum stays in registers).
+* dQ, grid ``(B, n_q_blocks, Hq)``: threads 0/1 own 64 query rows each; thread 2
+  streams k, v and the key tokens of every visited key block.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from . import mosaic_common as mc
+
+
+def _zeros(shape):
+    return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
+
+
+def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, interpret=None):
+    """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block, the visited query blocks."""
+    batch, q_len, q_heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    group = q_heads // kv_heads
+    n_k = kv_len // mc.BLOCK
+    width = lists.shape[-1]
+    dtype = q.dtype
+    scale2 = scale * mc.LOG2E
+    tile = (mc.ROWS, mc.BLOCK)  # keys x queries
+
+    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dk_ref, dv_ref,
+             k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
+             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed):
+        b, r, hkv = mc.program_ids()
+        kb = n_k - 1 - r
+        wg = mc.thread_index()
+
+        @pl.when(wg == mc.MEMORY)
+        def _():
+            plgpu.copy_gmem_to_smem(list_ref.at[b, kb], list_s, list_bar.at[0])
+
+        plgpu.barrier_wait(list_bar.at[0])
+        count = list_s[0]
+
+        def block_of(j):  # the j-th streamed (head in group, query block)
+            g, e = j // jnp.maximum(count, 1), lax.rem(j, jnp.maximum(count, 1))
+            return hkv * group + g, lax.shift_right_logical(list_s[1 + e], 1), list_s[1 + e] & 1
+
+        @pl.when(wg == mc.MEMORY)
+        def _():
+            mc.registers(compute=False)
+
+            def issue(j, slot):
+                h, qb, _ = block_of(j)
+                q_rows = pl.ds(qb * mc.BLOCK, mc.BLOCK)
+                plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[slot], q_bar.at[slot])
+                plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[slot], qt_bar.at[slot])
+                plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
+                plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
+
+            mc.stream(group * count, issue, consumed)
+
+        @pl.when(wg < mc.MEMORY)
+        def _():
+            mc.registers(compute=True)
+            k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
+            plgpu.copy_gmem_to_smem(k_ref.at[b, k_rows, hkv], k_s.at[wg], k_bar.at[wg])
+            plgpu.copy_gmem_to_smem(v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg])
+            plgpu.copy_gmem_to_smem(kt_ref.at[b, :, k_rows], kt_s.at[wg], kt_bar.at[wg])
+            plgpu.barrier_wait(k_bar.at[wg])
+            plgpu.barrier_wait(v_bar.at[wg])
+            plgpu.barrier_wait(kt_bar.at[wg])
+            kv_seg = plgpu.load(kt_s.at[wg, 0], layout=mc.ROW)
+            kv_pos = plgpu.load(kt_s.at[wg, 1], layout=mc.ROW)
+
+            def step(j, carry):
+                dk, dv = carry
+                slot = lax.rem(j, mc.STAGES)
+                _, _, needs_mask = block_of(j)
+                plgpu.barrier_wait(q_bar.at[slot])
+                plgpu.barrier_wait(qt_bar.at[slot])
+                plgpu.barrier_wait(st_bar.at[slot])
+                lse2 = plgpu.load(st_s.at[slot, 0], layout=mc.COL)
+                s = mc.matmul(k_s.at[wg], q_s.at[slot].T, tile)
+                p = jnp.exp2(s * scale2 - mc.cols(lse2, tile))
+
+                def masked(p):
+                    q_seg = plgpu.load(qt_s.at[slot, 0], layout=mc.COL)
+                    q_pos = plgpu.load(qt_s.at[slot, 1], layout=mc.COL)
+                    keep = mc.visible(q_seg, q_pos, kv_seg, kv_pos, tile, causal=causal, q_on_rows=False)
+                    return jnp.where(keep, p, 0.0)
+
+                p = lax.cond(needs_mask == 1, masked, lambda p: p, p)
+                plgpu.barrier_wait(do_bar.at[slot])
+                p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
+                dv = mc.matmul(p16, do_s.at[slot], dv.shape, init=dv, interpret=interpret)
+                dp = mc.matmul(v_s.at[wg], do_s.at[slot].T, tile)
+                delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
+                ds = p * (dp - mc.cols(delta, tile))
+                ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
+                dk = mc.matmul(ds16, q_s.at[slot], dk.shape, init=dk, interpret=interpret)
+                plgpu.barrier_arrive(consumed.at[slot])
+                return dk, dv
+
+            dk, dv = lax.fori_loop(0, group * count, step, (_zeros((mc.ROWS, head_dim)),) * 2)
+            k_s.at[wg][...] = (dk * scale).astype(dtype)
+            v_s.at[wg][...] = dv.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(k_s.at[wg], dk_ref.at[b, k_rows, hkv])
+            plgpu.copy_smem_to_gmem(v_s.at[wg], dv_ref.at[b, k_rows, hkv])
+            plgpu.wait_smem_to_gmem(0)
+
+    transforms = mc.mma_transforms(dtype)
+    resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
+    streamed = plgpu.SMEM((mc.STAGES, mc.BLOCK, head_dim), dtype, transforms=transforms)
+    scratch = [
+        resident, resident,  # k, v (then dk, dv)
+        plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # key tokens
+        streamed, streamed,  # q, dout
+        plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.int32),  # query tokens
+        plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.float32),  # lse2, delta
+        plgpu.SMEM((width,), jnp.int32),  # visit list
+        mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
+        mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
+        plgpu.Barrier(num_barriers=1),
+        *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 3,
+        *[plgpu.Barrier(num_barriers=mc.STAGES)] * 4,
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=mc.STAGES),
+    ]
+    out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
+    run = mc.kernel(body, out_type=out_type, scratch_types=scratch, grid=(batch, n_k, kv_heads),
+                    interpret=interpret)
+    return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)
+
+
+def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, interpret=None):
+    """Padded inputs -> dq like q. ``lists``: per query block, the visited key blocks."""
+    batch, q_len, q_heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    group = q_heads // kv_heads
+    n_q = q_len // mc.BLOCK
+    width = lists.shape[-1]
+    dtype = q.dtype
+    scale2 = scale * mc.LOG2E
+    tile = (mc.ROWS, mc.BLOCK)  # queries x keys
+
+    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref,
+             q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
+             list_bar, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed):
+        b, r, h = mc.program_ids()
+        qb = n_q - 1 - r
+        wg = mc.thread_index()
+
+        @pl.when(wg == mc.MEMORY)
+        def _():
+            plgpu.copy_gmem_to_smem(list_ref.at[b, qb], list_s, list_bar.at[0])
+
+        plgpu.barrier_wait(list_bar.at[0])
+        count = list_s[0]
+
+        @pl.when(wg == mc.MEMORY)
+        def _():
+            mc.registers(compute=False)
+
+            def issue(j, slot):
+                kv_rows = pl.ds(lax.shift_right_logical(list_s[1 + j], 1) * mc.BLOCK, mc.BLOCK)
+                kvh = h // group
+                plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kvh], k_s.at[slot], k_bar.at[slot])
+                plgpu.copy_gmem_to_smem(kt_ref.at[b, :, kv_rows], kt_s.at[slot], kt_bar.at[slot])
+                plgpu.copy_gmem_to_smem(v_ref.at[b, kv_rows, kvh], v_s.at[slot], v_bar.at[slot])
+
+            mc.stream(count, issue, consumed)
+
+        @pl.when(wg < mc.MEMORY)
+        def _():
+            mc.registers(compute=True)
+            q_rows = pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
+            plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[wg], q_bar.at[wg])
+            plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[wg], do_bar.at[wg])
+            plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[wg], qt_bar.at[wg])
+            plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[wg], st_bar.at[wg])
+            for bar in (q_bar, do_bar, qt_bar, st_bar):
+                plgpu.barrier_wait(bar.at[wg])
+            q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
+            q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
+            lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
+            delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
+
+            def step(j, acc):
+                slot = lax.rem(j, mc.STAGES)
+                needs_mask = list_s[1 + j] & 1
+                plgpu.barrier_wait(k_bar.at[slot])
+                plgpu.barrier_wait(kt_bar.at[slot])
+                s = mc.matmul(q_s.at[wg], k_s.at[slot].T, tile)
+                p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
+
+                def masked(p):
+                    kv_seg = plgpu.load(kt_s.at[slot, 0], layout=mc.COL)
+                    kv_pos = plgpu.load(kt_s.at[slot, 1], layout=mc.COL)
+                    keep = mc.visible(q_seg, q_pos, kv_seg, kv_pos, tile, causal=causal, q_on_rows=True)
+                    return jnp.where(keep, p, 0.0)
+
+                p = lax.cond(needs_mask == 1, masked, lambda p: p, p)
+                plgpu.barrier_wait(v_bar.at[slot])
+                dp = mc.matmul(do_s.at[wg], v_s.at[slot].T, tile)
+                ds = p * (dp - mc.rows(delta, tile))
+                ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
+                acc = mc.matmul(ds16, k_s.at[slot], acc.shape, init=acc, interpret=interpret)
+                plgpu.barrier_arrive(consumed.at[slot])
+                return acc
+
+            acc = lax.fori_loop(0, count, step, _zeros((mc.ROWS, head_dim)))
+            q_s.at[wg][...] = (acc * scale).astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(q_s.at[wg], dq_ref.at[b, q_rows, h])
+            plgpu.wait_smem_to_gmem(0)
+
+    transforms = mc.mma_transforms(dtype)
+    resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
+    streamed = plgpu.SMEM((mc.STAGES, mc.BLOCK, head_dim), dtype, transforms=transforms)
+    scratch = [
+        resident, resident,  # q (then dq), dout
+        plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # query tokens
+        plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.float32),  # lse2, delta
+        streamed, streamed,  # k, v
+        plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.int32),  # key tokens
+        plgpu.SMEM((width,), jnp.int32),  # visit list
+        mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
+        plgpu.Barrier(num_barriers=1),
+        *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 4,
+        *[plgpu.Barrier(num_barriers=mc.STAGES)] * 3,
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=mc.STAGES),
+    ]
+    run = mc.kernel(body, out_type=jax.ShapeDtypeStruct(q.shape, dtype), scratch_types=scratch,
+                    grid=(batch, n_q, q_heads), interpret=interpret)
+    return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)

@@ -1,0 +1,149 @@
+"""Pieces every Mosaic GPU attention kernel shares: SMEM transforms, layouts, the tile mask,
+and the memory warpgroup's streaming loop.
+
+Each kernel runs three Pallas threads (warpgroups) per CTA: threads 0 and 1
+compute, each on 64 rows of the CTA's resident block (128 rows); thread 2
+streams the other operand's blocks (named by a visit list, see
+:mod:`.mosaic_plan`) through ``STAGES`` SMEM slots with TMA. A slot is
+refilled once both compute threads have arrived on its ``consumed`` barrier.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+ROWS = 64  # rows per compute warpgroup (the wgmma M)
+COMPUTE = 2  # compute warpgroups per CTA
+BLOCK = ROWS * COMPUTE  # resident rows per CTA, and rows per streamed block
+STAGES = 2  # SMEM slots of the streamed operand
+MEMORY = COMPUTE  # the thread index of the memory warpgroup
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+
+ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a [64, n] wgmma tile
+COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
+
+
+def mma_transforms(dtype):
+    """The 128-byte swizzle and matching tiling that wgmma operands in SMEM need."""
+    swizzle = 128
+    return (plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle))
+
+
+def rows(x, shape):
+    """A per-row vector (``ROW`` layout) broadcast to ``shape``."""
+    return jnp.broadcast_to(x[:, None], shape)
+
+
+def cols(x, shape):
+    """A per-column vector (``COL`` layout) broadcast to ``shape``."""
+    return jnp.broadcast_to(x[None, :], shape)
+
+
+def visible(q_seg, q_pos, kv_seg, kv_pos, shape, *, causal: bool, q_on_rows: bool):
+    """Boolean tile of ``shape``: the mask contract of :mod:`.mask` on one tile.
+
+    ``q_on_rows``: queries index the rows (forward, dQ) or the columns (dK/dV).
+    """
+    q_b, kv_b = (rows, cols) if q_on_rows else (cols, rows)
+    q_seg_t, kv_seg_t = q_b(q_seg, shape), kv_b(kv_seg, shape)
+    mask = (q_seg_t == kv_seg_t) & (q_seg_t != 0)
+    if causal:
+        mask &= kv_b(kv_pos, shape) <= q_b(q_pos, shape)
+    return mask
+
+
+def matmul(a, b, shape, init=None, *, interpret=None):
+    """``a @ b`` (+ ``init``) on the tensor cores: float32 ``shape``, waited for.
+
+    ``a`` an SMEM ref or a 16-bit register array in wgmma layout; ``b`` an SMEM ref
+    (use ``ref.T`` for a transposed operand). On the GPU ``init`` seeds the accumulator
+    (no second register tile); GPU interpret mode cannot seed one, so there it is added.
+    """
+    if init is not None and interpret is not None:
+        return init + matmul(a, b, shape)
+    if init is None:
+        def run(acc):
+            plgpu.wgmma(acc, a, b)
+            return acc[...]
+
+        return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+    def accumulate(acc):
+        plgpu.wgmma(acc, a, b)
+
+    return pl.run_state(accumulate)(plgpu.ACC.init(init))
+
+
+def register_operand(x, staging, *, interpret=None):
+    """A 16-bit register tile as the wgmma ``a`` operand. On the GPU it goes straight from
+    registers; GPU interpret mode only takes SMEM operands, so there it is staged through
+    ``staging`` (an SMEM ref allocated only when interpreting, see ``staging_scratch``)."""
+    if interpret is None:
+        return x
+    staging[...] = x
+    plgpu.commit_smem()
+    return staging
+
+
+def staging_scratch(shape, dtype, *, interpret=None):
+    """The SMEM scratch ``register_operand`` needs: per compute thread, only when interpreting."""
+    if interpret is None:
+        return plgpu.SMEM((1, 8, 64), dtype)  # unused placeholder, 1 KiB
+    return plgpu.SMEM((COMPUTE, *shape), dtype, transforms=mma_transforms(dtype))
+
+
+def stream(count, issue, consumed):
+    """The memory warpgroup's loop: ``issue(j, slot)`` the copies of the j-th visited block
+    into ``slot`` once the compute threads released it, for ``j < count``; then wait for the
+    last releases, so that every completion of ``consumed`` is awaited."""
+
+    def step(j, carry):
+        slot = lax.rem(j, STAGES)
+
+        @pl.when(j >= STAGES)
+        def _():
+            plgpu.barrier_wait(consumed.at[slot])
+
+        issue(j, slot)
+        return carry
+
+    lax.fori_loop(0, count, step, None)
+
+    def drain(j, carry):
+        plgpu.barrier_wait(consumed.at[lax.rem(j, STAGES)])
+        return carry
+
+    lax.fori_loop(jnp.maximum(count - STAGES, 0), count, drain, None)
+
+
+def thread_index():
+    return lax.axis_index("wg")
+
+
+def registers(compute: bool):
+    """Give the compute warpgroups most of the register file."""
+    if compute:
+        plgpu.set_max_registers(232, action="increase")
+    else:
+        plgpu.set_max_registers(40, action="decrease")
+
+
+def kernel(body, *, out_type, scratch_types, grid, interpret=None):
+    """``plgpu.kernel`` with the three-thread layout of this module and grid names ``b, r, h``."""
+    return plgpu.kernel(body, out_type=out_type, scratch_types=scratch_types, grid=grid,
+                        grid_names=("b", "r", "h"), num_threads=COMPUTE + 1, thread_name="wg",
+                        compiler_params=plgpu.CompilerParams(approx_math=True), interpret=interpret)
+
+
+def program_ids():
+    return lax.axis_index("b"), lax.axis_index("r"), lax.axis_index("h")
+
+
+del jax

@@ -1,0 +1,137 @@
+"""The Mosaic GPU forward kernel: out and lse of one 128-row query block per CTA.
+
+Grid ``(B, n_q_blocks, Hq)``, heads fastest so the query heads of one GQA group
+run side by side and share their K/V blocks in L2; query blocks run last to
+first (under a causal mask the late blocks have the most tiles). Threads 0/1
+each own 64 query rows; thread 2 streams the key blocks of the visit list.
+Per key block: ``s = q k^T`` (wgmma, float32), the mask only on tiles that need
+it, online softmax in base 2, ``acc += p v`` with p from registers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from . import mosaic_common as mc
+
+
+def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, interpret=None):
+    """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
+
+    q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
+    multiple of 64; token arrays int32 ``[B, 2, S]`` and visit lists from :mod:`.mosaic_plan`.
+    """
+    batch, q_len, q_heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    group = q_heads // kv_heads
+    n_q = q_len // mc.BLOCK
+    width = lists.shape[-1]
+    dtype = q.dtype
+    scale2 = scale * mc.LOG2E  # scores in base 2
+    tile = (mc.ROWS, mc.BLOCK)
+
+    def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
+             q_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, q_bar, qt_bar, k_bar, v_bar, kt_bar,
+             consumed):
+        b, r, h = mc.program_ids()
+        qb = n_q - 1 - r
+        wg = mc.thread_index()
+
+        @pl.when(wg == mc.MEMORY)
+        def _():
+            plgpu.copy_gmem_to_smem(list_ref.at[b, qb], list_s, list_bar.at[0])
+
+        plgpu.barrier_wait(list_bar.at[0])
+        count = list_s[0]
+
+        @pl.when(wg == mc.MEMORY)
+        def _():
+            mc.registers(compute=False)
+
+            def issue(j, slot):
+                kv_rows = pl.ds(lax.shift_right_logical(list_s[1 + j], 1) * mc.BLOCK, mc.BLOCK)
+                kvh = h // group
+                plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kvh], k_s.at[slot], k_bar.at[slot])
+                plgpu.copy_gmem_to_smem(kt_ref.at[b, :, kv_rows], kt_s.at[slot], kt_bar.at[slot])
+                plgpu.copy_gmem_to_smem(v_ref.at[b, kv_rows, kvh], v_s.at[slot], v_bar.at[slot])
+
+            mc.stream(count, issue, consumed)
+
+        @pl.when(wg < mc.MEMORY)
+        def _():
+            mc.registers(compute=True)
+            q_rows = pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
+            plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[wg], q_bar.at[wg])
+            plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[wg], qt_bar.at[wg])
+            plgpu.barrier_wait(q_bar.at[wg])
+            plgpu.barrier_wait(qt_bar.at[wg])
+            q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
+            q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
+
+            def step(j, carry):
+                m, l, acc = carry
+                slot = lax.rem(j, mc.STAGES)
+                needs_mask = (list_s[1 + j] & 1) == 1
+                plgpu.barrier_wait(k_bar.at[slot])
+                plgpu.barrier_wait(kt_bar.at[slot])
+                s = mc.matmul(q_s.at[wg], k_s.at[slot].T, tile) * scale2
+
+                def masked(s):
+                    kv_seg = plgpu.load(kt_s.at[slot, 0], layout=mc.COL)
+                    kv_pos = plgpu.load(kt_s.at[slot, 1], layout=mc.COL)
+                    keep = mc.visible(q_seg, q_pos, kv_seg, kv_pos, tile, causal=causal, q_on_rows=True)
+                    return jnp.where(keep, s, -jnp.inf)
+
+                s = lax.cond(needs_mask, masked, lambda s: s, s)
+                m_new = jnp.maximum(m, jnp.max(s, axis=1))
+                m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
+                alpha = jnp.exp2(m - m_use)
+                p = jnp.exp2(s - mc.rows(m_use, tile))
+                l = l * alpha + jnp.sum(p, axis=1)
+                acc = acc * mc.rows(alpha, acc.shape)
+                plgpu.barrier_wait(v_bar.at[slot])
+                p = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
+                acc = mc.matmul(p, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
+                plgpu.barrier_arrive(consumed.at[slot])
+                return m_new, l, acc
+
+            m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)
+            l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
+            acc0 = plgpu.layout_cast(jnp.zeros((mc.ROWS, head_dim), jnp.float32), plgpu.Layout.WGMMA)
+            m, l, acc = lax.fori_loop(0, count, step, (m0, l0, acc0))
+            empty = l == 0.0
+            out = acc / mc.rows(jnp.where(empty, 1.0, l), acc.shape)
+            lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * mc.LN2)
+            q_s.at[wg][...] = out.astype(dtype)
+            lse_s.at[wg][...] = lse
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(q_s.at[wg], out_ref.at[b, q_rows, h])
+            plgpu.copy_smem_to_gmem(lse_s.at[wg], lse_ref.at[b, h, q_rows])
+            plgpu.wait_smem_to_gmem(0)
+
+    transforms = mc.mma_transforms(dtype)
+    scratch = [
+        plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms),  # q, then out
+        plgpu.SMEM((mc.STAGES, mc.BLOCK, head_dim), dtype, transforms=transforms),  # k
+        plgpu.SMEM((mc.STAGES, mc.BLOCK, head_dim), dtype, transforms=transforms),  # v
+        plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # q segment ids / positions
+        plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.int32),  # kv segment ids / positions
+        plgpu.SMEM((mc.COMPUTE, mc.ROWS), jnp.float32),  # lse
+        plgpu.SMEM((width,), jnp.int32),  # visit list
+        mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
+        plgpu.Barrier(num_barriers=1),
+        plgpu.Barrier(num_barriers=mc.COMPUTE),
+        plgpu.Barrier(num_barriers=mc.COMPUTE),
+        plgpu.Barrier(num_barriers=mc.STAGES),
+        plgpu.Barrier(num_barriers=mc.STAGES),
+        plgpu.Barrier(num_barriers=mc.STAGES),
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=mc.STAGES),
+    ]
+    out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
+    run = mc.kernel(body, out_type=out_type, scratch_types=scratch, grid=(batch, n_q, q_heads),
+                    interpret=interpret)
+    return run(q, k, v, q_tokens, kv_tokens, lists)

@@ -1,0 +1,76 @@
+"""What the Mosaic GPU kernels read besides q, k, v: padded token arrays and per-block visit lists.
+
+All of it is plain XLA, computed once per call outside the kernels.
+
+* Token arrays int32 ``[B, 2, S_pad]``: row 0 the segment ids, row 1 the
+  positions, padded with segment 0 to a multiple of the block (so the
+  kernel's masked tails are padding tokens, which see and are seen by nothing).
+* Visit lists int32 ``[B, n_resident, 1 + n_streamed]`` (last axis padded to a
+  multiple of 4 for the TMA copy): entry 0 is how many tiles of the resident
+  block to visit; entries ``1 ..`` are ``2 * block + needs_mask`` of each
+  visited streamed block in increasing order. ``needs_mask`` is 0 only for a
+  tile the mask keeps whole (one segment on both sides, no padding, and when
+  causal every key position at most every query position): the kernel skips
+  the elementwise mask there.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from .block_skip import block_ranges, block_visit_mask
+from .mask import pad_tokens
+
+LIST_ALIGN = 4  # int32 entries per 16 bytes: the TMA copy granule
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def token_array(segment_ids, positions, padded_len: int):
+    """int32 ``[B, 2, padded_len]``: segment ids (0 in the padding) over positions."""
+    seg, pos = pad_tokens(segment_ids.astype(jnp.int32), positions.astype(jnp.int32), padded_len)
+    return jnp.stack([seg, pos], axis=1)
+
+
+class Tiles(NamedTuple):
+    """``visit`` and ``whole`` (no mask needed), boolean ``[B, n_q_blocks, n_kv_blocks]``."""
+
+    visit: jnp.ndarray
+    whole: jnp.ndarray
+
+
+def tile_table(q_seg, q_pos, kv_seg, kv_pos, *, causal: bool, block_q: int, block_k: int) -> Tiles:
+    """Which tiles hold visible pairs (conservatively) and which hold only visible pairs."""
+    visit = block_visit_mask(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=block_q, block_k=block_k)
+    q = block_ranges(q_seg, q_pos, block_q)
+    kv = block_ranges(kv_seg, kv_pos, block_k)
+
+    def no_padding(seg, block):
+        n_blocks = -(-seg.shape[1] // block)
+        padded, _ = pad_tokens(seg, seg, n_blocks * block)
+        return (padded.reshape(seg.shape[0], n_blocks, block) != 0).all(-1)
+
+    q_one = (q.segment_min == q.segment_max) & no_padding(q_seg, block_q)
+    kv_one = (kv.segment_min == kv.segment_max) & no_padding(kv_seg, block_k)
+    whole = q_one[:, :, None] & kv_one[:, None, :] & (q.segment_min[:, :, None] == kv.segment_min[:, None, :])
+    if causal:
+        whole &= kv.position_max[:, None, :] <= q.position_min[:, :, None]
+    return Tiles(visit=visit, whole=whole & visit)
+
+
+def visit_lists(visit, whole):
+    """int32 ``[B, n_resident, 1 + n_streamed (padded)]`` from boolean ``[B, n_resident, n_streamed]``
+    tables (see the module docstring)."""
+    batch, n_resident, n_streamed = visit.shape
+    # visited blocks first, each group in increasing block order (the sort is stable)
+    order = jnp.argsort(~visit, axis=-1, stable=True).astype(jnp.int32)
+    needs_mask = (~jnp.take_along_axis(whole, order, axis=-1)).astype(jnp.int32)
+    entries = 2 * order + needs_mask
+    count = visit.sum(-1, dtype=jnp.int32)[..., None]
+    width = round_up(1 + n_streamed, LIST_ALIGN)
+    lists = jnp.concatenate([count, entries], axis=-1)
+    return jnp.pad(lists, ((0, 0), (0, 0), (0, width - 1 - n_streamed)))

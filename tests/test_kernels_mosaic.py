@@ -1,0 +1,115 @@
+"""The Mosaic GPU kernels on CPU: Pallas' GPU interpret mode runs the same kernels (TMA copies,
+barriers, wgmma, the three warpgroups) against the dense float32 reference; the visit lists are
+checked against the elementwise mask. (On a GPU, tests/test_kernels_gpu.py runs them natively.)
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from longvila_jax.kernels import mosaic_backend, mosaic_plan, reference_attention
+from longvila_jax.kernels.mask import visible
+from longvila_jax.kernels.testing import query_key_layouts, random_qkv
+
+TOL = 1e-2
+INTERPRET = plgpu.InterpretGPUParams()
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def test_visit_lists_match_the_mask(rng):
+    block = 8
+    q_seg, q_pos, kv_seg, kv_pos = (jnp.asarray(x) for x in
+                                    query_key_layouts(rng, 2, 37, 50, max_segments=4, shuffle=False))
+    for causal in (True, False):
+        tiles = mosaic_plan.tile_table(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=block, block_k=block)
+        lists = np.asarray(mosaic_plan.visit_lists(tiles.visit, tiles.whole))
+        seen = np.asarray(visible(q_seg, q_pos, kv_seg, kv_pos, causal=causal))
+        seen = np.pad(seen, ((0, 0), (0, 40 - 37), (0, 56 - 50)))  # padded tails see nothing
+        n_q, n_k = 40 // block, 56 // block
+        tile = seen.reshape(2, n_q, block, n_k, block).transpose(0, 1, 3, 2, 4)
+        assert lists.shape[-1] % 4 == 0
+        for b in range(2):
+            for i in range(n_q):
+                count = lists[b, i, 0]
+                entries = lists[b, i, 1:1 + count]
+                blocks, needs_mask = entries // 2, entries % 2
+                assert (np.diff(blocks) > 0).all()
+                nonempty = {j for j in range(n_k) if tile[b, i, j].any()}
+                assert nonempty <= set(blocks.tolist())  # nothing visible is skipped
+                for j, masked in zip(blocks, needs_mask):
+                    if not masked:
+                        assert tile[b, i, j].all()  # an unmasked tile is wholly visible
+                whole = {j for j in range(n_k) if tile[b, i, j].all()}
+                assert {j for j, m in zip(blocks, needs_mask) if not m} <= whole
+
+
+def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal):
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, q_len, kv_len, q_heads, kv_heads, head_dim))
+    q_seg, q_pos, kv_seg, kv_pos = (jnp.asarray(x) for x in query_key_layouts(
+        rng, 1, q_len, kv_len, max_segments=3, shuffle=layout == "shuffled"))
+    if layout == "plain":
+        q_seg, kv_seg = jnp.ones_like(q_seg), jnp.ones_like(kv_seg)
+        q_pos, kv_pos = (jnp.arange(n, dtype=jnp.int32)[None] for n in (q_len, kv_len))
+    else:
+        q_seg = q_seg.at[:, :5].set(0)  # fully masked rows
+    mask = dict(q_segment_ids=q_seg, kv_segment_ids=kv_seg, q_positions=q_pos, kv_positions=kv_pos, causal=causal)
+    dout = jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16)
+    dlse = jnp.asarray(rng.standard_normal((1, q_heads, q_len)), jnp.float32)
+
+    def loss(attention, *qkv):
+        out, lse = attention(*qkv)
+        return (jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32))
+                + jnp.sum(jnp.where(jnp.isfinite(lse), lse * dlse, 0.0)))
+
+    def mosaic(*qkv):
+        return mosaic_backend.attention(*qkv, q_seg, kv_seg, q_pos, kv_pos, causal=causal,
+                                        scale=head_dim ** -0.5, interpret=INTERPRET)
+
+    def reference(*qkv):
+        return reference_attention(*qkv, **mask)
+
+    out, lse = mosaic(q, k, v)
+    grads = jax.grad(lambda *a: loss(mosaic, *a), argnums=(0, 1, 2))(q, k, v)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    ref_out, ref_lse = reference(*f32)
+    ref_grads = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(*f32)
+    finite = np.isfinite(np.asarray(ref_lse))
+    np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
+    assert (np.asarray(out, np.float32)[0].transpose(1, 0, 2)[~finite[0]] == 0).all()  # empty rows: out 0
+    assert rel_err(out, ref_out) <= TOL
+    np.testing.assert_allclose(np.asarray(lse)[finite], np.asarray(ref_lse)[finite], rtol=1e-4, atol=1e-4)
+    for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert np.isfinite(np.asarray(g, np.float32)).all(), name
+        assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
+    return q, k, v, mask, ref_out, ref_lse
+
+
+def test_packed_gqa_ragged_lengths_match_reference(rng):
+    """GQA 4/2, Sq != Sk, neither a multiple of the 128 block, packed segments, empty rows, dlse."""
+    run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+
+
+def test_shuffled_full_mask_and_given_lse(rng):
+    """A zigzag-like shuffled layout without the causal part; then the backward from a given
+    (reference) out and lse, as a ring step calls it."""
+    q, k, v, mask, ref_out, ref_lse = run_case(rng, 256, 128, 2, 1, 64, layout="shuffled", causal=False)
+    dout = jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16)
+    grads = mosaic_backend.attention_bwd(
+        q, k, v, ref_out.astype(jnp.bfloat16), ref_lse, dout, None, mask["q_segment_ids"], mask["kv_segment_ids"],
+        mask["q_positions"], mask["kv_positions"], causal=False, scale=64 ** -0.5, interpret=INTERPRET)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    _, vjp = jax.vjp(lambda *a: reference_attention(*a, **mask), *f32)
+    ref_grads = vjp((dout.astype(jnp.float32), jnp.zeros_like(ref_lse)))
+    for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
+
+
+@pytest.mark.parametrize("head_dim", [128])
+def test_plain_causal_head_dim_128(rng, head_dim):
+    run_case(rng, 256, 256, 2, 2, head_dim, layout="plain", causal=True)
