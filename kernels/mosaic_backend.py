@@ -68,8 +68,10 @@ class _Plan:
     def per_query_block(self):
         return plan.visit_lists(self.tiles.visit, self.tiles.whole)
 
-    def per_key_block(self):
-        return plan.visit_lists(self.tiles.visit.transpose(0, 2, 1), self.tiles.whole.transpose(0, 2, 1))
+    def per_key_block(self, q_seg, kv_seg, q_pos, kv_pos, causal, query_block):
+        tiles = plan.tile_table(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=query_block,
+                                block_k=mc.BLOCK)
+        return plan.visit_lists(tiles.visit.transpose(0, 2, 1), tiles.whole.transpose(0, 2, 1))
 
 
 def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=None):
@@ -84,7 +86,7 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=N
 
 def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None)."""
-    from .mosaic_backward import dkdv, dq
+    from .mosaic_backward import QUERY_BLOCK, dkdv, dq
 
     p = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
     lse = lse.astype(jnp.float32)
@@ -93,7 +95,8 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     stats = jnp.pad(jnp.stack([lse2, delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, p.q_pad - p.q_len)))
     tensors = (_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad),
                _pad_rows(dout.astype(q.dtype), p.q_pad), stats, p.q_tokens, p.kv_tokens)
-    dk, dv = dkdv(*tensors, p.per_key_block(), causal=causal, scale=scale, interpret=interpret)
+    key_lists = p.per_key_block(q_seg, kv_seg, q_pos, kv_pos, causal, QUERY_BLOCK)
+    dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, interpret=interpret)
     dq_ = dq(*tensors, p.per_query_block(), causal=causal, scale=scale, interpret=interpret)
     return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]
 

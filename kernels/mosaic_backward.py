@@ -26,20 +26,25 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import mosaic_common as mc
 
 
+# Query rows per streamed block of the dK/dV kernel: 64 keeps the four float32 tiles a thread
+# holds (dk, dv accumulators, s/p and dp) within the register file at D = 128.
+QUERY_BLOCK = 64
+
+
 def _zeros(shape):
     return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
 
 
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, interpret=None):
-    """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block, the visited query blocks."""
+    """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
+    query blocks (``QUERY_BLOCK``)."""
     batch, q_len, q_heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
     n_k = kv_len // mc.BLOCK
-    width = lists.shape[-1]
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
-    tile = (mc.ROWS, mc.BLOCK)  # keys x queries
+    tile = (mc.ROWS, QUERY_BLOCK)  # keys x queries
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dk_ref, dv_ref,
              k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
@@ -53,11 +58,11 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
             plgpu.copy_gmem_to_smem(list_ref.at[b, kb], list_s, list_bar.at[0])
 
         plgpu.barrier_wait(list_bar.at[0])
-        count = list_s[0]
+        count = mc.list_entry(list_s, 0)
 
         def block_of(j):  # the j-th streamed (head in group, query block)
             g, e = j // jnp.maximum(count, 1), lax.rem(j, jnp.maximum(count, 1))
-            return hkv * group + g, lax.shift_right_logical(list_s[1 + e], 1), list_s[1 + e] & 1
+            return hkv * group + g, lax.shift_right_logical(mc.list_entry(list_s, 1 + e), 1), mc.list_entry(list_s, 1 + e) & 1
 
         @pl.when(wg == mc.MEMORY)
         def _():
@@ -65,7 +70,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
             def issue(j, slot):
                 h, qb, _ = block_of(j)
-                q_rows = pl.ds(qb * mc.BLOCK, mc.BLOCK)
+                q_rows = pl.ds(qb * QUERY_BLOCK, QUERY_BLOCK)
                 plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[slot], q_bar.at[slot])
                 plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[slot], qt_bar.at[slot])
                 plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
@@ -94,7 +99,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 plgpu.barrier_wait(qt_bar.at[slot])
                 plgpu.barrier_wait(st_bar.at[slot])
                 lse2 = plgpu.load(st_s.at[slot, 0], layout=mc.COL)
-                s = mc.matmul(k_s.at[wg], q_s.at[slot].T, tile)
+                plgpu.barrier_wait(do_bar.at[slot])
+                s, dp = mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
                 p = jnp.exp2(s * scale2 - mc.cols(lse2, tile))
 
                 def masked(p):
@@ -104,10 +110,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                     return jnp.where(keep, p, 0.0)
 
                 p = lax.cond(needs_mask == 1, masked, lambda p: p, p)
-                plgpu.barrier_wait(do_bar.at[slot])
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 dv = mc.matmul(p16, do_s.at[slot], dv.shape, init=dv, interpret=interpret)
-                dp = mc.matmul(v_s.at[wg], do_s.at[slot].T, tile)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
                 ds = p * (dp - mc.cols(delta, tile))
                 ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
@@ -125,14 +129,14 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
-    streamed = plgpu.SMEM((mc.STAGES, mc.BLOCK, head_dim), dtype, transforms=transforms)
+    streamed = plgpu.SMEM((mc.STAGES, QUERY_BLOCK, head_dim), dtype, transforms=transforms)
     scratch = [
         resident, resident,  # k, v (then dk, dv)
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # key tokens
         streamed, streamed,  # q, dout
-        plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.int32),  # query tokens
-        plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.float32),  # lse2, delta
-        plgpu.SMEM((width,), jnp.int32),  # visit list
+        plgpu.SMEM((mc.STAGES, 2, QUERY_BLOCK), jnp.int32),  # query tokens
+        plgpu.SMEM((mc.STAGES, 2, QUERY_BLOCK), jnp.float32),  # lse2, delta
+        plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
         mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
         plgpu.Barrier(num_barriers=1),
@@ -152,7 +156,6 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     kv_heads = k.shape[2]
     group = q_heads // kv_heads
     n_q = q_len // mc.BLOCK
-    width = lists.shape[-1]
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, mc.BLOCK)  # queries x keys
@@ -169,14 +172,14 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
             plgpu.copy_gmem_to_smem(list_ref.at[b, qb], list_s, list_bar.at[0])
 
         plgpu.barrier_wait(list_bar.at[0])
-        count = list_s[0]
+        count = mc.list_entry(list_s, 0)
 
         @pl.when(wg == mc.MEMORY)
         def _():
             mc.registers(compute=False)
 
             def issue(j, slot):
-                kv_rows = pl.ds(lax.shift_right_logical(list_s[1 + j], 1) * mc.BLOCK, mc.BLOCK)
+                kv_rows = pl.ds(lax.shift_right_logical(mc.list_entry(list_s, 1 + j), 1) * mc.BLOCK, mc.BLOCK)
                 kvh = h // group
                 plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kvh], k_s.at[slot], k_bar.at[slot])
                 plgpu.copy_gmem_to_smem(kt_ref.at[b, :, kv_rows], kt_s.at[slot], kt_bar.at[slot])
@@ -201,10 +204,11 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
 
             def step(j, acc):
                 slot = lax.rem(j, mc.STAGES)
-                needs_mask = list_s[1 + j] & 1
+                needs_mask = mc.list_entry(list_s, 1 + j) & 1
                 plgpu.barrier_wait(k_bar.at[slot])
                 plgpu.barrier_wait(kt_bar.at[slot])
-                s = mc.matmul(q_s.at[wg], k_s.at[slot].T, tile)
+                plgpu.barrier_wait(v_bar.at[slot])
+                s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile), (do_s.at[wg], v_s.at[slot].T, tile))
                 p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
 
                 def masked(p):
@@ -214,8 +218,6 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                     return jnp.where(keep, p, 0.0)
 
                 p = lax.cond(needs_mask == 1, masked, lambda p: p, p)
-                plgpu.barrier_wait(v_bar.at[slot])
-                dp = mc.matmul(do_s.at[wg], v_s.at[slot].T, tile)
                 ds = p * (dp - mc.rows(delta, tile))
                 ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
                 acc = mc.matmul(ds16, k_s.at[slot], acc.shape, init=acc, interpret=interpret)
@@ -237,7 +239,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.float32),  # lse2, delta
         streamed, streamed,  # k, v
         plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.int32),  # key tokens
-        plgpu.SMEM((width,), jnp.int32),  # visit list
+        plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
         plgpu.Barrier(num_barriers=1),
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 4,

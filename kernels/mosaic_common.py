@@ -81,6 +81,24 @@ def matmul(a, b, shape, init=None, *, interpret=None):
     return pl.run_state(accumulate)(plgpu.ACC.init(init))
 
 
+def list_entry(list_s, i):
+    """Flat entry ``i`` of a visit list in SMEM (``[rows, row_len]``, see :mod:`.mosaic_plan`)."""
+    row_len = list_s.shape[-1]
+    return list_s[i // row_len, lax.rem(i, row_len)]
+
+
+def matmuls(*operands):
+    """Several independent ``a @ b`` issued back to back, then waited for together, so the
+    tensor cores run them without the warpgroup stalling between; ``(a, b, shape)`` each."""
+
+    def run(*accs):
+        for acc, (a, b, _) in zip(accs, operands):
+            plgpu.wgmma(acc, a, b)
+        return tuple(acc[...] for acc in accs)
+
+    return pl.run_scoped(run, *[plgpu.ACC(shape, jnp.float32) for _, _, shape in operands])
+
+
 def register_operand(x, staging, *, interpret=None):
     """A 16-bit register tile as the wgmma ``a`` operand. On the GPU it goes straight from
     registers; GPU interpret mode only takes SMEM operands, so there it is staged through

@@ -29,7 +29,6 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     kv_heads = k.shape[2]
     group = q_heads // kv_heads
     n_q = q_len // mc.BLOCK
-    width = lists.shape[-1]
     dtype = q.dtype
     scale2 = scale * mc.LOG2E  # scores in base 2
     tile = (mc.ROWS, mc.BLOCK)
@@ -46,14 +45,14 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             plgpu.copy_gmem_to_smem(list_ref.at[b, qb], list_s, list_bar.at[0])
 
         plgpu.barrier_wait(list_bar.at[0])
-        count = list_s[0]
+        count = mc.list_entry(list_s, 0)
 
         @pl.when(wg == mc.MEMORY)
         def _():
             mc.registers(compute=False)
 
             def issue(j, slot):
-                kv_rows = pl.ds(lax.shift_right_logical(list_s[1 + j], 1) * mc.BLOCK, mc.BLOCK)
+                kv_rows = pl.ds(lax.shift_right_logical(mc.list_entry(list_s, 1 + j), 1) * mc.BLOCK, mc.BLOCK)
                 kvh = h // group
                 plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kvh], k_s.at[slot], k_bar.at[slot])
                 plgpu.copy_gmem_to_smem(kt_ref.at[b, :, kv_rows], kt_s.at[slot], kt_bar.at[slot])
@@ -75,7 +74,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             def step(j, carry):
                 m, l, acc = carry
                 slot = lax.rem(j, mc.STAGES)
-                needs_mask = (list_s[1 + j] & 1) == 1
+                needs_mask = (mc.list_entry(list_s, 1 + j) & 1) == 1
                 plgpu.barrier_wait(k_bar.at[slot])
                 plgpu.barrier_wait(kt_bar.at[slot])
                 s = mc.matmul(q_s.at[wg], k_s.at[slot].T, tile) * scale2
@@ -121,7 +120,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # q segment ids / positions
         plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.int32),  # kv segment ids / positions
         plgpu.SMEM((mc.COMPUTE, mc.ROWS), jnp.float32),  # lse
-        plgpu.SMEM((width,), jnp.int32),  # visit list
+        plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
         plgpu.Barrier(num_barriers=1),
         plgpu.Barrier(num_barriers=mc.COMPUTE),

@@ -5,9 +5,10 @@ All of it is plain XLA, computed once per call outside the kernels.
 * Token arrays int32 ``[B, 2, S_pad]``: row 0 the segment ids, row 1 the
   positions, padded with segment 0 to a multiple of the block (so the
   kernel's masked tails are padding tokens, which see and are seen by nothing).
-* Visit lists int32 ``[B, n_resident, 1 + n_streamed]`` (last axis padded to a
-  multiple of 4 for the TMA copy): entry 0 is how many tiles of the resident
-  block to visit; entries ``1 ..`` are ``2 * block + needs_mask`` of each
+* Visit lists int32 ``[B, n_resident, rows, LIST_ROW]`` (or ``[.., 1, width]``
+  when ``1 + n_streamed`` fits one row; width a multiple of 4 for the TMA copy,
+  whose box is at most 256 per axis): flat entry 0 is how many tiles of the
+  resident block to visit; entries ``1 ..`` are ``2 * block + needs_mask`` of each
   visited streamed block in increasing order. ``needs_mask`` is 0 only for a
   tile the mask keeps whole (one segment on both sides, no padding, and when
   causal every key position at most every query position): the kernel skips
@@ -24,6 +25,7 @@ from .block_skip import block_ranges, block_visit_mask
 from .mask import pad_tokens
 
 LIST_ALIGN = 4  # int32 entries per 16 bytes: the TMA copy granule
+LIST_ROW = 256  # the longest TMA box axis
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -63,14 +65,16 @@ def tile_table(q_seg, q_pos, kv_seg, kv_pos, *, causal: bool, block_q: int, bloc
 
 
 def visit_lists(visit, whole):
-    """int32 ``[B, n_resident, 1 + n_streamed (padded)]`` from boolean ``[B, n_resident, n_streamed]``
-    tables (see the module docstring)."""
+    """int32 ``[B, n_resident, rows, row_len]`` from boolean ``[B, n_resident, n_streamed]`` tables
+    (see the module docstring); read flat entry i at ``[i // row_len, i % row_len]``."""
     batch, n_resident, n_streamed = visit.shape
     # visited blocks first, each group in increasing block order (the sort is stable)
     order = jnp.argsort(~visit, axis=-1, stable=True).astype(jnp.int32)
     needs_mask = (~jnp.take_along_axis(whole, order, axis=-1)).astype(jnp.int32)
     entries = 2 * order + needs_mask
     count = visit.sum(-1, dtype=jnp.int32)[..., None]
-    width = round_up(1 + n_streamed, LIST_ALIGN)
+    row_len = min(round_up(1 + n_streamed, LIST_ALIGN), LIST_ROW)
+    width = round_up(1 + n_streamed, row_len)
     lists = jnp.concatenate([count, entries], axis=-1)
-    return jnp.pad(lists, ((0, 0), (0, 0), (0, width - 1 - n_streamed)))
+    lists = jnp.pad(lists, ((0, 0), (0, 0), (0, width - 1 - n_streamed)))
+    return lists.reshape(batch, n_resident, width // row_len, row_len)

@@ -20,6 +20,9 @@ fi
 if [[ " $STEPS " == *" anchor "* ]]; then
   timeout 180 python3 scripts/anchors/anchor_attention.py torch 2>&1 | tee "$OUT/anchor_torch.log" | grep -v "^torch " | tail -20
 fi
+if [[ " $STEPS " == *" anchor-jax "* ]]; then  # stock JAX kernels: Pallas Triton/Mosaic GPU, cuDNN, XLA
+  OUT="$OUT" timeout ${ANCHOR_TIMEOUT:-240} python3 scripts/anchors/anchor_attention.py jax 2>&1 | tee "$OUT/anchor_jax.log" | tail -40
+fi
 if [[ " $STEPS " == *" bench "* ]]; then
   timeout 300 python3 scripts/bench_attention.py ${BENCH_ARGS:-} --json "$OUT/bench_attention.json" 2>&1 \
     | tee "$OUT/bench_attention.log" | tail -40

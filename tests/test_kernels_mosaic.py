@@ -29,11 +29,12 @@ def test_visit_lists_match_the_mask(rng):
     for causal in (True, False):
         tiles = mosaic_plan.tile_table(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=block, block_k=block)
         lists = np.asarray(mosaic_plan.visit_lists(tiles.visit, tiles.whole))
+        assert lists.shape[2] == 1 and lists.shape[-1] % 4 == 0  # one row, 16-byte multiple
+        lists = lists.reshape(2, lists.shape[1], -1)
         seen = np.asarray(visible(q_seg, q_pos, kv_seg, kv_pos, causal=causal))
         seen = np.pad(seen, ((0, 0), (0, 40 - 37), (0, 56 - 50)))  # padded tails see nothing
         n_q, n_k = 40 // block, 56 // block
         tile = seen.reshape(2, n_q, block, n_k, block).transpose(0, 1, 3, 2, 4)
-        assert lists.shape[-1] % 4 == 0
         for b in range(2):
             for i in range(n_q):
                 count = lists[b, i, 0]
@@ -47,6 +48,17 @@ def test_visit_lists_match_the_mask(rng):
                         assert tile[b, i, j].all()  # an unmasked tile is wholly visible
                 whole = {j for j in range(n_k) if tile[b, i, j].all()}
                 assert {j for j, m in zip(blocks, needs_mask) if not m} <= whole
+
+
+def test_long_visit_lists_fold_into_rows_of_256(rng):
+    visit = jnp.asarray(rng.random((1, 3, 300)) < 0.5)
+    lists = np.asarray(mosaic_plan.visit_lists(visit, visit & False))
+    assert lists.shape == (1, 3, 2, 256)  # a TMA box axis holds at most 256 entries
+    flat = lists.reshape(1, 3, -1)
+    for i in range(3):
+        count = flat[0, i, 0]
+        np.testing.assert_array_equal(flat[0, i, 1:1 + count] // 2, np.flatnonzero(np.asarray(visit[0, i])))
+        assert (flat[0, i, 1:1 + count] % 2 == 1).all()
 
 
 def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal):
