@@ -26,7 +26,7 @@ _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 HEAD_DIMS = (64, 128)
 # Head dims checked against the reference on a GPU (tests/test_kernels_gpu.py): ``auto`` picks
 # mosaic only for these; an explicit impl="mosaic" serves every HEAD_DIMS entry.
-AUTO_HEAD_DIMS = ()
+AUTO_HEAD_DIMS = (64, 128)
 
 
 def _is_hopper() -> bool:
@@ -54,23 +54,36 @@ def _pad_rows(x, length: int):
     return x if extra == 0 else jnp.pad(x, ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
 
 
+# Streamed block rows and SMEM stages per kernel (mosaic_common.Tuning); the bench's
+# --mosaic-tuning overrides them. dK/dV streams 64-query blocks: the four float32 tiles a thread
+# holds (dk and dv accumulators, s/p, dp) then fit the register file at D = 128.
+TUNING = {
+    "forward": mc.Tuning(block=128, stages=2),
+    "dkdv": mc.Tuning(block=64, stages=2),
+    "dq": mc.Tuning(block=128, stages=2),
+}
+
+
 class _Plan:
-    """Padded token arrays and the visit lists of one call."""
+    """Padded token arrays and visit lists of one call (lengths padded to ``BLOCK``, which every
+    streamed block size divides)."""
 
     def __init__(self, q_seg, kv_seg, q_pos, kv_pos, causal):
+        self.args = (q_seg, q_pos, kv_seg, kv_pos)
+        self.causal = causal
         self.q_len, self.kv_len = q_seg.shape[1], kv_seg.shape[1]
         self.q_pad, self.kv_pad = plan.round_up(self.q_len, mc.BLOCK), plan.round_up(self.kv_len, mc.BLOCK)
         self.q_tokens = plan.token_array(q_seg, q_pos, self.q_pad)
         self.kv_tokens = plan.token_array(kv_seg, kv_pos, self.kv_pad)
-        self.tiles = plan.tile_table(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=mc.BLOCK,
-                                     block_k=mc.BLOCK)
 
-    def per_query_block(self):
-        return plan.visit_lists(self.tiles.visit, self.tiles.whole)
+    def per_query_block(self, kv_block: int):
+        """For each resident query block, the visited key blocks of ``kv_block`` rows."""
+        tiles = plan.tile_table(*self.args, causal=self.causal, block_q=mc.BLOCK, block_k=kv_block)
+        return plan.visit_lists(tiles.visit, tiles.whole)
 
-    def per_key_block(self, q_seg, kv_seg, q_pos, kv_pos, causal, query_block):
-        tiles = plan.tile_table(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=query_block,
-                                block_k=mc.BLOCK)
+    def per_key_block(self, q_block: int):
+        """For each resident key block, the visited query blocks of ``q_block`` rows."""
+        tiles = plan.tile_table(*self.args, causal=self.causal, block_q=q_block, block_k=mc.BLOCK)
         return plan.visit_lists(tiles.visit.transpose(0, 2, 1), tiles.whole.transpose(0, 2, 1))
 
 
@@ -78,15 +91,16 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=N
     """-> out ``[B, Sq, Hq, D]``, lse float32 ``[B, Hq, Sq]``."""
     from .mosaic_forward import forward as kernel
 
-    p = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
+    p, tuning = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal), TUNING["forward"]
     out, lse = kernel(_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad), p.q_tokens,
-                      p.kv_tokens, p.per_query_block(), causal=causal, scale=scale, interpret=interpret)
+                      p.kv_tokens, p.per_query_block(tuning.block), causal=causal, scale=scale, tuning=tuning,
+                      interpret=interpret)
     return out[:, :p.q_len], lse[:, :, :p.q_len]
 
 
 def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None)."""
-    from .mosaic_backward import QUERY_BLOCK, dkdv, dq
+    from .mosaic_backward import dkdv, dq
 
     p = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
     lse = lse.astype(jnp.float32)
@@ -95,9 +109,10 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     stats = jnp.pad(jnp.stack([lse2, delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, p.q_pad - p.q_len)))
     tensors = (_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad),
                _pad_rows(dout.astype(q.dtype), p.q_pad), stats, p.q_tokens, p.kv_tokens)
-    key_lists = p.per_key_block(q_seg, kv_seg, q_pos, kv_pos, causal, QUERY_BLOCK)
-    dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, interpret=interpret)
-    dq_ = dq(*tensors, p.per_query_block(), causal=causal, scale=scale, interpret=interpret)
+    dk, dv = dkdv(*tensors, p.per_key_block(TUNING["dkdv"].block), causal=causal, scale=scale,
+                  tuning=TUNING["dkdv"], interpret=interpret)
+    dq_ = dq(*tensors, p.per_query_block(TUNING["dq"].block), causal=causal, scale=scale, tuning=TUNING["dq"],
+             interpret=interpret)
     return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]
 
 

@@ -26,25 +26,22 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import mosaic_common as mc
 
 
-# Query rows per streamed block of the dK/dV kernel: 64 keeps the four float32 tiles a thread
-# holds (dk, dv accumulators, s/p and dp) within the register file at D = 128.
-QUERY_BLOCK = 64
-
-
 def _zeros(shape):
     return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
 
 
-def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, interpret=None):
+def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
+         interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
-    query blocks (``QUERY_BLOCK``)."""
+    query blocks (``tuning.block``)."""
+    q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     group = q_heads // kv_heads
     n_k = kv_len // mc.BLOCK
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
-    tile = (mc.ROWS, QUERY_BLOCK)  # keys x queries
+    tile = (mc.ROWS, q_block)  # keys x queries
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dk_ref, dv_ref,
              k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
@@ -70,13 +67,13 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
             def issue(j, slot):
                 h, qb, _ = block_of(j)
-                q_rows = pl.ds(qb * QUERY_BLOCK, QUERY_BLOCK)
+                q_rows = pl.ds(qb * q_block, q_block)
                 plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[slot], q_bar.at[slot])
                 plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[slot], qt_bar.at[slot])
                 plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
                 plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
 
-            mc.stream(group * count, issue, consumed)
+            mc.stream(group * count, issue, consumed, stages)
 
         @pl.when(wg < mc.MEMORY)
         def _():
@@ -93,7 +90,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
             def step(j, carry):
                 dk, dv = carry
-                slot = lax.rem(j, mc.STAGES)
+                slot = lax.rem(j, stages)
                 _, _, needs_mask = block_of(j)
                 plgpu.barrier_wait(q_bar.at[slot])
                 plgpu.barrier_wait(qt_bar.at[slot])
@@ -129,20 +126,20 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
-    streamed = plgpu.SMEM((mc.STAGES, QUERY_BLOCK, head_dim), dtype, transforms=transforms)
+    streamed = plgpu.SMEM((stages, q_block, head_dim), dtype, transforms=transforms)
     scratch = [
         resident, resident,  # k, v (then dk, dv)
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # key tokens
         streamed, streamed,  # q, dout
-        plgpu.SMEM((mc.STAGES, 2, QUERY_BLOCK), jnp.int32),  # query tokens
-        plgpu.SMEM((mc.STAGES, 2, QUERY_BLOCK), jnp.float32),  # lse2, delta
+        plgpu.SMEM((stages, 2, q_block), jnp.int32),  # query tokens
+        plgpu.SMEM((stages, 2, q_block), jnp.float32),  # lse2, delta
         plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
         mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
         plgpu.Barrier(num_barriers=1),
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 3,
-        *[plgpu.Barrier(num_barriers=mc.STAGES)] * 4,
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=mc.STAGES),
+        *[plgpu.Barrier(num_barriers=stages)] * 4,
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
     run = mc.kernel(body, out_type=out_type, scratch_types=scratch, grid=(batch, n_k, kv_heads),
@@ -150,15 +147,18 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)
 
 
-def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, interpret=None):
-    """Padded inputs -> dq like q. ``lists``: per query block, the visited key blocks."""
+def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
+       interpret=None):
+    """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
+    (``tuning.block``)."""
+    kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
     group = q_heads // kv_heads
     n_q = q_len // mc.BLOCK
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
-    tile = (mc.ROWS, mc.BLOCK)  # queries x keys
+    tile = (mc.ROWS, kv_block)  # queries x keys
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref,
              q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
@@ -179,13 +179,13 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
             mc.registers(compute=False)
 
             def issue(j, slot):
-                kv_rows = pl.ds(lax.shift_right_logical(mc.list_entry(list_s, 1 + j), 1) * mc.BLOCK, mc.BLOCK)
+                kv_rows = pl.ds(lax.shift_right_logical(mc.list_entry(list_s, 1 + j), 1) * kv_block, kv_block)
                 kvh = h // group
                 plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kvh], k_s.at[slot], k_bar.at[slot])
                 plgpu.copy_gmem_to_smem(kt_ref.at[b, :, kv_rows], kt_s.at[slot], kt_bar.at[slot])
                 plgpu.copy_gmem_to_smem(v_ref.at[b, kv_rows, kvh], v_s.at[slot], v_bar.at[slot])
 
-            mc.stream(count, issue, consumed)
+            mc.stream(count, issue, consumed, stages)
 
         @pl.when(wg < mc.MEMORY)
         def _():
@@ -203,7 +203,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
             delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
 
             def step(j, acc):
-                slot = lax.rem(j, mc.STAGES)
+                slot = lax.rem(j, stages)
                 needs_mask = mc.list_entry(list_s, 1 + j) & 1
                 plgpu.barrier_wait(k_bar.at[slot])
                 plgpu.barrier_wait(kt_bar.at[slot])
@@ -232,19 +232,19 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
-    streamed = plgpu.SMEM((mc.STAGES, mc.BLOCK, head_dim), dtype, transforms=transforms)
+    streamed = plgpu.SMEM((stages, kv_block, head_dim), dtype, transforms=transforms)
     scratch = [
         resident, resident,  # q (then dq), dout
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # query tokens
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.float32),  # lse2, delta
         streamed, streamed,  # k, v
-        plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.int32),  # key tokens
+        plgpu.SMEM((stages, 2, kv_block), jnp.int32),  # key tokens
         plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
         plgpu.Barrier(num_barriers=1),
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 4,
-        *[plgpu.Barrier(num_barriers=mc.STAGES)] * 3,
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=mc.STAGES),
+        *[plgpu.Barrier(num_barriers=stages)] * 3,
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
     run = mc.kernel(body, out_type=jax.ShapeDtypeStruct(q.shape, dtype), scratch_types=scratch,
                     grid=(batch, n_q, q_heads), interpret=interpret)

@@ -4,13 +4,14 @@ and the memory warpgroup's streaming loop.
 Each kernel runs three Pallas threads (warpgroups) per CTA: threads 0 and 1
 compute, each on 64 rows of the CTA's resident block (128 rows); thread 2
 streams the other operand's blocks (named by a visit list, see
-:mod:`.mosaic_plan`) through ``STAGES`` SMEM slots with TMA. A slot is
+:mod:`.mosaic_plan`) through ``stages`` SMEM slots with TMA. A slot is
 refilled once both compute threads have arrived on its ``consumed`` barrier.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,13 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 ROWS = 64  # rows per compute warpgroup (the wgmma M)
 COMPUTE = 2  # compute warpgroups per CTA
 BLOCK = ROWS * COMPUTE  # resident rows per CTA, and rows per streamed block
-STAGES = 2  # SMEM slots of the streamed operand
+
+
+class Tuning(NamedTuple):
+    """Per kernel: rows of each streamed block (64 or 128) and SMEM slots that hold them."""
+
+    block: int
+    stages: int
 MEMORY = COMPUTE  # the thread index of the memory warpgroup
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -117,15 +124,15 @@ def staging_scratch(shape, dtype, *, interpret=None):
     return plgpu.SMEM((COMPUTE, *shape), dtype, transforms=mma_transforms(dtype))
 
 
-def stream(count, issue, consumed):
+def stream(count, issue, consumed, stages: int):
     """The memory warpgroup's loop: ``issue(j, slot)`` the copies of the j-th visited block
     into ``slot`` once the compute threads released it, for ``j < count``; then wait for the
     last releases, so that every completion of ``consumed`` is awaited."""
 
     def step(j, carry):
-        slot = lax.rem(j, STAGES)
+        slot = lax.rem(j, stages)
 
-        @pl.when(j >= STAGES)
+        @pl.when(j >= stages)
         def _():
             plgpu.barrier_wait(consumed.at[slot])
 
@@ -135,10 +142,10 @@ def stream(count, issue, consumed):
     lax.fori_loop(0, count, step, None)
 
     def drain(j, carry):
-        plgpu.barrier_wait(consumed.at[lax.rem(j, STAGES)])
+        plgpu.barrier_wait(consumed.at[lax.rem(j, stages)])
         return carry
 
-    lax.fori_loop(jnp.maximum(count - STAGES, 0), count, drain, None)
+    lax.fori_loop(jnp.maximum(count - stages, 0), count, drain, None)
 
 
 def thread_index():

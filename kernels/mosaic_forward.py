@@ -19,19 +19,22 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import mosaic_common as mc
 
 
-def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, interpret=None):
+def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
+            interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
-    multiple of 64; token arrays int32 ``[B, 2, S]`` and visit lists from :mod:`.mosaic_plan`.
+    multiple of 64; token arrays int32 ``[B, 2, S]`` and visit lists from :mod:`.mosaic_plan`
+    (per query block of ``BLOCK``, the visited key blocks of ``tuning.block``).
     """
+    kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
     group = q_heads // kv_heads
     n_q = q_len // mc.BLOCK
     dtype = q.dtype
     scale2 = scale * mc.LOG2E  # scores in base 2
-    tile = (mc.ROWS, mc.BLOCK)
+    tile = (mc.ROWS, kv_block)
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, q_bar, qt_bar, k_bar, v_bar, kt_bar,
@@ -52,13 +55,13 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             mc.registers(compute=False)
 
             def issue(j, slot):
-                kv_rows = pl.ds(lax.shift_right_logical(mc.list_entry(list_s, 1 + j), 1) * mc.BLOCK, mc.BLOCK)
+                kv_rows = pl.ds(lax.shift_right_logical(mc.list_entry(list_s, 1 + j), 1) * kv_block, kv_block)
                 kvh = h // group
                 plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kvh], k_s.at[slot], k_bar.at[slot])
                 plgpu.copy_gmem_to_smem(kt_ref.at[b, :, kv_rows], kt_s.at[slot], kt_bar.at[slot])
                 plgpu.copy_gmem_to_smem(v_ref.at[b, kv_rows, kvh], v_s.at[slot], v_bar.at[slot])
 
-            mc.stream(count, issue, consumed)
+            mc.stream(count, issue, consumed, stages)
 
         @pl.when(wg < mc.MEMORY)
         def _():
@@ -73,7 +76,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
             def step(j, carry):
                 m, l, acc = carry
-                slot = lax.rem(j, mc.STAGES)
+                slot = lax.rem(j, stages)
                 needs_mask = (mc.list_entry(list_s, 1 + j) & 1) == 1
                 plgpu.barrier_wait(k_bar.at[slot])
                 plgpu.barrier_wait(kt_bar.at[slot])
@@ -115,20 +118,20 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     transforms = mc.mma_transforms(dtype)
     scratch = [
         plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms),  # q, then out
-        plgpu.SMEM((mc.STAGES, mc.BLOCK, head_dim), dtype, transforms=transforms),  # k
-        plgpu.SMEM((mc.STAGES, mc.BLOCK, head_dim), dtype, transforms=transforms),  # v
+        plgpu.SMEM((stages, kv_block, head_dim), dtype, transforms=transforms),  # k
+        plgpu.SMEM((stages, kv_block, head_dim), dtype, transforms=transforms),  # v
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # q segment ids / positions
-        plgpu.SMEM((mc.STAGES, 2, mc.BLOCK), jnp.int32),  # kv segment ids / positions
+        plgpu.SMEM((stages, 2, kv_block), jnp.int32),  # kv segment ids / positions
         plgpu.SMEM((mc.COMPUTE, mc.ROWS), jnp.float32),  # lse
         plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
         plgpu.Barrier(num_barriers=1),
         plgpu.Barrier(num_barriers=mc.COMPUTE),
         plgpu.Barrier(num_barriers=mc.COMPUTE),
-        plgpu.Barrier(num_barriers=mc.STAGES),
-        plgpu.Barrier(num_barriers=mc.STAGES),
-        plgpu.Barrier(num_barriers=mc.STAGES),
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=mc.STAGES),
+        plgpu.Barrier(num_barriers=stages),
+        plgpu.Barrier(num_barriers=stages),
+        plgpu.Barrier(num_barriers=stages),
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
     out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
     run = mc.kernel(body, out_type=out_type, scratch_types=scratch, grid=(batch, n_q, q_heads),

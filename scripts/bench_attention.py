@@ -11,7 +11,15 @@ FLOPs: forward ``4 * B * S^2 * Hq * D`` for the full mask, half that causal;
 packed masks count only the visible work (the sum over samples, 1/4 of the
 plain mask); forward+backward is 3.5x the forward. Every row prints its
 ratio to JAX cuDNN on the plain mask of the same kind and S, and to the
-measured bf16 matmul ceiling (8192^3), all in the same run.
+measured bf16 matmul ceiling (8192^3), all in the same run. On the plain
+masks each row also prints its largest relative error against cuDNN over
+out, dq, dk and dv (a wrong kernel cannot hide behind a good speed).
+
+    python scripts/bench_attention.py --impls mosaic \
+        --mosaic-tuning "forward=128,2;dkdv=64,2;dq=128,2|forward=64,4;dkdv=64,4;dq=64,4"
+
+times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
+its own row.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longvila_jax.kernels import flash_attention, triton_backend
+from longvila_jax.kernels import flash_attention, mosaic_backend, mosaic_common, triton_backend
 
 BATCH, Q_HEADS, KV_HEADS, HEAD_DIM = 1, 32, 8, 128
 
@@ -79,7 +87,24 @@ def attention_fn(impl, length, causal, n_segments, block_q, block_k):
     return lambda q, k, v: flash_attention(q, k, v, **kwargs)[0]
 
 
+DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
+
+
+def set_mosaic_tuning(spec: str):
+    """``forward=128,2;dkdv=64,2;dq=128,2`` -> mosaic_backend.TUNING (kernels not named: defaults)."""
+    mosaic_backend.TUNING.update(DEFAULT_MOSAIC_TUNING)
+    for item in filter(None, spec.split(";")):
+        name, values = item.split("=")
+        mosaic_backend.TUNING[name] = mosaic_common.Tuning(*map(int, values.split(",")))
+
+
+def rel_err(a, b):
+    a, b = (jnp.asarray(x, jnp.float32) for x in (a, b))
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
 def bench_one(impl, length, mask, block_q, block_k, budget_s):
+    """Timings, and the outputs ``(out, dq, dk, dv)`` for the error check."""
     causal = mask.startswith("causal")
     n_segments = 4 if mask.endswith("packed4") else 1
     keys = jax.random.split(jax.random.key(length), 4)
@@ -87,14 +112,20 @@ def bench_one(impl, length, mask, block_q, block_k, budget_s):
     k = jax.random.normal(keys[1], (BATCH, length, KV_HEADS, HEAD_DIM), jnp.bfloat16)
     v = jax.random.normal(keys[2], (BATCH, length, KV_HEADS, HEAD_DIM), jnp.bfloat16)
     dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
+    if impl.startswith("mosaic["):
+        set_mosaic_tuning(impl[len("mosaic["):-1])
+        impl = "mosaic"
+    elif impl == "mosaic":
+        set_mosaic_tuning("")
     f = attention_fn(impl, length, causal, n_segments, block_q, block_k)
     fwd = jax.jit(f)
     fwd_bwd = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))
     flops = forward_flops(length, causal, n_segments)
     t_fwd = time_call(fwd, q, k, v, budget_s=budget_s)
     t_all = time_call(fwd_bwd, q, k, v, dout, budget_s=budget_s)
+    outputs = (fwd(q, k, v), *fwd_bwd(q, k, v, dout))
     return dict(fwd_ms=t_fwd * 1e3, fwd_bwd_ms=t_all * 1e3, fwd_tflops=flops / t_fwd / 1e12,
-                fwd_bwd_tflops=3.5 * flops / t_all / 1e12)
+                fwd_bwd_tflops=3.5 * flops / t_all / 1e12), outputs
 
 
 def main():
@@ -109,6 +140,8 @@ def main():
     parser.add_argument("--budget-s", type=float, default=10.0, help="timing budget per measurement")
     parser.add_argument("--triton-tiles", default="",
                         help="override Triton tiles, e.g. 'forward=128,64,8,3;dkdv=32,128,8,3;dq=128,32,8,3'")
+    parser.add_argument("--mosaic-tuning", default="",
+                        help="'|'-separated Mosaic tunings, each timed as its own row (see the docstring)")
     parser.add_argument("--ceiling-size", type=int, default=8192, help="square matmul for the ceiling")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
@@ -122,24 +155,33 @@ def main():
     print(f"# triton tiles: {triton_backend.TILES}; xla tiles: {args.block_q}x{args.block_k}")
     ceiling = matmul_ceiling_tflops(args.ceiling_size)
     print(f"# bf16 matmul {args.ceiling_size}^3: {ceiling:.0f} TFLOP/s (ceiling anchor)")
+    print(f"# mosaic tuning: {mosaic_backend.TUNING}")
     print("| impl | S | mask | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN "
-          "| fwd+bwd / own plain | fwd+bwd / ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| fwd+bwd / own plain | fwd+bwd / ceiling | max rel err vs cuDNN |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    impl_names = [i for i in args.impls.split(",") if i]
+    if args.mosaic_tuning and "mosaic" in impl_names:
+        at = impl_names.index("mosaic")
+        impl_names[at:at + 1] = [f"mosaic[{spec}]" for spec in args.mosaic_tuning.split("|")]
     rows = []
     for length in (int(s) for s in args.seqs.split(",")):
-        anchors, own_plain = {}, {}
+        anchors, own_plain, anchor_outputs = {}, {}, {}
         for mask in args.masks.split(","):
             plain = mask.split("-")[0]
             impls = ["jax-cudnn"] if mask == plain else []
-            impls += [i for i in args.impls.split(",") if i]
+            impls += impl_names
             for impl in impls:
                 try:
-                    r = bench_one(impl, length, mask, args.block_q, args.block_k, args.budget_s)
+                    r, outputs = bench_one(impl, length, mask, args.block_q, args.block_k, args.budget_s)
                 except Exception as e:  # report and go on: one failing backend must not hide the rest
                     print(f"| {impl} | {length} | {mask} | failed: {type(e).__name__}: {str(e)[:120]} |")
                     continue
                 if impl == "jax-cudnn":
-                    anchors[plain] = r
+                    anchors[plain], anchor_outputs[plain] = r, outputs
+                err = "-"
+                if mask == plain and plain in anchor_outputs:
+                    err = f"{max(rel_err(a, b) for a, b in zip(outputs, anchor_outputs[plain])):.1e}"
+                del outputs
                 if mask == plain:
                     own_plain[(impl, plain)] = r
 
@@ -150,11 +192,11 @@ def main():
                 row = dict(impl=impl, seq=length, mask=mask, **r, ceiling_tflops=ceiling,
                            ratio_fwd=ratio("fwd_tflops", anchor),
                            ratio_fwd_bwd=ratio("fwd_bwd_tflops", anchor),
-                           ratio_own_plain=ratio("fwd_bwd_tflops", own))
+                           ratio_own_plain=ratio("fwd_bwd_tflops", own), max_rel_err_vs_cudnn=err)
                 rows.append(row)
                 print(f"| {impl} | {length} | {mask} | {r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} "
                       f"| {row['ratio_fwd']} | {row['ratio_fwd_bwd']} | {row['ratio_own_plain']} "
-                      f"| {r['fwd_bwd_tflops'] / ceiling:.2f} |", flush=True)
+                      f"| {r['fwd_bwd_tflops'] / ceiling:.2f} | {err} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device.device_kind, jax=jax.__version__, rows=rows), f, indent=1)

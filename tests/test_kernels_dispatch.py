@@ -46,6 +46,22 @@ def test_auto_on_gpu_prefers_cudnn_then_triton_then_xla(triton_importable):
         assert dispatch.choose("auto", dataclasses.replace(GPU_CALL, **change)).NAME == "xla", change
 
 
+def test_auto_on_hopper_prefers_cudnn_then_mosaic(monkeypatch):
+    monkeypatch.setattr(dispatch.mosaic_backend, "_is_hopper", lambda: True)
+    assert dispatch.choose("auto", GPU_CALL).NAME == "cudnn"  # plain masks: cuDNN is faster
+    for change in (dict(has_segments=True), dict(has_positions=True), dict(kv_len=512), dict(given_lse=True),
+                   dict(has_segments=True, head_dim=64, dtype=np.dtype(np.float16))):
+        assert dispatch.choose("auto", dataclasses.replace(GPU_CALL, **change)).NAME == "mosaic", change
+    siglip = dataclasses.replace(GPU_CALL, head_dim=72, causal=False, q_heads=16, kv_heads=16)
+    assert dispatch.choose("auto", siglip).NAME == "cudnn"
+    assert dispatch.choose("auto", dataclasses.replace(GPU_CALL, head_dim=72, has_segments=True)).NAME != "mosaic"
+    with pytest.raises(ValueError, match="head_dim must be one of"):
+        dispatch.choose("mosaic", dataclasses.replace(GPU_CALL, head_dim=96))
+    monkeypatch.setattr(dispatch.mosaic_backend, "_is_hopper", lambda: False)  # Ampere: Triton serves
+    with pytest.raises(ValueError, match="compute capability 9"):
+        dispatch.choose("mosaic", GPU_CALL)
+
+
 def test_cudnn_explicitly_on_an_invalid_mask_says_why():
     with pytest.raises(ValueError, match="segment ids"):
         dispatch.choose("cudnn", dataclasses.replace(GPU_CALL, has_segments=True))
