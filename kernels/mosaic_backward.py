@@ -50,41 +50,29 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         kb = n_k - 1 - r
         wg = mc.thread_index()
 
-        @pl.when(wg == mc.MEMORY)
-        def _():
-            plgpu.copy_gmem_to_smem(list_ref.at[b, kb], list_s, list_bar.at[0])
-
-        plgpu.barrier_wait(list_bar.at[0])
-        count = mc.list_entry(list_s, 0)
+        count = mc.visit_count(list_ref.at[b, kb], list_s, list_bar, wg)
 
         def block_of(j):  # the j-th streamed (head in group, query block)
             g, e = j // jnp.maximum(count, 1), lax.rem(j, jnp.maximum(count, 1))
             return hkv * group + g, lax.shift_right_logical(mc.list_entry(list_s, 1 + e), 1), mc.list_entry(list_s, 1 + e) & 1
 
-        @pl.when(wg == mc.MEMORY)
-        def _():
-            mc.registers(compute=False)
+        def issue(j, slot):
+            h, qb, _ = block_of(j)
+            q_rows = pl.ds(qb * q_block, q_block)
+            plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[slot], q_bar.at[slot])
+            plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[slot], qt_bar.at[slot])
+            plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
+            plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
 
-            def issue(j, slot):
-                h, qb, _ = block_of(j)
-                q_rows = pl.ds(qb * q_block, q_block)
-                plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[slot], q_bar.at[slot])
-                plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[slot], qt_bar.at[slot])
-                plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
-                plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
-
-            mc.stream(group * count, issue, consumed, stages)
+        mc.memory_thread(wg, group * count, issue, consumed, stages)
 
         @pl.when(wg < mc.MEMORY)
         def _():
             mc.registers(compute=True)
             k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
-            plgpu.copy_gmem_to_smem(k_ref.at[b, k_rows, hkv], k_s.at[wg], k_bar.at[wg])
-            plgpu.copy_gmem_to_smem(v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg])
-            plgpu.copy_gmem_to_smem(kt_ref.at[b, :, k_rows], kt_s.at[wg], kt_bar.at[wg])
-            plgpu.barrier_wait(k_bar.at[wg])
-            plgpu.barrier_wait(v_bar.at[wg])
-            plgpu.barrier_wait(kt_bar.at[wg])
+            mc.copy_in([(k_ref.at[b, k_rows, hkv], k_s.at[wg], k_bar.at[wg]),
+                        (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
+                        (kt_ref.at[b, :, k_rows], kt_s.at[wg], kt_bar.at[wg])])
             kv_seg = plgpu.load(kt_s.at[wg, 0], layout=mc.ROW)
             kv_pos = plgpu.load(kt_s.at[wg, 1], layout=mc.ROW)
 
@@ -99,14 +87,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 plgpu.barrier_wait(do_bar.at[slot])
                 s, dp = mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
                 p = jnp.exp2(s * scale2 - mc.cols(lse2, tile))
-
-                def masked(p):
-                    q_seg = plgpu.load(qt_s.at[slot, 0], layout=mc.COL)
-                    q_pos = plgpu.load(qt_s.at[slot, 1], layout=mc.COL)
-                    keep = mc.visible(q_seg, q_pos, kv_seg, kv_pos, tile, causal=causal, q_on_rows=False)
-                    return jnp.where(keep, p, 0.0)
-
-                p = lax.cond(needs_mask == 1, masked, lambda p: p, p)
+                p = mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 dv = mc.matmul(p16, do_s.at[slot], dv.shape, init=dv, interpret=interpret)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
@@ -163,40 +144,18 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref,
              q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
              list_bar, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed):
-        b, r, h = mc.program_ids()
-        qb = n_q - 1 - r
-        wg = mc.thread_index()
-
-        @pl.when(wg == mc.MEMORY)
-        def _():
-            plgpu.copy_gmem_to_smem(list_ref.at[b, qb], list_s, list_bar.at[0])
-
-        plgpu.barrier_wait(list_bar.at[0])
-        count = mc.list_entry(list_s, 0)
-
-        @pl.when(wg == mc.MEMORY)
-        def _():
-            mc.registers(compute=False)
-
-            def issue(j, slot):
-                kv_rows = pl.ds(lax.shift_right_logical(mc.list_entry(list_s, 1 + j), 1) * kv_block, kv_block)
-                kvh = h // group
-                plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kvh], k_s.at[slot], k_bar.at[slot])
-                plgpu.copy_gmem_to_smem(kt_ref.at[b, :, kv_rows], kt_s.at[slot], kt_bar.at[slot])
-                plgpu.copy_gmem_to_smem(v_ref.at[b, kv_rows, kvh], v_s.at[slot], v_bar.at[slot])
-
-            mc.stream(count, issue, consumed, stages)
+        b, qb, h, wg, count = mc.key_streaming_cta(n_q, group, kv_block, stages, list_ref, list_s, list_bar,
+                                                   (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
+                                                   (k_bar, kt_bar, v_bar), consumed)
 
         @pl.when(wg < mc.MEMORY)
         def _():
             mc.registers(compute=True)
             q_rows = pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
-            plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[wg], q_bar.at[wg])
-            plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[wg], do_bar.at[wg])
-            plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[wg], qt_bar.at[wg])
-            plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[wg], st_bar.at[wg])
-            for bar in (q_bar, do_bar, qt_bar, st_bar):
-                plgpu.barrier_wait(bar.at[wg])
+            mc.copy_in([(q_ref.at[b, q_rows, h], q_s.at[wg], q_bar.at[wg]),
+                        (do_ref.at[b, q_rows, h], do_s.at[wg], do_bar.at[wg]),
+                        (qt_ref.at[b, :, q_rows], qt_s.at[wg], qt_bar.at[wg]),
+                        (st_ref.at[b, h, :, q_rows], st_s.at[wg], st_bar.at[wg])])
             q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
             q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
             lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
@@ -210,14 +169,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 plgpu.barrier_wait(v_bar.at[slot])
                 s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile), (do_s.at[wg], v_s.at[slot].T, tile))
                 p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
-
-                def masked(p):
-                    kv_seg = plgpu.load(kt_s.at[slot, 0], layout=mc.COL)
-                    kv_pos = plgpu.load(kt_s.at[slot, 1], layout=mc.COL)
-                    keep = mc.visible(q_seg, q_pos, kv_seg, kv_pos, tile, causal=causal, q_on_rows=True)
-                    return jnp.where(keep, p, 0.0)
-
-                p = lax.cond(needs_mask == 1, masked, lambda p: p, p)
+                p = mc.mask_tile(p, 0.0, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal, q_on_rows=True)
                 ds = p * (dp - mc.rows(delta, tile))
                 ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
                 acc = mc.matmul(ds16, k_s.at[slot], acc.shape, init=acc, interpret=interpret)

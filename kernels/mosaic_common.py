@@ -66,6 +66,24 @@ def visible(q_seg, q_pos, kv_seg, kv_pos, shape, *, causal: bool, q_on_rows: boo
     return mask
 
 
+def mask_tile(x, fill, needs_mask, streamed_tokens, resident_seg, resident_pos, *, causal: bool, q_on_rows: bool):
+    """``x`` where the mask keeps a pair, else ``fill``; the elementwise mask runs only when
+    ``needs_mask`` (a ``lax.cond``). ``streamed_tokens``: SMEM ``[2, n]`` (segment ids, positions)
+    of the streamed block, the tile's columns; the resident ids/positions (``ROW``) are its rows.
+    ``q_on_rows``: the resident side is the queries (forward, dQ) or the keys (dK/dV)."""
+
+    def masked(x):
+        seg = plgpu.load(streamed_tokens.at[0], layout=COL)
+        pos = plgpu.load(streamed_tokens.at[1], layout=COL)
+        if q_on_rows:
+            keep = visible(resident_seg, resident_pos, seg, pos, x.shape, causal=causal, q_on_rows=True)
+        else:
+            keep = visible(seg, pos, resident_seg, resident_pos, x.shape, causal=causal, q_on_rows=False)
+        return jnp.where(keep, x, fill)
+
+    return lax.cond(needs_mask == 1, masked, lambda x: x, x)
+
+
 def matmul(a, b, shape, init=None, *, interpret=None):
     """``a @ b`` (+ ``init``) on the tensor cores: float32 ``shape``, waited for.
 
@@ -146,6 +164,62 @@ def stream(count, issue, consumed, stages: int):
         return carry
 
     lax.fori_loop(jnp.maximum(count - stages, 0), count, drain, None)
+
+
+def visit_count(list_ref, list_s, list_bar, wg):
+    """The memory thread copies this CTA's visit list (``list_ref``, GMEM) into ``list_s``; every
+    thread waits for it. Returns the number of tiles to visit."""
+
+    @pl.when(wg == MEMORY)
+    def _():
+        plgpu.copy_gmem_to_smem(list_ref, list_s, list_bar.at[0])
+
+    plgpu.barrier_wait(list_bar.at[0])
+    return list_entry(list_s, 0)
+
+
+def memory_thread(wg, count, issue, consumed, stages: int):
+    """The body of thread ``MEMORY``: few registers, then :func:`stream`."""
+
+    @pl.when(wg == MEMORY)
+    def _():
+        registers(compute=False)
+        stream(count, issue, consumed, stages)
+
+
+def key_block_copies(b, kvh, kv_block, list_s, gmem, smem, bars):
+    """``issue(j, slot)`` for :func:`stream` over key blocks (forward, dQ): the j-th visited block's
+    k, key tokens and v. ``gmem``/``smem``/``bars``: ``(k, tokens, v)`` each."""
+
+    def issue(j, slot):
+        rows = pl.ds(lax.shift_right_logical(list_entry(list_s, 1 + j), 1) * kv_block, kv_block)
+        k_ref, kt_ref, v_ref = gmem
+        sources = (k_ref.at[b, rows, kvh], kt_ref.at[b, :, rows], v_ref.at[b, rows, kvh])
+        for src, dst, bar in zip(sources, smem, bars):
+            plgpu.copy_gmem_to_smem(src, dst.at[slot], bar.at[slot])
+
+    return issue
+
+
+def copy_in(copies):
+    """Issue TMA copies ``(src, dst, barrier)`` together, then wait for every one."""
+    for src, dst, bar in copies:
+        plgpu.copy_gmem_to_smem(src, dst, bar)
+    for _, _, bar in copies:
+        plgpu.barrier_wait(bar)
+
+
+def key_streaming_cta(n_q, group, kv_block, stages, list_ref, list_s, list_bar, gmem, smem, bars, consumed):
+    """The shared start of the forward and dQ kernels (resident queries, streamed key blocks): this
+    CTA's batch row, query block (last first) and head, the visit list, and the memory thread.
+    Returns ``(b, qb, h, wg, count)``; ``gmem``/``smem``/``bars`` as in :func:`key_block_copies`."""
+    b, r, h = program_ids()
+    qb = n_q - 1 - r
+    wg = thread_index()
+    count = visit_count(list_ref.at[b, qb], list_s, list_bar, wg)
+    memory_thread(wg, count, key_block_copies(b, h // group, kv_block, list_s, gmem, smem, bars), consumed,
+                  stages)
+    return b, qb, h, wg, count
 
 
 def thread_index():

@@ -39,56 +39,27 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, q_bar, qt_bar, k_bar, v_bar, kt_bar,
              consumed):
-        b, r, h = mc.program_ids()
-        qb = n_q - 1 - r
-        wg = mc.thread_index()
-
-        @pl.when(wg == mc.MEMORY)
-        def _():
-            plgpu.copy_gmem_to_smem(list_ref.at[b, qb], list_s, list_bar.at[0])
-
-        plgpu.barrier_wait(list_bar.at[0])
-        count = mc.list_entry(list_s, 0)
-
-        @pl.when(wg == mc.MEMORY)
-        def _():
-            mc.registers(compute=False)
-
-            def issue(j, slot):
-                kv_rows = pl.ds(lax.shift_right_logical(mc.list_entry(list_s, 1 + j), 1) * kv_block, kv_block)
-                kvh = h // group
-                plgpu.copy_gmem_to_smem(k_ref.at[b, kv_rows, kvh], k_s.at[slot], k_bar.at[slot])
-                plgpu.copy_gmem_to_smem(kt_ref.at[b, :, kv_rows], kt_s.at[slot], kt_bar.at[slot])
-                plgpu.copy_gmem_to_smem(v_ref.at[b, kv_rows, kvh], v_s.at[slot], v_bar.at[slot])
-
-            mc.stream(count, issue, consumed, stages)
+        b, qb, h, wg, count = mc.key_streaming_cta(n_q, group, kv_block, stages, list_ref, list_s, list_bar,
+                                                   (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
+                                                   (k_bar, kt_bar, v_bar), consumed)
 
         @pl.when(wg < mc.MEMORY)
         def _():
             mc.registers(compute=True)
             q_rows = pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
-            plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[wg], q_bar.at[wg])
-            plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[wg], qt_bar.at[wg])
-            plgpu.barrier_wait(q_bar.at[wg])
-            plgpu.barrier_wait(qt_bar.at[wg])
+            mc.copy_in([(q_ref.at[b, q_rows, h], q_s.at[wg], q_bar.at[wg]),
+                        (qt_ref.at[b, :, q_rows], qt_s.at[wg], qt_bar.at[wg])])
             q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
             q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
 
             def step(j, carry):
                 m, l, acc = carry
                 slot = lax.rem(j, stages)
-                needs_mask = (mc.list_entry(list_s, 1 + j) & 1) == 1
+                needs_mask = mc.list_entry(list_s, 1 + j) & 1
                 plgpu.barrier_wait(k_bar.at[slot])
                 plgpu.barrier_wait(kt_bar.at[slot])
                 s = mc.matmul(q_s.at[wg], k_s.at[slot].T, tile) * scale2
-
-                def masked(s):
-                    kv_seg = plgpu.load(kt_s.at[slot, 0], layout=mc.COL)
-                    kv_pos = plgpu.load(kt_s.at[slot, 1], layout=mc.COL)
-                    keep = mc.visible(q_seg, q_pos, kv_seg, kv_pos, tile, causal=causal, q_on_rows=True)
-                    return jnp.where(keep, s, -jnp.inf)
-
-                s = lax.cond(needs_mask, masked, lambda s: s, s)
+                s = mc.mask_tile(s, -jnp.inf, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal, q_on_rows=True)
                 m_new = jnp.maximum(m, jnp.max(s, axis=1))
                 m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
                 alpha = jnp.exp2(m - m_use)
