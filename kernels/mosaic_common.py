@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -21,7 +20,13 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 ROWS = 64  # rows per compute warpgroup (the wgmma M)
 COMPUTE = 2  # compute warpgroups per CTA
-BLOCK = ROWS * COMPUTE  # resident rows per CTA, and rows per streamed block
+BLOCK = ROWS * COMPUTE  # resident rows per CTA; lengths are padded to a multiple of it
+MEMORY = COMPUTE  # the thread index of the memory warpgroup
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+
+ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a [64, n] wgmma tile
+COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
 
 class Tuning(NamedTuple):
@@ -29,12 +34,6 @@ class Tuning(NamedTuple):
 
     block: int
     stages: int
-MEMORY = COMPUTE  # the thread index of the memory warpgroup
-LOG2E = math.log2(math.e)
-LN2 = math.log(2.0)
-
-ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a [64, n] wgmma tile
-COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
 
 
 def mma_transforms(dtype):
@@ -244,5 +243,3 @@ def kernel(body, *, out_type, scratch_types, grid, interpret=None):
 def program_ids():
     return lax.axis_index("b"), lax.axis_index("r"), lax.axis_index("h")
 
-
-del jax
