@@ -64,6 +64,17 @@ TUNING = {
 }
 
 
+def set_tuning(kernel: str, block: int, stages: int):
+    """Override ``TUNING[kernel]`` (benchmarks); the block must be 64 or 128 (a wgmma-sized divisor of
+    the 128-row padding), stages at least 1 (too many for SMEM fails at compile time)."""
+    if kernel not in TUNING:
+        raise ValueError(f"mosaic tuning: kernel must be one of {sorted(TUNING)}, got {kernel!r}")
+    if block not in (64, 128) or stages < 1:
+        raise ValueError(f"mosaic tuning for {kernel!r}: block must be 64 or 128 and stages >= 1, "
+                         f"got block={block}, stages={stages}")
+    TUNING[kernel] = mc.Tuning(block=block, stages=stages)
+
+
 class _Plan:
     """Padded token arrays and visit lists of one call (lengths padded to ``BLOCK``, which every
     streamed block size divides)."""

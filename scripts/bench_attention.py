@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longvila_jax.kernels import flash_attention, mosaic_backend, mosaic_common, triton_backend
+from longvila_jax.kernels import flash_attention, mosaic_backend, triton_backend
 
 BATCH, Q_HEADS, KV_HEADS, HEAD_DIM = 1, 32, 8, 128
 
@@ -94,8 +94,12 @@ def set_mosaic_tuning(spec: str):
     """``forward=128,2;dkdv=64,2;dq=128,2`` -> mosaic_backend.TUNING (kernels not named: defaults)."""
     mosaic_backend.TUNING.update(DEFAULT_MOSAIC_TUNING)
     for item in filter(None, spec.split(";")):
-        name, values = item.split("=")
-        mosaic_backend.TUNING[name] = mosaic_common.Tuning(*map(int, values.split(",")))
+        try:
+            name, values = item.split("=")
+            block, stages = map(int, values.split(","))
+        except ValueError:
+            raise SystemExit(f"--mosaic-tuning: {item!r} is not KERNEL=BLOCK,STAGES (e.g. dq=128,2)") from None
+        mosaic_backend.set_tuning(name, block, stages)
 
 
 def rel_err(a, b):
@@ -163,6 +167,9 @@ def main():
     if args.mosaic_tuning and "mosaic" in impl_names:
         at = impl_names.index("mosaic")
         impl_names[at:at + 1] = [f"mosaic[{spec}]" for spec in args.mosaic_tuning.split("|")]
+        for spec in args.mosaic_tuning.split("|"):  # a bad spec stops here, before any timing
+            set_mosaic_tuning(spec)
+        set_mosaic_tuning("")
     rows = []
     for length in (int(s) for s in args.seqs.split(",")):
         anchors, own_plain, anchor_outputs = {}, {}, {}

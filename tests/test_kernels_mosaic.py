@@ -61,6 +61,13 @@ def test_long_visit_lists_fold_into_rows_of_256(rng):
         assert (flat[0, i, 1:1 + count] % 2 == 1).all()
 
 
+def test_bad_tuning_names_the_kernel_and_the_valid_values():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        mosaic_backend.set_tuning("backward", 64, 2)
+    with pytest.raises(ValueError, match="'dq': block must be 64 or 128.*block=96"):
+        mosaic_backend.set_tuning("dq", 96, 2)
+
+
 def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal):
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, q_len, kv_len, q_heads, kv_heads, head_dim))
     q_seg, q_pos, kv_seg, kv_pos = (jnp.asarray(x) for x in query_key_layouts(
