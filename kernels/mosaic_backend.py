@@ -75,6 +75,21 @@ def set_tuning(kernel: str, block: int, stages: int):
     TUNING[kernel] = mc.Tuning(block=block, stages=stages)
 
 
+# How the backward gets dQ: "fused" adds each tile's share inside the dK/dV kernel (TMA
+# reduce-add into a float32 buffer; s and dp computed once), "split" runs a dQ kernel that
+# recomputes them (two more matmuls per tile, but dQ bit-reproducible). Fused needs D = 128 and
+# 64-query dK/dV blocks (mosaic_backward.fuses_dq); otherwise split is used.
+BACKWARD_MODES = ("fused", "split")
+BACKWARD = {"mode": "fused"}
+
+
+def set_backward(mode: str):
+    """Choose how the backward computes dQ (see ``BACKWARD_MODES``)."""
+    if mode not in BACKWARD_MODES:
+        raise ValueError(f"mosaic backward: mode must be one of {BACKWARD_MODES}, got {mode!r}")
+    BACKWARD["mode"] = mode
+
+
 class _Plan:
     """Padded token arrays and visit lists of one call (lengths padded to ``BLOCK``, which every
     streamed block size divides)."""
@@ -111,7 +126,7 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=N
 
 def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None)."""
-    from .mosaic_backward import dkdv, dq
+    from .mosaic_backward import dkdv, dq, fuses_dq
 
     p = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
     lse = lse.astype(jnp.float32)
@@ -120,10 +135,17 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     stats = jnp.pad(jnp.stack([lse2, delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, p.q_pad - p.q_len)))
     tensors = (_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad),
                _pad_rows(dout.astype(q.dtype), p.q_pad), stats, p.q_tokens, p.kv_tokens)
-    dk, dv = dkdv(*tensors, p.per_key_block(TUNING["dkdv"].block), causal=causal, scale=scale,
-                  tuning=TUNING["dkdv"], interpret=interpret)
-    dq_ = dq(*tensors, p.per_query_block(TUNING["dq"].block), causal=causal, scale=scale, tuning=TUNING["dq"],
-             interpret=interpret)
+    tuning = TUNING["dkdv"]
+    key_lists = p.per_key_block(tuning.block)
+    if BACKWARD["mode"] == "fused" and fuses_dq(q.shape[-1], tuning.block):
+        dq_acc = jax.new_ref(jnp.zeros(tensors[0].shape, jnp.float32))
+        dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning, dq_acc=dq_acc,
+                      interpret=interpret)
+        dq_ = dq_acc[...].astype(q.dtype)
+    else:
+        dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning, interpret=interpret)
+        dq_ = dq(*tensors, p.per_query_block(TUNING["dq"].block), causal=causal, scale=scale,
+                 tuning=TUNING["dq"], interpret=interpret)
     return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]
 
 

@@ -30,10 +30,23 @@ def _zeros(shape):
     return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
 
 
+def fuses_dq(head_dim: int, q_block: int) -> bool:
+    """Whether :func:`dkdv` can also accumulate dQ: 64-query blocks (the dQ tile is one wgmma M)
+    and each compute thread's half of D a whole 128-byte swizzle row (D = 128 for 16-bit types)."""
+    return q_block == mc.ROWS and head_dim % (2 * 64) == 0
+
+
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-         interpret=None):
+         dq_acc=None, interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
-    query blocks (``tuning.block``)."""
+    query blocks (``tuning.block``).
+
+    ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), every
+    tile also adds its dQ share ``scale * ds @ k`` to it with a TMA reduce-add (no dQ kernel, s
+    and dp computed once; the float32 sums' order varies from run to run). Both compute threads
+    put their ``ds`` tile in SMEM and meet on a barrier; thread ``w`` then multiplies the
+    whole ``[queries, 128 keys]`` ds by column half ``w`` of the resident k.
+    """
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
@@ -42,10 +55,19 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, q_block)  # keys x queries
+    fused = dq_acc is not None
+    if fused and not fuses_dq(head_dim, q_block):
+        raise ValueError(f"dQ fusion needs 64-query blocks and D a multiple of 128, got {q_block}, {head_dim}")
+    half_d = head_dim // mc.COMPUTE
 
-    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dk_ref, dv_ref,
-             k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
-             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed):
+    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
+        if fused:
+            (dq_ref, dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
+             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed, ds_ready, dq_bar,
+             finished) = refs
+        else:
+            (dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
+             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed) = refs
         b, r, hkv = mc.program_ids()
         kb = n_k - 1 - r
         wg = mc.thread_index()
@@ -65,6 +87,18 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
             plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
 
         mc.memory_thread(wg, group * count, issue, consumed, stages)
+
+        def add_dq(j, ds_tiles):
+            """Thread ``half`` adds ``scale * ds @ k[:, half]`` of step ``j`` to dQ."""
+            h, qb, _ = block_of(j)
+            for half in range(mc.COMPUTE):
+                @pl.when(wg == half)
+                def _():
+                    d_cols = pl.ds(half * half_d, half_d)
+                    part = mc.matmul_sum([(ds_tiles.at[w].T, k_s.at[w, :, d_cols]) for w in range(mc.COMPUTE)],
+                                         (q_block, half_d))
+                    mc.add_to_gmem(part * scale, dq_s.at[half], dq_ref.at[b, pl.ds(qb * q_block, q_block), h, d_cols],
+                                   dq_bar.at[half], interpret=interpret)
 
         @pl.when(wg < mc.MEMORY)
         def _():
@@ -91,15 +125,28 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 dv = mc.matmul(p16, do_s.at[slot], dv.shape, init=dv, interpret=interpret)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
-                ds = p * (dp - mc.cols(delta, tile))
-                ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
+                ds16 = (p * (dp - mc.cols(delta, tile))).astype(dtype)
+                if fused:  # ds goes to SMEM for dQ (double-buffered: a thread may run one step ahead)
+                    ds_tiles = ds_s.at[lax.rem(j, 2)]
+                    ds_tiles.at[wg][...] = ds16
+                    plgpu.commit_smem()
+                    plgpu.barrier_arrive(ds_ready.at[lax.rem(j, 2)])
+                    ds16 = ds16 if interpret is None else ds_tiles.at[wg]
+                else:
+                    ds16 = mc.register_operand(ds16, ds_s.at[wg], interpret=interpret)
                 dk = mc.matmul(ds16, q_s.at[slot], dk.shape, init=dk, interpret=interpret)
                 plgpu.barrier_arrive(consumed.at[slot])
+                if fused:
+                    plgpu.barrier_wait(ds_ready.at[lax.rem(j, 2)])
+                    add_dq(j, ds_tiles)
                 return dk, dv
 
             dk, dv = lax.fori_loop(0, group * count, step, (_zeros((mc.ROWS, head_dim)),) * 2)
-            k_s.at[wg][...] = (dk * scale).astype(dtype)
             v_s.at[wg][...] = dv.astype(dtype)
+            if fused:  # the other thread's last dQ product may still read k_s[wg]
+                plgpu.barrier_arrive(finished.at[0])
+                plgpu.barrier_wait(finished.at[0])
+            k_s.at[wg][...] = (dk * scale).astype(dtype)
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(k_s.at[wg], dk_ref.at[b, k_rows, hkv])
             plgpu.copy_smem_to_gmem(v_s.at[wg], dv_ref.at[b, k_rows, hkv])
@@ -116,16 +163,29 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         plgpu.SMEM((stages, 2, q_block), jnp.float32),  # lse2, delta
         plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
-        mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
+    ]
+    if fused:
+        scratch += [
+            plgpu.SMEM((2, mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of both threads, 2 steps
+            plgpu.SMEM((mc.COMPUTE, q_block, half_d), jnp.float32, transforms=mc.mma_transforms(jnp.float32)),
+        ]
+    else:
+        scratch.append(mc.staging_scratch(tile, dtype, interpret=interpret))  # ds (interpret mode only)
+    scratch += [
         plgpu.Barrier(num_barriers=1),
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 3,
         *[plgpu.Barrier(num_barriers=stages)] * 4,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
+    if fused:
+        scratch += [plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=2),  # ds tiles ready
+                    plgpu.Barrier(num_barriers=mc.COMPUTE),  # dQ read-back (interpret mode only)
+                    plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=1)]  # both threads done with k_s
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
     run = mc.kernel(body, out_type=out_type, scratch_types=scratch, grid=(batch, n_k, kv_heads),
                     interpret=interpret)
-    return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)
+    operands = (q, k, v, dout, stats, q_tokens, kv_tokens, lists)
+    return run(*operands, dq_acc) if fused else run(*operands)
 
 
 def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,

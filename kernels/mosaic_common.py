@@ -105,6 +105,37 @@ def matmul(a, b, shape, init=None, *, interpret=None):
     return pl.run_state(accumulate)(plgpu.ACC.init(init))
 
 
+def matmul_sum(pairs, shape):
+    """``sum(a @ b for a, b in pairs)`` in one float32 accumulator (chained wgmma), waited for;
+    ``a``, ``b`` SMEM refs (``ref.T`` for transposed operands)."""
+
+    def run(acc):
+        for a, b in pairs:
+            plgpu.wgmma(acc, a, b)
+        return acc[...]
+
+    return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+
+def add_to_gmem(value, smem, gmem, bar, *, interpret=None):
+    """``gmem += value`` (float32) through ``smem``: a TMA reduce-add on the GPU, left in flight
+    (the next call first waits until it has read ``smem``). GPU interpret mode has no TMA
+    reductions; there it is a read-modify-write through ``bar`` (interpreted CTAs run one after
+    another, so nothing races)."""
+    if interpret is None:
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        smem[...] = value
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(smem, gmem, reduction_op="add")
+        return
+    plgpu.copy_gmem_to_smem(gmem, smem, bar)
+    plgpu.barrier_wait(bar)
+    smem[...] = smem[...] + value
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(smem, gmem)
+    plgpu.wait_smem_to_gmem(0)
+
+
 def list_entry(list_s, i):
     """Flat entry ``i`` of a visit list in SMEM (``[rows, row_len]``, see :mod:`.mosaic_plan`)."""
     row_len = list_s.shape[-1]

@@ -19,7 +19,7 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed).
         --mosaic-tuning "forward=128,2;dkdv=64,2;dq=128,2|forward=64,4;dkdv=64,4;dq=64,4"
 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
-its own row.
+its own row; ``backward=split`` (or ``fused``, the default) picks how the backward gets dQ.
 """
 
 from __future__ import annotations
@@ -91,14 +91,23 @@ DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 
 def set_mosaic_tuning(spec: str):
-    """``forward=128,2;dkdv=64,2;dq=128,2`` -> mosaic_backend.TUNING (kernels not named: defaults)."""
+    """``forward=128,2;dkdv=64,2;dq=128,2;backward=split`` -> mosaic_backend.TUNING and the dQ mode
+    (kernels not named: defaults; backward: fused unless named)."""
     mosaic_backend.TUNING.update(DEFAULT_MOSAIC_TUNING)
+    mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
     for item in filter(None, spec.split(";")):
+        name, _, values = item.partition("=")
+        if name == "backward":
+            try:
+                mosaic_backend.set_backward(values)
+            except ValueError as err:
+                raise SystemExit(f"--mosaic-tuning: {err}") from None
+            continue
         try:
-            name, values = item.split("=")
             block, stages = map(int, values.split(","))
         except ValueError:
-            raise SystemExit(f"--mosaic-tuning: {item!r} is not KERNEL=BLOCK,STAGES (e.g. dq=128,2)") from None
+            raise SystemExit(f"--mosaic-tuning: {item!r} is not KERNEL=BLOCK,STAGES (e.g. dq=128,2) "
+                             f"or backward=MODE") from None
         mosaic_backend.set_tuning(name, block, stages)
 
 
@@ -159,7 +168,7 @@ def main():
     print(f"# triton tiles: {triton_backend.TILES}; xla tiles: {args.block_q}x{args.block_k}")
     ceiling = matmul_ceiling_tflops(args.ceiling_size)
     print(f"# bf16 matmul {args.ceiling_size}^3: {ceiling:.0f} TFLOP/s (ceiling anchor)")
-    print(f"# mosaic tuning: {mosaic_backend.TUNING}")
+    print(f"# mosaic tuning: {mosaic_backend.TUNING}, backward {mosaic_backend.BACKWARD['mode']}")
     print("| impl | S | mask | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN "
           "| fwd+bwd / own plain | fwd+bwd / ceiling | max rel err vs cuDNN |")
     print("|---|---|---|---|---|---|---|---|---|---|")

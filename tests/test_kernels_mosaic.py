@@ -129,6 +129,25 @@ def test_shuffled_full_mask_and_given_lse(rng):
         assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
 
 
-@pytest.mark.parametrize("head_dim", [128])
-def test_plain_causal_head_dim_128(rng, head_dim):
-    run_case(rng, 256, 256, 2, 2, head_dim, layout="plain", causal=True)
+@pytest.fixture(params=mosaic_backend.BACKWARD_MODES)
+def backward_mode(request):
+    """Each way the backward gets dQ (D = 128 fuses it into the dK/dV kernel unless split)."""
+    mosaic_backend.set_backward(request.param)
+    yield request.param
+    mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
+
+
+def test_plain_causal_head_dim_128(rng, backward_mode):
+    run_case(rng, 256, 256, 2, 2, 128, layout="plain", causal=True)
+
+
+def test_fused_dq_packed_gqa_head_dim_128(rng):
+    """dQ accumulated inside the dK/dV kernel: GQA 4/2 (each CTA adds to two heads' dQ), ragged
+    lengths, packed segments, empty rows, dlse."""
+    assert mosaic_backend.BACKWARD["mode"] == "fused"
+    run_case(rng, 200, 300, 4, 2, 128, layout="packed", causal=True)
+
+
+def test_bad_backward_mode_names_the_choices():
+    with pytest.raises(ValueError, match="mode must be one of .'fused', 'split'., got 'atomic'"):
+        mosaic_backend.set_backward("atomic")
