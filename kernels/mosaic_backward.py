@@ -26,14 +26,10 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import mosaic_common as mc
 
 
-def _zeros(shape):
-    return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
-
-
 def fuses_dq(head_dim: int, q_block: int) -> bool:
-    """Whether :func:`dkdv` can also accumulate dQ: 64-query blocks (the dQ tile is one wgmma M)
-    and each compute thread's half of D a whole 128-byte swizzle row (D = 128 for 16-bit types)."""
-    return q_block == mc.ROWS and head_dim % (2 * 64) == 0
+    """Whether :func:`dkdv` can also accumulate dQ: 64-query blocks (a thread's dQ share is one
+    wgmma M) and D = 128 (the SMEM budget: the two float32 ``[64, D]`` staging tiles)."""
+    return q_block == mc.ROWS and head_dim == 128
 
 
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
@@ -41,11 +37,11 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
     query blocks (``tuning.block``).
 
-    ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), every
-    tile also adds its dQ share ``scale * ds @ k`` to it with a TMA reduce-add (no dQ kernel, s
-    and dp computed once; the float32 sums' order varies from run to run). Both compute threads
-    put their ``ds`` tile in SMEM and meet on a barrier; thread ``w`` then multiplies the
-    whole ``[queries, 128 keys]`` ds by column half ``w`` of the resident k.
+    ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), each
+    compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with a
+    TMA reduce-add (no dQ kernel, s and dp computed once; the float32 sums' order varies from run
+    to run). ds goes through SMEM (the transposed wgmma operand); the threads never wait for each
+    other, and dV, dK and the dQ share are issued together.
     """
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
@@ -57,14 +53,12 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     tile = (mc.ROWS, q_block)  # keys x queries
     fused = dq_acc is not None
     if fused and not fuses_dq(head_dim, q_block):
-        raise ValueError(f"dQ fusion needs 64-query blocks and D a multiple of 128, got {q_block}, {head_dim}")
-    half_d = head_dim // mc.COMPUTE
+        raise ValueError(f"dQ fusion needs 64-query blocks and D = 128, got {q_block} and {head_dim}")
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
         if fused:
             (dq_ref, dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
-             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed, ds_ready, dq_bar,
-             finished) = refs
+             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed, dq_bar, turn) = refs
         else:
             (dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
              list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed) = refs
@@ -88,17 +82,23 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
         mc.memory_thread(wg, group * count, issue, consumed, stages)
 
-        def add_dq(j, ds_tiles):
-            """Thread ``half`` adds ``scale * ds @ k[:, half]`` of step ``j`` to dQ."""
+        def add_dq(j, dq_share):
+            """Adds this thread's dQ share of step ``j`` to ``dq_ref``."""
             h, qb, _ = block_of(j)
-            for half in range(mc.COMPUTE):
-                @pl.when(wg == half)
-                def _():
-                    d_cols = pl.ds(half * half_d, half_d)
-                    part = mc.matmul_sum([(ds_tiles.at[w].T, k_s.at[w, :, d_cols]) for w in range(mc.COMPUTE)],
-                                         (q_block, half_d))
-                    mc.add_to_gmem(part * scale, dq_s.at[half], dq_ref.at[b, pl.ds(qb * q_block, q_block), h, d_cols],
-                                   dq_bar.at[half], interpret=interpret)
+            rows = dq_ref.at[b, pl.ds(qb * q_block, q_block), h]
+            if interpret is None:
+                mc.add_to_gmem(dq_share * scale, dq_s.at[wg], rows)
+                return
+            # interpret mode: read-modify-writes, thread 0 then thread 1 at every step (``turn``)
+            @pl.when(wg == 0)
+            def _():
+                mc.add_to_gmem_interpret(dq_share * scale, dq_s.at[0], rows, dq_bar.at[0],
+                                         wait_for=turn.at[1], skip_wait=j == 0, then_signal=turn.at[0])
+
+            @pl.when(wg == 1)
+            def _():
+                mc.add_to_gmem_interpret(dq_share * scale, dq_s.at[1], rows, dq_bar.at[1],
+                                         wait_for=turn.at[0], then_signal=turn.at[1])
 
         @pl.when(wg < mc.MEMORY)
         def _():
@@ -123,29 +123,29 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 p = jnp.exp2(s * scale2 - mc.cols(lse2, tile))
                 p = mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
-                dv = mc.matmul(p16, do_s.at[slot], dv.shape, init=dv, interpret=interpret)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
                 ds16 = (p * (dp - mc.cols(delta, tile))).astype(dtype)
-                if fused:  # ds goes to SMEM for dQ (double-buffered: a thread may run one step ahead)
-                    ds_tiles = ds_s.at[lax.rem(j, 2)]
-                    ds_tiles.at[wg][...] = ds16
+                if fused:
+                    ds_s.at[wg][...] = ds16
                     plgpu.commit_smem()
-                    plgpu.barrier_arrive(ds_ready.at[lax.rem(j, 2)])
-                    ds16 = ds16 if interpret is None else ds_tiles.at[wg]
+                    dv, dk, dq_share = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds_s.at[wg], q_s.at[slot]),
+                                                     (mc.zeros((q_block, head_dim)), ds_s.at[wg].T, k_s.at[wg]),
+                                                     interpret=interpret)
+                    plgpu.barrier_arrive(consumed.at[slot])
+                    add_dq(j, dq_share)
                 else:
                     ds16 = mc.register_operand(ds16, ds_s.at[wg], interpret=interpret)
-                dk = mc.matmul(ds16, q_s.at[slot], dk.shape, init=dk, interpret=interpret)
-                plgpu.barrier_arrive(consumed.at[slot])
-                if fused:
-                    plgpu.barrier_wait(ds_ready.at[lax.rem(j, 2)])
-                    add_dq(j, ds_tiles)
+                    dv, dk = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds16, q_s.at[slot]), interpret=interpret)
+                    plgpu.barrier_arrive(consumed.at[slot])
                 return dk, dv
 
-            dk, dv = lax.fori_loop(0, group * count, step, (_zeros((mc.ROWS, head_dim)),) * 2)
+            dk, dv = lax.fori_loop(0, group * count, step, (mc.zeros((mc.ROWS, head_dim)),) * 2)
+            if fused and interpret is not None:  # thread 0 awaits thread 1's last turn
+                @pl.when((wg == 0) & (count > 0))
+                def _():
+                    plgpu.barrier_wait(turn.at[1])
+
             v_s.at[wg][...] = dv.astype(dtype)
-            if fused:  # the other thread's last dQ product may still read k_s[wg]
-                plgpu.barrier_arrive(finished.at[0])
-                plgpu.barrier_wait(finished.at[0])
             k_s.at[wg][...] = (dk * scale).astype(dtype)
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(k_s.at[wg], dk_ref.at[b, k_rows, hkv])
@@ -166,8 +166,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     ]
     if fused:
         scratch += [
-            plgpu.SMEM((2, mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of both threads, 2 steps
-            plgpu.SMEM((mc.COMPUTE, q_block, half_d), jnp.float32, transforms=mc.mma_transforms(jnp.float32)),
+            plgpu.SMEM((mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread
+            plgpu.SMEM((mc.COMPUTE, q_block, head_dim), jnp.float32, transforms=mc.mma_transforms(jnp.float32)),
         ]
     else:
         scratch.append(mc.staging_scratch(tile, dtype, interpret=interpret))  # ds (interpret mode only)
@@ -177,10 +177,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         *[plgpu.Barrier(num_barriers=stages)] * 4,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
-    if fused:
-        scratch += [plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=2),  # ds tiles ready
-                    plgpu.Barrier(num_barriers=mc.COMPUTE),  # dQ read-back (interpret mode only)
-                    plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=1)]  # both threads done with k_s
+    if fused:  # interpret mode only: the read-modify-writes of dQ (read-back, then turn taking)
+        scratch += [plgpu.Barrier(num_barriers=mc.COMPUTE), plgpu.Barrier(num_barriers=mc.COMPUTE)]
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
     run = mc.kernel(body, out_type=out_type, scratch_types=scratch, grid=(batch, n_k, kv_heads),
                     interpret=interpret)
@@ -236,7 +234,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 plgpu.barrier_arrive(consumed.at[slot])
                 return acc
 
-            acc = lax.fori_loop(0, count, step, _zeros((mc.ROWS, head_dim)))
+            acc = lax.fori_loop(0, count, step, mc.zeros((mc.ROWS, head_dim)))
             q_s.at[wg][...] = (acc * scale).astype(dtype)
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(q_s.at[wg], dq_ref.at[b, q_rows, h])

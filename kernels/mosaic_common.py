@@ -105,35 +105,52 @@ def matmul(a, b, shape, init=None, *, interpret=None):
     return pl.run_state(accumulate)(plgpu.ACC.init(init))
 
 
-def matmul_sum(pairs, shape):
-    """``sum(a @ b for a, b in pairs)`` in one float32 accumulator (chained wgmma), waited for;
-    ``a``, ``b`` SMEM refs (``ref.T`` for transposed operands)."""
+def zeros(shape):
+    """A float32 zero tile in the wgmma accumulator layout."""
+    return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
 
-    def run(acc):
-        for a, b in pairs:
+
+def accumulate(*products, interpret=None):
+    """``init + a @ b`` for each ``(init, a, b)`` of ``products``: all issued back to back, then
+    waited for together (one wait, the tensor cores never idle between them). ``init`` a float32
+    wgmma-layout tile (:func:`zeros` for a plain product); ``a``, ``b`` as in :func:`matmul`."""
+    if interpret is not None:
+        return tuple(matmul(a, b, init.shape, init=init, interpret=interpret) for init, a, b in products)
+
+    def run(accs):
+        for acc, (_, a, b) in zip(accs, products):
             plgpu.wgmma(acc, a, b)
-        return acc[...]
 
-    return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+    return pl.run_state(run)(tuple(plgpu.ACC.init(init) for init, _, _ in products))
 
 
-def add_to_gmem(value, smem, gmem, bar, *, interpret=None):
-    """``gmem += value`` (float32) through ``smem``: a TMA reduce-add on the GPU, left in flight
-    (the next call first waits until it has read ``smem``). GPU interpret mode has no TMA
-    reductions; there it is a read-modify-write through ``bar`` (interpreted CTAs run one after
-    another, so nothing races)."""
-    if interpret is None:
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-        smem[...] = value
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(smem, gmem, reduction_op="add")
-        return
-    plgpu.copy_gmem_to_smem(gmem, smem, bar)
-    plgpu.barrier_wait(bar)
+def add_to_gmem(value, smem, gmem):
+    """``gmem += value`` (float32) through ``smem``: a TMA reduce-add, left in flight (the next
+    call first waits until it has read ``smem``). GPU interpret mode has no TMA reductions: see
+    :func:`add_to_gmem_interpret`."""
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    smem[...] = value
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(smem, gmem, reduction_op="add")
+
+
+def add_to_gmem_interpret(value, smem, gmem, loaded, *, wait_for, then_signal, skip_wait=False):
+    """:func:`add_to_gmem` for GPU interpret mode: a read-modify-write through ``smem`` (``loaded``:
+    its copy barrier). Threads adding to the same rows take turns: the caller waits on the barrier
+    ``wait_for`` first (unless ``skip_wait``, a traced bool) and arrives on ``then_signal`` after
+    its write."""
+
+    @pl.when(jnp.logical_not(skip_wait))
+    def _():
+        plgpu.barrier_wait(wait_for)
+
+    plgpu.copy_gmem_to_smem(gmem, smem, loaded)
+    plgpu.barrier_wait(loaded)
     smem[...] = smem[...] + value
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(smem, gmem)
     plgpu.wait_smem_to_gmem(0)
+    plgpu.barrier_arrive(then_signal)
 
 
 def list_entry(list_s, i):
