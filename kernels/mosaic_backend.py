@@ -75,12 +75,13 @@ def set_tuning(kernel: str, block: int, stages: int):
     TUNING[kernel] = mc.Tuning(block=block, stages=stages)
 
 
-# How the backward gets dQ: "fused" adds each tile's share inside the dK/dV kernel (TMA
-# reduce-add into a float32 buffer; s and dp computed once), "split" runs a dQ kernel that
-# recomputes them (two more matmuls per tile, but dQ bit-reproducible). Fused needs D = 128 and
-# 64-query dK/dV blocks (mosaic_backward.fuses_dq); otherwise split is used.
-BACKWARD_MODES = ("fused", "split")
-BACKWARD = {"mode": "fused"}
+# How the backward gets dQ: "split" (the default) runs a dQ kernel that recomputes s and dp (two
+# more matmuls per tile, dQ bit-reproducible); "fused" adds each tile's share inside the dK/dV
+# kernel (TMA reduce-add into a float32 buffer; s and dp computed once). Fused needs D = 128 and
+# 64-query dK/dV blocks (mosaic_backward.fuses_dq), else split runs. On an H200 fused measured
+# 0.6x of split's fwd+bwd rate (kernels/NOTES.md); it stays as the base for that work.
+BACKWARD_MODES = ("split", "fused")
+BACKWARD = {"mode": "split"}
 
 
 def set_backward(mode: str):

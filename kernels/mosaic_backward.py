@@ -63,14 +63,12 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
             (dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
              list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed) = refs
         b, r, hkv = mc.program_ids()
-        kb = n_k - 1 - r
         wg = mc.thread_index()
+        count, kb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
 
-        count = mc.visit_count(list_ref.at[b, kb], list_s, list_bar, wg)
-
-        def block_of(j):  # the j-th streamed (head in group, query block)
+        def block_of(j):  # the j-th streamed (head in group, query block, needs_mask)
             g, e = j // jnp.maximum(count, 1), lax.rem(j, jnp.maximum(count, 1))
-            return hkv * group + g, lax.shift_right_logical(mc.list_entry(list_s, 1 + e), 1), mc.list_entry(list_s, 1 + e) & 1
+            return (hkv * group + g, *mc.visited(list_s, e))
 
         def issue(j, slot):
             h, qb, _ = block_of(j)
@@ -202,7 +200,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref,
              q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
              list_bar, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed):
-        b, qb, h, wg, count = mc.key_streaming_cta(n_q, group, kv_block, stages, list_ref, list_s, list_bar,
+        b, qb, h, wg, count = mc.key_streaming_cta(group, kv_block, stages, list_ref, list_s, list_bar,
                                                    (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
                                                    (k_bar, kt_bar, v_bar), consumed)
 
@@ -221,7 +219,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
 
             def step(j, acc):
                 slot = lax.rem(j, stages)
-                needs_mask = mc.list_entry(list_s, 1 + j) & 1
+                _, needs_mask = mc.visited(list_s, j)
                 plgpu.barrier_wait(k_bar.at[slot])
                 plgpu.barrier_wait(kt_bar.at[slot])
                 plgpu.barrier_wait(v_bar.at[slot])

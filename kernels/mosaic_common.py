@@ -18,6 +18,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from .mosaic_plan import HEADER
+
 ROWS = 64  # rows per compute warpgroup (the wgmma M)
 COMPUTE = 2  # compute warpgroups per CTA
 BLOCK = ROWS * COMPUTE  # resident rows per CTA; lengths are padded to a multiple of it
@@ -159,6 +161,12 @@ def list_entry(list_s, i):
     return list_s[i // row_len, lax.rem(i, row_len)]
 
 
+def visited(list_s, j):
+    """``(block, needs_mask)`` of the j-th streamed block a visit list names."""
+    entry = list_entry(list_s, HEADER + j)
+    return lax.shift_right_logical(entry, 1), entry & 1
+
+
 def matmuls(*operands):
     """Several independent ``a @ b`` issued back to back, then waited for together, so the
     tensor cores run them without the warpgroup stalling between; ``(a, b, shape)`` each."""
@@ -213,16 +221,17 @@ def stream(count, issue, consumed, stages: int):
     lax.fori_loop(jnp.maximum(count - stages, 0), count, drain, None)
 
 
-def visit_count(list_ref, list_s, list_bar, wg):
+def visit_list(list_ref, list_s, list_bar, wg):
     """The memory thread copies this CTA's visit list (``list_ref``, GMEM) into ``list_s``; every
-    thread waits for it. Returns the number of tiles to visit."""
+    thread waits for it. Returns ``(count, resident)``: how many tiles to visit, and the resident
+    block they belong to."""
 
     @pl.when(wg == MEMORY)
     def _():
         plgpu.copy_gmem_to_smem(list_ref, list_s, list_bar.at[0])
 
     plgpu.barrier_wait(list_bar.at[0])
-    return list_entry(list_s, 0)
+    return list_entry(list_s, 0), list_entry(list_s, 1)
 
 
 def memory_thread(wg, count, issue, consumed, stages: int):
@@ -239,7 +248,7 @@ def key_block_copies(b, kvh, kv_block, list_s, gmem, smem, bars):
     k, key tokens and v. ``gmem``/``smem``/``bars``: ``(k, tokens, v)`` each."""
 
     def issue(j, slot):
-        rows = pl.ds(lax.shift_right_logical(list_entry(list_s, 1 + j), 1) * kv_block, kv_block)
+        rows = pl.ds(visited(list_s, j)[0] * kv_block, kv_block)
         k_ref, kt_ref, v_ref = gmem
         sources = (k_ref.at[b, rows, kvh], kt_ref.at[b, :, rows], v_ref.at[b, rows, kvh])
         for src, dst, bar in zip(sources, smem, bars):
@@ -256,14 +265,13 @@ def copy_in(copies):
         plgpu.barrier_wait(bar)
 
 
-def key_streaming_cta(n_q, group, kv_block, stages, list_ref, list_s, list_bar, gmem, smem, bars, consumed):
+def key_streaming_cta(group, kv_block, stages, list_ref, list_s, list_bar, gmem, smem, bars, consumed):
     """The shared start of the forward and dQ kernels (resident queries, streamed key blocks): this
-    CTA's batch row, query block (last first) and head, the visit list, and the memory thread.
+    CTA's batch row, query block (its visit list's) and head, the visit list, and the memory thread.
     Returns ``(b, qb, h, wg, count)``; ``gmem``/``smem``/``bars`` as in :func:`key_block_copies`."""
     b, r, h = program_ids()
-    qb = n_q - 1 - r
     wg = thread_index()
-    count = visit_count(list_ref.at[b, qb], list_s, list_bar, wg)
+    count, qb = visit_list(list_ref.at[b, r], list_s, list_bar, wg)
     memory_thread(wg, count, key_block_copies(b, h // group, kv_block, list_s, gmem, smem, bars), consumed,
                   stages)
     return b, qb, h, wg, count

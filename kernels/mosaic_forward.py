@@ -1,8 +1,8 @@
 """The Mosaic GPU forward kernel: out and lse of one 128-row query block per CTA.
 
 Grid ``(B, n_q_blocks, Hq)``, heads fastest so the query heads of one GQA group
-run side by side and share their K/V blocks in L2; query blocks run last to
-first (under a causal mask the late blocks have the most tiles). Threads 0/1
+run side by side and share their K/V blocks in L2; query blocks run in the
+order of their visit lists, longest first (:mod:`.mosaic_plan`). Threads 0/1
 each own 64 query rows; thread 2 streams the key blocks of the visit list.
 Per key block: ``s = q k^T`` (wgmma, float32), the mask only on tiles that need
 it, online softmax in base 2, ``acc += p v`` with p from registers.
@@ -39,7 +39,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, q_bar, qt_bar, k_bar, v_bar, kt_bar,
              consumed):
-        b, qb, h, wg, count = mc.key_streaming_cta(n_q, group, kv_block, stages, list_ref, list_s, list_bar,
+        b, qb, h, wg, count = mc.key_streaming_cta(group, kv_block, stages, list_ref, list_s, list_bar,
                                                    (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
                                                    (k_bar, kt_bar, v_bar), consumed)
 
@@ -55,7 +55,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             def step(j, carry):
                 m, l, acc = carry
                 slot = lax.rem(j, stages)
-                needs_mask = mc.list_entry(list_s, 1 + j) & 1
+                _, needs_mask = mc.visited(list_s, j)
                 plgpu.barrier_wait(k_bar.at[slot])
                 plgpu.barrier_wait(kt_bar.at[slot])
                 s = mc.matmul(q_s.at[wg], k_s.at[slot].T, tile) * scale2

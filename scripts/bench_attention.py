@@ -19,7 +19,7 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed).
         --mosaic-tuning "forward=128,2;dkdv=64,2;dq=128,2|forward=64,4;dkdv=64,4;dq=64,4"
 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
-its own row; ``backward=split`` (or ``fused``, the default) picks how the backward gets dQ.
+its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 
 def set_mosaic_tuning(spec: str):
-    """``forward=128,2;dkdv=64,2;dq=128,2;backward=split`` -> mosaic_backend.TUNING and the dQ mode
-    (kernels not named: defaults; backward: fused unless named)."""
+    """``forward=128,2;dkdv=64,2;dq=128,2;backward=fused`` -> mosaic_backend.TUNING and the dQ mode
+    (kernels not named: defaults; backward: split unless named)."""
     mosaic_backend.TUNING.update(DEFAULT_MOSAIC_TUNING)
     mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
     for item in filter(None, spec.split(";")):
