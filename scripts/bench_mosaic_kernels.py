@@ -1,0 +1,129 @@
+"""Each Mosaic GPU attention kernel timed alone: where the forward+backward's time goes.
+
+    python scripts/bench_mosaic_kernels.py                 # S = 8k causal, 32k causal and full
+    python scripts/bench_mosaic_kernels.py --seqs 8192 --dq-write-variants
+
+Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, mask): the forward,
+the dK/dV and dQ kernels of the split backward, and the fused backward (dQ added inside the dK/dV
+kernel), in ms and in TFLOP/s of the kernel's own work (forward 1x, dK/dV 2x, dQ 1.5x, fused 2.5x the
+forward's FLOPs). ``--dq-write-variants`` also times the fused kernel with its dQ write replaced
+(stored to SMEM only; nothing; a plain TMA store instead of the reduce-add): wrong results, an
+experiment on where the fused kernel's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_attention import BATCH, HEAD_DIM, KV_HEADS, Q_HEADS, time_call  # noqa: E402
+
+from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
+from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
+from longvila_jax.kernels import mosaic_common as mc  # noqa: E402
+from longvila_jax.kernels.triton_backend import softmax_delta  # noqa: E402
+
+
+@contextlib.contextmanager
+def replaced(module, name, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def store_only(value, smem, gmem):
+    smem[...] = value
+    plgpu.commit_smem()
+
+
+def no_write(value, smem, gmem):
+    del value, smem, gmem
+
+
+def plain_store(value, smem, gmem):
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    smem[...] = value
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(smem, gmem)
+
+
+DQ_WRITE_VARIANTS = {"dQ only stored to SMEM": store_only, "no dQ write": no_write,
+                     "plain TMA store": plain_store}
+
+
+def case(seq_len, causal, key):
+    """Random q, k, v, dout; the padded backward operands and the plan of one plain mask."""
+    keys = jax.random.split(key, 4)
+    q = jax.random.normal(keys[0], (BATCH, seq_len, Q_HEADS, HEAD_DIM), jnp.bfloat16)
+    k = jax.random.normal(keys[1], (BATCH, seq_len, KV_HEADS, HEAD_DIM), jnp.bfloat16)
+    v = jax.random.normal(keys[2], (BATCH, seq_len, KV_HEADS, HEAD_DIM), jnp.bfloat16)
+    dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
+    seg = jnp.ones((BATCH, seq_len), jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (BATCH, seq_len))
+    masks = (seg, seg, pos, pos)
+    out, lse = jax.jit(lambda q, k, v: mb.forward(q, k, v, *masks, causal=causal, scale=HEAD_DIM ** -0.5))(q, k, v)
+    lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)
+    stats = jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
+    plan = mb._Plan(*masks, causal)
+    return (q, k, v, masks), (q, k, v, dout, stats, plan.q_tokens, plan.kv_tokens), plan
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seqs", default="8192,32768")
+    parser.add_argument("--dq-write-variants", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=3.0)
+    args = parser.parse_args()
+    seqs = [int(s) for s in args.seqs.split(",")]
+    print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; B={BATCH} Hq={Q_HEADS} "
+          f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}")
+    rows = []
+    for seq_len in seqs:
+        for causal in (True, False):
+            if not causal and seq_len != seqs[-1]:
+                continue
+            (q, k, v, masks), tensors, plan = case(seq_len, causal, jax.random.key(seq_len + causal))
+            flops = 4 * BATCH * seq_len ** 2 * Q_HEADS * HEAD_DIM * (0.5 if causal else 1.0)
+            kw = dict(causal=causal, scale=HEAD_DIM ** -0.5)
+            key_lists = plan.per_key_block(mb.TUNING["dkdv"].block)
+            query_lists = plan.per_query_block(mb.TUNING["dq"].block)
+
+            def fused():
+                dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
+                dk, dv = mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], dq_acc=dq_acc, **kw)
+                return dq_acc[...].astype(q.dtype), dk, dv
+
+            kernels = [("forward", 1.0, lambda: mb.forward(q, k, v, *masks, **kw)),
+                       ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], **kw)),
+                       ("dQ (split)", 1.5, lambda: mbw.dq(*tensors, query_lists, tuning=mb.TUNING["dq"], **kw)),
+                       ("fused dK/dV/dQ", 2.5, fused)]
+            variants = [(name, None, work, fn) for name, work, fn in kernels]
+            if args.dq_write_variants:
+                variants += [(f"fused, {name}", write, 2.5, fused) for name, write in DQ_WRITE_VARIANTS.items()]
+            for name, write, work, fn in variants:
+                with replaced(mc, "add_to_gmem", write) if write else contextlib.nullcontext():
+                    try:
+                        seconds = time_call(jax.jit(fn), budget_s=args.budget_s)
+                        rows.append((seq_len, "causal" if causal else "full", name, f"{seconds * 1e3:.2f}",
+                                     f"{work * flops / seconds / 1e12:.1f}"))
+                    except Exception as err:  # one failing variant must not hide the others
+                        rows.append((seq_len, "causal" if causal else "full", name,
+                                     f"failed: {type(err).__name__}: {str(err)[:100]}", "-"))
+                print(*rows[-1], flush=True)
+    print("| S | mask | kernel | ms | TFLOP/s (own work) |\n|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(x) for x in row) + " |")
+
+
+if __name__ == "__main__":
+    main()
