@@ -38,10 +38,10 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     query blocks (``tuning.block``).
 
     ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), each
-    compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with a
-    TMA reduce-add (no dQ kernel, s and dp computed once; the float32 sums' order varies from run
-    to run). ds goes through SMEM (the transposed wgmma operand); the threads never wait for each
-    other, and dV, dK and the dQ share are issued together.
+    compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with
+    TMA reduce-adds, one per half of D (no dQ kernel, s and dp computed once; the float32 sums'
+    order varies from run to run). ds goes through SMEM (the transposed wgmma operand); the threads
+    never wait for each other; dV, dK and the first dQ half are issued together.
     """
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
@@ -80,22 +80,25 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
         mc.memory_thread(wg, group * count, issue, consumed, stages)
 
-        def add_dq(j, dq_share):
-            """Adds this thread's dQ share of step ``j`` to ``dq_ref``."""
+        half_d = head_dim // 2
+
+        def add_dq(j, half, dq_part):
+            """Adds this thread's dQ share of step ``j``, columns ``half`` of D, to ``dq_ref``."""
             h, qb, _ = block_of(j)
-            rows = dq_ref.at[b, pl.ds(qb * q_block, q_block), h]
-            if interpret is None:
-                mc.add_to_gmem(dq_share * scale, dq_s.at[wg], rows)
+            cols = dq_ref.at[b, pl.ds(qb * q_block, q_block), h, pl.ds(half * half_d, half_d)]
+            if interpret is None:  # one reduce-add (the other half's) may stay in flight
+                mc.add_to_gmem(dq_part * scale, dq_s.at[wg, half], cols, in_flight=1)
                 return
-            # interpret mode: read-modify-writes, thread 0 then thread 1 at every step (``turn``)
+            # interpret mode: read-modify-writes, thread 0 then thread 1 each time (``turn``)
             @pl.when(wg == 0)
             def _():
-                mc.add_to_gmem_interpret(dq_share * scale, dq_s.at[0], rows, dq_bar.at[0],
-                                         wait_for=turn.at[1], skip_wait=j == 0, then_signal=turn.at[0])
+                mc.add_to_gmem_interpret(dq_part * scale, dq_s.at[0, half], cols, dq_bar.at[0],
+                                         wait_for=turn.at[1], skip_wait=(j == 0) & (half == 0),
+                                         then_signal=turn.at[0])
 
             @pl.when(wg == 1)
             def _():
-                mc.add_to_gmem_interpret(dq_share * scale, dq_s.at[1], rows, dq_bar.at[1],
+                mc.add_to_gmem_interpret(dq_part * scale, dq_s.at[1, half], cols, dq_bar.at[1],
                                          wait_for=turn.at[0], then_signal=turn.at[1])
 
         @pl.when(wg < mc.MEMORY)
@@ -126,11 +129,16 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 if fused:
                     ds_s.at[wg][...] = ds16
                     plgpu.commit_smem()
-                    dv, dk, dq_share = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds_s.at[wg], q_s.at[slot]),
-                                                     (mc.zeros((q_block, head_dim)), ds_s.at[wg].T, k_s.at[wg]),
-                                                     interpret=interpret)
+                    # dQ in two column halves: one float32 [64, 64] tile at a time besides dk and dv
+                    ds_t = ds_s.at[wg].T
+                    dq_cols = [k_s.at[wg, :, pl.ds(half * half_d, half_d)] for half in range(2)]
+                    dv, dk, dq_part = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds_s.at[wg], q_s.at[slot]),
+                                                    (mc.zeros((q_block, half_d)), ds_t, dq_cols[0]),
+                                                    interpret=interpret)
                     plgpu.barrier_arrive(consumed.at[slot])
-                    add_dq(j, dq_share)
+                    add_dq(j, 0, dq_part)
+                    (dq_part,) = mc.accumulate((mc.zeros((q_block, half_d)), ds_t, dq_cols[1]), interpret=interpret)
+                    add_dq(j, 1, dq_part)
                 else:
                     ds16 = mc.register_operand(ds16, ds_s.at[wg], interpret=interpret)
                     dv, dk = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds16, q_s.at[slot]), interpret=interpret)
@@ -165,7 +173,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     if fused:
         scratch += [
             plgpu.SMEM((mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread
-            plgpu.SMEM((mc.COMPUTE, q_block, head_dim), jnp.float32, transforms=mc.mma_transforms(jnp.float32)),
+            plgpu.SMEM((mc.COMPUTE, 2, q_block, head_dim // 2), jnp.float32,
+                       transforms=mc.mma_transforms(jnp.float32)),  # dQ halves on their way out
         ]
     else:
         scratch.append(mc.staging_scratch(tile, dtype, interpret=interpret))  # ds (interpret mode only)

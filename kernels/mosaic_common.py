@@ -126,11 +126,12 @@ def accumulate(*products, interpret=None):
     return pl.run_state(run)(tuple(plgpu.ACC.init(init) for init, _, _ in products))
 
 
-def add_to_gmem(value, smem, gmem):
-    """``gmem += value`` (float32) through ``smem``: a TMA reduce-add, left in flight (the next
-    call first waits until it has read ``smem``). GPU interpret mode has no TMA reductions: see
+def add_to_gmem(value, smem, gmem, *, in_flight=0):
+    """``gmem += value`` (float32) through ``smem``: a TMA reduce-add, left in flight. First waits
+    until at most ``in_flight`` earlier copies of this thread still read their SMEM (those into
+    other buffers than ``smem``). GPU interpret mode has no TMA reductions: see
     :func:`add_to_gmem_interpret`."""
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    plgpu.wait_smem_to_gmem(in_flight, wait_read_only=True)
     smem[...] = value
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(smem, gmem, reduction_op="add")

@@ -41,17 +41,17 @@ def replaced(module, name, value):
         setattr(module, name, old)
 
 
-def store_only(value, smem, gmem):
+def store_only(value, smem, gmem, **_):
     smem[...] = value
     plgpu.commit_smem()
 
 
-def no_write(value, smem, gmem):
+def no_write(value, smem, gmem, **_):
     del value, smem, gmem
 
 
-def plain_store(value, smem, gmem):
-    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+def plain_store(value, smem, gmem, in_flight=0):
+    plgpu.wait_smem_to_gmem(in_flight, wait_read_only=True)
     smem[...] = value
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(smem, gmem)
