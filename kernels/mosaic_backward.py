@@ -1,4 +1,5 @@
-"""The Mosaic GPU backward kernels: dK/dV per key block, dQ per query block (no atomics).
+"""The Mosaic GPU backward kernels: dK/dV per key block, dQ per query block (no atomics), or dQ
+added from inside the dK/dV kernel (``dkdv(..., dq_acc=...)``, TMA reduce-adds).
 
 Both recompute ``p = exp2(s * scale * log2 e - lse * log2 e)`` from the given
 (possibly ring-merged) lse, so they serve ``flash_attention_bwd`` as well as the
@@ -10,7 +11,8 @@ custom VJP. ``stats`` is float32 ``[B, Hq, 2, Sq]``: row 0 the lse in base 2
   work on transposed tiles (keys x queries) so every operand is in the layout
   wgmma wants; thread 2 streams q, dout, the query tokens and stats of every
   visited query block, for each query head of the GQA group in turn (the group's
-  dK/dV sum stays in registers).
+  dK/dV sum stays in registers). The grid's ``r`` names a visit list, not a block:
+  lists come longest first (:mod:`.mosaic_plan`).
 * dQ, grid ``(B, n_q_blocks, Hq)``: threads 0/1 own 64 query rows each; thread 2
   streams k, v and the key tokens of every visited key block.
 """
@@ -90,16 +92,12 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 mc.add_to_gmem(dq_part * scale, dq_s.at[wg, half], cols, in_flight=1)
                 return
             # interpret mode: read-modify-writes, thread 0 then thread 1 each time (``turn``)
-            @pl.when(wg == 0)
-            def _():
-                mc.add_to_gmem_interpret(dq_part * scale, dq_s.at[0, half], cols, dq_bar.at[0],
-                                         wait_for=turn.at[1], skip_wait=(j == 0) & (half == 0),
-                                         then_signal=turn.at[0])
-
-            @pl.when(wg == 1)
-            def _():
-                mc.add_to_gmem_interpret(dq_part * scale, dq_s.at[1, half], cols, dq_bar.at[1],
-                                         wait_for=turn.at[0], then_signal=turn.at[1])
+            for w in range(mc.COMPUTE):
+                @pl.when(wg == w)
+                def _():
+                    mc.add_to_gmem_interpret(dq_part * scale, dq_s.at[w, half], cols, dq_bar.at[w],
+                                             wait_for=turn.at[1 - w], then_signal=turn.at[w],
+                                             skip_wait=(j == 0) & (half == 0) & (w == 0))
 
         @pl.when(wg < mc.MEMORY)
         def _():
