@@ -155,3 +155,22 @@ def test_fused_dq_packed_gqa_head_dim_128(rng, backward_mode):
 def test_bad_backward_mode_names_the_choices():
     with pytest.raises(ValueError, match="mode must be one of .'split', 'fused'., got 'atomic'"):
         mosaic_backend.set_backward("atomic")
+
+
+@pytest.mark.parametrize("backward_mode", ["split", "fused"], indirect=True)
+def test_kernels_lower_for_cuda_without_a_gpu(backward_mode):
+    """The whole Mosaic GPU lowering (layout inference included) for an H100/H200, run on CPU by
+    ``jax.export``: forward + backward at D = 128, GQA 4/2, a ragged length. Split runs three
+    kernels (forward, dK/dV, dQ); fused adds dQ inside the dK/dV kernel, so two."""
+    seq = 300
+
+    def fwd_bwd(q, k, v, dout, seg, pos):
+        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
+                                                               scale=0.1)[0], q, k, v)
+        return vjp(dout)
+
+    shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+    shapes += [jax.ShapeDtypeStruct((1, seq), jnp.int32)] * 2
+    module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
+    kernels = module.count("stablehlo.custom_call @mosaic_gpu")
+    assert kernels == {"split": 3, "fused": 2}[backward_mode]
