@@ -84,7 +84,12 @@ def main():
     parser.add_argument("--dq-write-variants", action="store_true")
     parser.add_argument("--budget-s", type=float, default=3.0)
     args = parser.parse_args()
-    seqs = [int(s) for s in args.seqs.split(",")]
+    try:
+        seqs = [int(s) for s in args.seqs.split(",")]
+    except ValueError:
+        parser.error(f"--seqs must be comma-separated token counts such as 8192,32768, got {args.seqs!r}")
+    if min(seqs) < 1:
+        parser.error(f"--seqs must be positive, got {args.seqs!r}")
     print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; B={BATCH} Hq={Q_HEADS} "
           f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}")
     rows = []
