@@ -185,7 +185,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     if fused:  # interpret mode only: the read-modify-writes of dQ (read-back, then turn taking)
         scratch += [plgpu.Barrier(num_barriers=mc.COMPUTE), plgpu.Barrier(num_barriers=mc.COMPUTE)]
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
-    run = mc.kernel(body, out_type=out_type, scratch_types=scratch, grid=(batch, n_k, kv_heads),
+    run = mc.kernel(body, name="attention_dkdv_dq" if fused else "attention_dkdv", out_type=out_type,
+                    scratch_types=scratch, grid=(batch, n_k, kv_heads),
                     interpret=interpret)
     operands = (q, k, v, dout, stats, q_tokens, kv_tokens, lists)
     return run(*operands, dq_acc) if fused else run(*operands)
@@ -261,6 +262,6 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
         *[plgpu.Barrier(num_barriers=stages)] * 3,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
-    run = mc.kernel(body, out_type=jax.ShapeDtypeStruct(q.shape, dtype), scratch_types=scratch,
-                    grid=(batch, n_q, q_heads), interpret=interpret)
+    run = mc.kernel(body, name="attention_dq", out_type=jax.ShapeDtypeStruct(q.shape, dtype),
+                    scratch_types=scratch, grid=(batch, n_q, q_heads), interpret=interpret)
     return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)

@@ -290,10 +290,11 @@ def registers(compute: bool):
         plgpu.set_max_registers(40, action="decrease")
 
 
-def kernel(body, *, out_type, scratch_types, grid, interpret=None):
-    """``plgpu.kernel`` with the three-thread layout of this module and grid names ``b, r, h``."""
+def kernel(body, *, name, out_type, scratch_types, grid, interpret=None):
+    """``plgpu.kernel`` with the three-thread layout of this module and grid names ``b, r, h``;
+    ``name`` names the kernel in profiles and in ``MOSAIC_GPU_DUMP_TO`` dumps."""
     return plgpu.kernel(body, out_type=out_type, scratch_types=scratch_types, grid=grid,
-                        grid_names=("b", "r", "h"), num_threads=COMPUTE + 1, thread_name="wg",
+                        grid_names=("b", "r", "h"), num_threads=COMPUTE + 1, thread_name="wg", kernel_name=name,
                         compiler_params=plgpu.CompilerParams(approx_math=True), interpret=interpret)
 
 

@@ -105,6 +105,6 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
     out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
-    run = mc.kernel(body, out_type=out_type, scratch_types=scratch, grid=(batch, n_q, q_heads),
-                    interpret=interpret)
+    run = mc.kernel(body, name="attention_forward", out_type=out_type, scratch_types=scratch,
+                    grid=(batch, n_q, q_heads), interpret=interpret)
     return run(q, k, v, q_tokens, kv_tokens, lists)

@@ -8,7 +8,9 @@ the dK/dV and dQ kernels of the split backward, and the fused backward (dQ added
 kernel), in ms and in TFLOP/s of the kernel's own work (forward 1x, dK/dV 2x, dQ 1.5x, fused 2.5x the
 forward's FLOPs). ``--dq-write-variants`` also times the fused kernel with its dQ write replaced
 (stored to SMEM only; nothing; a plain TMA store instead of the reduce-add): wrong results, an
-experiment on where the fused kernel's time goes.
+experiment on where the fused kernel's time goes. ``--fused-ablations`` times the fused kernel without
+its dQ matmuls (ds still stored to SMEM, zeros added) and both dK/dV kernels with 240 registers per
+compute thread (24 for the memory thread) instead of 232/40.
 """
 
 from __future__ import annotations
@@ -57,6 +59,26 @@ def plain_store(value, smem, gmem, in_flight=0):
     plgpu.copy_smem_to_gmem(smem, gmem)
 
 
+def without_dq_matmuls(*products, interpret=None):
+    """``mc.accumulate`` that skips the fused kernel's dQ products (its only ``[64, 64]`` ones) and
+    returns their zero inits."""
+    def is_dq(product):
+        return product[0].shape[1] == mc.ROWS
+
+    kept = iter(ACCUMULATE(*[p for p in products if not is_dq(p)], interpret=interpret))
+    return tuple(p[0] if is_dq(p) else next(kept) for p in products)
+
+
+def registers_240(compute: bool):
+    if compute:
+        plgpu.set_max_registers(240, action="increase")
+    else:
+        plgpu.set_max_registers(24, action="decrease")
+
+
+ACCUMULATE = mc.accumulate
+ABLATIONS = {"no dQ matmuls": ("accumulate", without_dq_matmuls), "registers 240/24": ("registers", registers_240)}
+
 DQ_WRITE_VARIANTS = {"dQ only stored to SMEM": store_only, "no dQ write": no_write,
                      "plain TMA store": plain_store}
 
@@ -82,6 +104,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seqs", default="8192,32768")
     parser.add_argument("--dq-write-variants", action="store_true")
+    parser.add_argument("--masks", default="causal,full", help="causal, full or both (full: longest S only)")
+    parser.add_argument("--fused-ablations", action="store_true")
     parser.add_argument("--budget-s", type=float, default=3.0)
     args = parser.parse_args()
     try:
@@ -90,12 +114,15 @@ def main():
         parser.error(f"--seqs must be comma-separated token counts such as 8192,32768, got {args.seqs!r}")
     if min(seqs) < 1:
         parser.error(f"--seqs must be positive, got {args.seqs!r}")
+    masks = args.masks.split(",")
+    if not masks or any(m not in ("causal", "full") for m in masks):
+        parser.error(f"--masks must be causal, full or causal,full, got {args.masks!r}")
     print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; B={BATCH} Hq={Q_HEADS} "
           f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}")
     rows = []
     for seq_len in seqs:
         for causal in (True, False):
-            if not causal and seq_len != seqs[-1]:
+            if ("causal" if causal else "full") not in masks or (not causal and seq_len != seqs[-1]):
                 continue
             (q, k, v, masks), tensors, plan = case(seq_len, causal, jax.random.key(seq_len + causal))
             flops = 4 * BATCH * seq_len ** 2 * Q_HEADS * HEAD_DIM * (0.5 if causal else 1.0)
@@ -114,11 +141,17 @@ def main():
                        ("fused dK/dV/dQ", 2.5, fused)]
             variants = [(name, None, work, fn) for name, work, fn in kernels]
             if args.dq_write_variants:
-                variants += [(f"fused, {name}", write, 2.5, fused) for name, write in DQ_WRITE_VARIANTS.items()]
-            for name, write, work, fn in variants:
-                with replaced(mc, "add_to_gmem", write) if write else contextlib.nullcontext():
+                variants += [(f"fused, {name}", ("add_to_gmem", write), 2.5, fused)
+                             for name, write in DQ_WRITE_VARIANTS.items()]
+            if args.fused_ablations:
+                variants += [(f"fused, {name}", patch, 2.5, fused) for name, patch in ABLATIONS.items()]
+                variants.append(("dK/dV (split), registers 240/24", ABLATIONS["registers 240/24"], 2.0, kernels[1][2]))
+            for name, patch, work, fn in variants:
+                with replaced(mc, *patch) if patch else contextlib.nullcontext():
                     try:
-                        seconds = time_call(jax.jit(fn), budget_s=args.budget_s)
+                        # a new function object per variant: jax.jit of the same function would
+                        # reuse its first trace and time the unpatched kernel again
+                        seconds = time_call(jax.jit(lambda fn=fn: fn()), budget_s=args.budget_s)
                         rows.append((seq_len, "causal" if causal else "full", name, f"{seconds * 1e3:.2f}",
                                      f"{work * flops / seconds / 1e12:.1f}"))
                     except Exception as err:  # one failing variant must not hide the others

@@ -4,6 +4,9 @@
 # Run through the device tool from the repo root with .whl (the jax-triton wheel) carried.
 #   STEPS="tests anchor bench"  BENCH_ARGS="--impls triton,cudnn --budget-s 2"
 #   LONGVILA_GPU_IMPLS=mosaic (backends the tests check)  TEST_K="not 72" (pytest -k)
+#   STEPS="kernels ptxas"  KERNEL_ARGS="--seqs 32768 --masks causal --fused-ablations"
+#     kernels: scripts/bench_mosaic_kernels.py; ptxas: each Mosaic kernel's ptxas report (registers,
+#     spills, wgmma serialization), compiled once at S = 1024
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -26,4 +29,19 @@ fi
 if [[ " $STEPS " == *" bench "* ]]; then
   timeout 300 python3 scripts/bench_attention.py ${BENCH_ARGS:-} --json "$OUT/bench_attention.json" 2>&1 \
     | tee "$OUT/bench_attention.log" | tail -40
+fi
+if [[ " $STEPS " == *" kernels "* ]]; then
+  timeout ${KERNEL_TIMEOUT:-300} python3 scripts/bench_mosaic_kernels.py ${KERNEL_ARGS:-} 2>&1 \
+    | tee "$OUT/bench_mosaic_kernels.log" | tail -40
+fi
+if [[ " $STEPS " == *" ptxas "* ]]; then
+  dump=/tmp/mosaic_dump; rm -rf "$dump"; mkdir -p "$dump"
+  MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 python3 scripts/bench_mosaic_kernels.py \
+    --seqs 1024 --budget-s 0.01 ${PTXAS_ARGS:-} > "$OUT/ptxas_run.log" 2>&1 || tail -5 "$OUT/ptxas_run.log"
+  ls "$dump" | head -40 > "$OUT/ptxas_files.txt"
+  for f in "$dump"/*; do  # one block per dumped file that holds a ptxas report
+    grep -qi "ptxas" "$f" 2>/dev/null || continue
+    echo "== $(basename "$f")"; grep -iE "registers|spill|serializ|stack" "$f" | sort | uniq -c | head -12
+  done 2>&1 | tee "$OUT/ptxas_summary.txt" | head -80
+  grep -iE "ptxas|serializ|spill" "$OUT/ptxas_run.log" | sort | uniq -c | head -30
 fi
