@@ -130,7 +130,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                     # dQ in two column halves: one float32 [64, 64] tile at a time besides dk and dv
                     ds_t = ds_s.at[wg].T
                     dq_cols = [k_s.at[wg, :, pl.ds(half * half_d, half_d)] for half in range(2)]
-                    dv, dk, dq_part = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds_s.at[wg], q_s.at[slot]),
+                    ds_a = ds_s.at[wg] if interpret is not None else ds16  # dk's operand from registers
+                    dv, dk, dq_part = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds_a, q_s.at[slot]),
                                                     (mc.zeros((q_block, half_d)), ds_t, dq_cols[0]),
                                                     interpret=interpret)
                     plgpu.barrier_arrive(consumed.at[slot])

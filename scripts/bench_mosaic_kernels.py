@@ -6,11 +6,13 @@
 Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, mask): the forward,
 the dK/dV and dQ kernels of the split backward, and the fused backward (dQ added inside the dK/dV
 kernel), in ms and in TFLOP/s of the kernel's own work (forward 1x, dK/dV 2x, dQ 1.5x, fused 2.5x the
-forward's FLOPs). ``--dq-write-variants`` also times the fused kernel with its dQ write replaced
-(stored to SMEM only; nothing; a plain TMA store instead of the reduce-add): wrong results, an
-experiment on where the fused kernel's time goes. ``--fused-ablations`` times the fused kernel without
-its dQ matmuls (ds still stored to SMEM, zeros added) and both dK/dV kernels with 240 registers per
-compute thread (24 for the memory thread) instead of 232/40.
+forward's FLOPs). ``--dq-write-variants`` also times the fused kernel with its dQ write replaced:
+stored to SMEM only, nothing, a plain TMA store instead of the reduce-add (these three give wrong
+results: an experiment on where the fused kernel's time goes), and atomic adds straight from
+registers (``red.global.add.f32``, no SMEM staging; right results). ``--fused-ablations`` times
+the fused kernel without its dQ matmuls (ds still stored to SMEM, zeros added) and both dK/dV
+kernels with 240 registers per compute thread (24 for the memory thread) instead of 232/40. The
+last column: the largest error of the fused variants' dq, dk, dv relative to the split kernels'.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_attention import BATCH, HEAD_DIM, KV_HEADS, Q_HEADS, time_call  # noqa: E402
+from bench_attention import BATCH, HEAD_DIM, KV_HEADS, Q_HEADS, rel_err, time_call  # noqa: E402
 
 from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
 from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
@@ -65,7 +67,8 @@ def without_dq_matmuls(*products, interpret=None):
     def is_dq(product):
         return product[0].shape[1] == mc.ROWS
 
-    kept = iter(ACCUMULATE(*[p for p in products if not is_dq(p)], interpret=interpret))
+    kept = [p for p in products if not is_dq(p)]
+    kept = iter(ACCUMULATE(*kept, interpret=interpret) if kept else ())
     return tuple(p[0] if is_dq(p) else next(kept) for p in products)
 
 
@@ -79,8 +82,13 @@ def registers_240(compute: bool):
 ACCUMULATE = mc.accumulate
 ABLATIONS = {"no dQ matmuls": ("accumulate", without_dq_matmuls), "registers 240/24": ("registers", registers_240)}
 
+def atomic_from_registers(value, smem, gmem, **_):
+    del smem
+    plgpu.atomic_add(gmem, value)
+
+
 DQ_WRITE_VARIANTS = {"dQ only stored to SMEM": store_only, "no dQ write": no_write,
-                     "plain TMA store": plain_store}
+                     "plain TMA store": plain_store, "red.global.add from registers": atomic_from_registers}
 
 
 def case(seq_len, causal, key):
@@ -114,15 +122,15 @@ def main():
         parser.error(f"--seqs must be comma-separated token counts such as 8192,32768, got {args.seqs!r}")
     if min(seqs) < 1:
         parser.error(f"--seqs must be positive, got {args.seqs!r}")
-    masks = args.masks.split(",")
-    if not masks or any(m not in ("causal", "full") for m in masks):
+    mask_names = args.masks.split(",")
+    if not mask_names or any(m not in ("causal", "full") for m in mask_names):
         parser.error(f"--masks must be causal, full or causal,full, got {args.masks!r}")
     print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; B={BATCH} Hq={Q_HEADS} "
           f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}")
     rows = []
     for seq_len in seqs:
         for causal in (True, False):
-            if ("causal" if causal else "full") not in masks or (not causal and seq_len != seqs[-1]):
+            if ("causal" if causal else "full") not in mask_names or (not causal and seq_len != seqs[-1]):
                 continue
             (q, k, v, masks), tensors, plan = case(seq_len, causal, jax.random.key(seq_len + causal))
             flops = 4 * BATCH * seq_len ** 2 * Q_HEADS * HEAD_DIM * (0.5 if causal else 1.0)
@@ -139,6 +147,7 @@ def main():
                        ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], **kw)),
                        ("dQ (split)", 1.5, lambda: mbw.dq(*tensors, query_lists, tuning=mb.TUNING["dq"], **kw)),
                        ("fused dK/dV/dQ", 2.5, fused)]
+            split_grads = (jax.jit(kernels[2][2])(), *jax.jit(kernels[1][2])())  # dq, dk, dv
             variants = [(name, None, work, fn) for name, work, fn in kernels]
             if args.dq_write_variants:
                 variants += [(f"fused, {name}", ("add_to_gmem", write), 2.5, fused)
@@ -151,14 +160,18 @@ def main():
                     try:
                         # a new function object per variant: jax.jit of the same function would
                         # reuse its first trace and time the unpatched kernel again
-                        seconds = time_call(jax.jit(lambda fn=fn: fn()), budget_s=args.budget_s)
+                        jitted = jax.jit(lambda fn=fn: fn())
+                        seconds = time_call(jitted, budget_s=args.budget_s)
+                        err = "-"
+                        if fn is fused:
+                            err = f"{max(rel_err(a, b) for a, b in zip(jitted(), split_grads)):.1e}"
                         rows.append((seq_len, "causal" if causal else "full", name, f"{seconds * 1e3:.2f}",
-                                     f"{work * flops / seconds / 1e12:.1f}"))
-                    except Exception as err:  # one failing variant must not hide the others
+                                     f"{work * flops / seconds / 1e12:.1f}", err))
+                    except Exception as error:  # one failing variant must not hide the others
                         rows.append((seq_len, "causal" if causal else "full", name,
-                                     f"failed: {type(err).__name__}: {str(err)[:100]}", "-"))
+                                     f"failed: {type(error).__name__}: {str(error)[:100]}", "-", "-"))
                 print(*rows[-1], flush=True)
-    print("| S | mask | kernel | ms | TFLOP/s (own work) |\n|---|---|---|---|---|")
+    print("| S | mask | kernel | ms | TFLOP/s (own work) | rel. err vs split |\n|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(x) for x in row) + " |")
 
