@@ -91,6 +91,19 @@ def set_backward(mode: str):
     BACKWARD["mode"] = mode
 
 
+# How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
+# step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product.
+FORWARD_MODES = ("pipelined", "serial")
+FORWARD = {"mode": "pipelined"}
+
+
+def set_forward(mode: str):
+    """Choose how the forward's loop runs (see ``FORWARD_MODES``)."""
+    if mode not in FORWARD_MODES:
+        raise ValueError(f"mosaic forward: mode must be one of {FORWARD_MODES}, got {mode!r}")
+    FORWARD["mode"] = mode
+
+
 class _Plan:
     """Padded token arrays and visit lists of one call (lengths padded to ``BLOCK``, which every
     streamed block size divides)."""
@@ -121,7 +134,7 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=N
     p, tuning = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal), TUNING["forward"]
     out, lse = kernel(_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad), p.q_tokens,
                       p.kv_tokens, p.per_query_block(tuning.block), causal=causal, scale=scale, tuning=tuning,
-                      interpret=interpret)
+                      pipelined=FORWARD["mode"] == "pipelined", interpret=interpret)
     return out[:, :p.q_len], lse[:, :, :p.q_len]
 
 

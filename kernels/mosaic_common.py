@@ -198,10 +198,15 @@ def staging_scratch(shape, dtype, *, interpret=None):
     return plgpu.SMEM((COMPUTE, *shape), dtype, transforms=mma_transforms(dtype))
 
 
-def stream(count, issue, consumed, stages: int):
+def stream(count, issue, consumed, stages: int, v_consumed=None):
     """The memory warpgroup's loop: ``issue(j, slot)`` the copies of the j-th visited block
     into ``slot`` once the compute threads released it, for ``j < count``; then wait for the
-    last releases, so that every completion of ``consumed`` is awaited."""
+    last releases, so that every completion of ``consumed`` is awaited.
+
+    With ``v_consumed`` (barriers like ``consumed``), ``issue`` is a pair ``(issue_k, issue_v)``:
+    the second part of a slot is refilled only once ``v_consumed`` released it (the pipelined
+    forward reads v_{j-1} while k_j is already in use)."""
+    issue_k, issue_v = issue if v_consumed is not None else (issue, None)
 
     def step(j, carry):
         slot = lax.rem(j, stages)
@@ -210,13 +215,21 @@ def stream(count, issue, consumed, stages: int):
         def _():
             plgpu.barrier_wait(consumed.at[slot])
 
-        issue(j, slot)
+        issue_k(j, slot)
+        if v_consumed is not None:
+            @pl.when(j >= stages)
+            def _():
+                plgpu.barrier_wait(v_consumed.at[slot])
+
+            issue_v(j, slot)
         return carry
 
     lax.fori_loop(0, count, step, None)
 
     def drain(j, carry):
         plgpu.barrier_wait(consumed.at[lax.rem(j, stages)])
+        if v_consumed is not None:
+            plgpu.barrier_wait(v_consumed.at[lax.rem(j, stages)])
         return carry
 
     lax.fori_loop(jnp.maximum(count - stages, 0), count, drain, None)
@@ -235,27 +248,30 @@ def visit_list(list_ref, list_s, list_bar, wg):
     return list_entry(list_s, 0), list_entry(list_s, 1)
 
 
-def memory_thread(wg, count, issue, consumed, stages: int):
+def memory_thread(wg, count, issue, consumed, stages: int, v_consumed=None):
     """The body of thread ``MEMORY``: few registers, then :func:`stream`."""
 
     @pl.when(wg == MEMORY)
     def _():
         registers(compute=False)
-        stream(count, issue, consumed, stages)
+        stream(count, issue, consumed, stages, v_consumed=v_consumed)
 
 
-def key_block_copies(b, kvh, kv_block, list_s, gmem, smem, bars):
+def key_block_copies(b, kvh, kv_block, list_s, gmem, smem, bars, separate_v=False):
     """``issue(j, slot)`` for :func:`stream` over key blocks (forward, dQ): the j-th visited block's
-    k, key tokens and v. ``gmem``/``smem``/``bars``: ``(k, tokens, v)`` each."""
+    k, key tokens and v. ``gmem``/``smem``/``bars``: ``(k, tokens, v)`` each. ``separate_v``: a
+    pair ``(issue k and tokens, issue v)`` instead."""
 
-    def issue(j, slot):
-        rows = pl.ds(visited(list_s, j)[0] * kv_block, kv_block)
-        k_ref, kt_ref, v_ref = gmem
-        sources = (k_ref.at[b, rows, kvh], kt_ref.at[b, :, rows], v_ref.at[b, rows, kvh])
-        for src, dst, bar in zip(sources, smem, bars):
-            plgpu.copy_gmem_to_smem(src, dst.at[slot], bar.at[slot])
+    def copier(parts):
+        def issue(j, slot):
+            rows = pl.ds(visited(list_s, j)[0] * kv_block, kv_block)
+            sources = (gmem[0].at[b, rows, kvh], gmem[1].at[b, :, rows], gmem[2].at[b, rows, kvh])
+            for part in parts:
+                plgpu.copy_gmem_to_smem(sources[part], smem[part].at[slot], bars[part].at[slot])
 
-    return issue
+        return issue
+
+    return (copier((0, 1)), copier((2,))) if separate_v else copier((0, 1, 2))
 
 
 def copy_in(copies):

@@ -20,12 +20,16 @@ from . import mosaic_common as mc
 
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-            interpret=None):
+            pipelined: bool = True, interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
     multiple of 64; token arrays int32 ``[B, 2, S]`` and visit lists from :mod:`.mosaic_plan`
     (per query block of ``BLOCK``, the visited key blocks of ``tuning.block``).
+
+    ``pipelined``: each step issues ``s_j = q k_j^T`` and ``acc += p_{j-1} v_{j-1}`` together and
+    runs the softmax of ``s_j`` while the second product is on the tensor cores (k and v then have
+    separate SMEM slots and releases). Otherwise each product is waited for before the softmax.
     """
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
@@ -38,10 +42,14 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, q_bar, qt_bar, k_bar, v_bar, kt_bar,
-             consumed):
-        b, qb, h, wg, count = mc.key_streaming_cta(group, kv_block, stages, list_ref, list_s, list_bar,
-                                                   (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
-                                                   (k_bar, kt_bar, v_bar), consumed)
+             consumed, v_consumed):
+        b, r, h = mc.program_ids()
+        wg = mc.thread_index()
+        count, qb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
+        # pipelined: k (+ key tokens) and v released separately, v_{j-1} is read while k_j is
+        copies = mc.key_block_copies(b, h // group, kv_block, list_s, (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
+                                     (k_bar, kt_bar, v_bar), separate_v=pipelined)
+        mc.memory_thread(wg, count, copies, consumed, stages, v_consumed=v_consumed if pipelined else None)
 
         @pl.when(wg < mc.MEMORY)
         def _():
@@ -52,30 +60,87 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
             q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
 
-            def step(j, carry):
-                m, l, acc = carry
-                slot = lax.rem(j, stages)
-                _, needs_mask = mc.visited(list_s, j)
+            def wait_keys(slot):
                 plgpu.barrier_wait(k_bar.at[slot])
                 plgpu.barrier_wait(kt_bar.at[slot])
-                s = mc.matmul(q_s.at[wg], k_s.at[slot].T, tile) * scale2
-                s = mc.mask_tile(s, -jnp.inf, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal, q_on_rows=True)
+
+            def softmax(s, m, l, j):
+                """Scores ``s`` of step ``j`` -> ``(p, m, l, alpha)``: the online softmax in base 2."""
+                _, needs_mask = mc.visited(list_s, j)
+                s = mc.mask_tile(s * scale2, -jnp.inf, needs_mask, kt_s.at[lax.rem(j, stages)], q_seg, q_pos,
+                                 causal=causal, q_on_rows=True)
                 m_new = jnp.maximum(m, jnp.max(s, axis=1))
                 m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
                 alpha = jnp.exp2(m - m_use)
                 p = jnp.exp2(s - mc.rows(m_use, tile))
-                l = l * alpha + jnp.sum(p, axis=1)
+                return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
+
+            m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)
+            l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
+            acc0 = mc.zeros((mc.ROWS, head_dim))
+
+            def serial_step(j, carry):
+                m, l, acc = carry
+                slot = lax.rem(j, stages)
+                wait_keys(slot)
+                p, m, l, alpha = softmax(mc.matmul(q_s.at[wg], k_s.at[slot].T, tile), m, l, j)
                 acc = acc * mc.rows(alpha, acc.shape)
                 plgpu.barrier_wait(v_bar.at[slot])
                 p = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 acc = mc.matmul(p, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
                 plgpu.barrier_arrive(consumed.at[slot])
-                return m_new, l, acc
+                return m, l, acc
 
-            m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)
-            l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
-            acc0 = plgpu.layout_cast(jnp.zeros((mc.ROWS, head_dim), jnp.float32), plgpu.Layout.WGMMA)
-            m, l, acc = lax.fori_loop(0, count, step, (m0, l0, acc0))
+            def add_pv(acc, p16, j):
+                """``acc + p16 @ v_j``, then v_j's slot is released."""
+                slot = lax.rem(j, stages)
+                plgpu.barrier_wait(v_bar.at[slot])
+                p16 = mc.register_operand(p16, p_s.at[wg], interpret=interpret)
+                acc = mc.matmul(p16, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
+                plgpu.barrier_arrive(v_consumed.at[slot])
+                return acc
+
+            def pipelined_step(j, carry):
+                """Step ``j >= 1``: s_j and acc + p_{j-1} v_{j-1} together; acc rescaled to m_j."""
+                m, l, p_prev, acc = carry
+                k_slot, v_slot = lax.rem(j, stages), lax.rem(j - 1, stages)
+                wait_keys(k_slot)
+                if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
+                    acc = add_pv(acc, p_prev, j - 1)
+                    p, m, l, alpha = softmax(mc.matmul(q_s.at[wg], k_s.at[k_slot].T, tile), m, l, j)
+                    plgpu.barrier_arrive(consumed.at[k_slot])
+                    return m, l, p.astype(dtype), acc * mc.rows(alpha, acc.shape)
+                plgpu.barrier_wait(v_bar.at[v_slot])
+
+                def overlapped(s_acc, o_acc):
+                    o_acc[...] = acc
+                    plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[k_slot].T)
+                    plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
+                    s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
+                    p, m_new, l_new, alpha = softmax(s, m, l, j)
+                    return m_new, l_new, p.astype(dtype), o_acc[...] * mc.rows(alpha, acc.shape)
+
+                carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32),
+                                      plgpu.ACC(acc.shape, jnp.float32))
+                plgpu.barrier_arrive(consumed.at[k_slot])
+                plgpu.barrier_arrive(v_consumed.at[v_slot])
+                return carry
+
+            if pipelined:
+                def first(_):
+                    wait_keys(0)
+                    p, m, l, _ = softmax(mc.matmul(q_s.at[wg], k_s.at[0].T, tile), m0, l0, 0)
+                    plgpu.barrier_arrive(consumed.at[0])
+                    return m, l, p.astype(dtype)
+
+                def nothing(_):
+                    return m0, l0, plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA)
+
+                m, l, p = lax.cond(count > 0, first, nothing, None)
+                m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
+                acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1), lambda acc: acc, acc)
+            else:
+                m, l, acc = lax.fori_loop(0, count, serial_step, (m0, l0, acc0))
             empty = l == 0.0
             out = acc / mc.rows(jnp.where(empty, 1.0, l), acc.shape)
             lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * mc.LN2)
@@ -102,7 +167,8 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_barriers=stages),
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # k (and v unless pipelined) consumed
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # v consumed (pipelined)
     ]
     out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
     run = mc.kernel(body, name="attention_forward", out_type=out_type, scratch_types=scratch,

@@ -91,23 +91,25 @@ DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 
 def set_mosaic_tuning(spec: str):
-    """``forward=128,2;dkdv=64,2;dq=128,2;backward=fused`` -> mosaic_backend.TUNING and the dQ mode
-    (kernels not named: defaults; backward: split unless named)."""
+    """``forward=128,2;dkdv=64,2;dq=128,2;backward=fused;forward_loop=serial`` -> mosaic_backend.TUNING,
+    the dQ mode and the forward loop (kernels not named: defaults; backward: split and forward_loop:
+    pipelined unless named)."""
     mosaic_backend.TUNING.update(DEFAULT_MOSAIC_TUNING)
     mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
+    mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
     for item in filter(None, spec.split(";")):
         name, _, values = item.partition("=")
-        if name == "backward":
+        if name in ("backward", "forward_loop"):
             try:
-                mosaic_backend.set_backward(values)
+                (mosaic_backend.set_backward if name == "backward" else mosaic_backend.set_forward)(values)
             except ValueError as err:
                 raise SystemExit(f"--mosaic-tuning: {err}") from None
             continue
         try:
             block, stages = map(int, values.split(","))
         except ValueError:
-            raise SystemExit(f"--mosaic-tuning: {item!r} is not KERNEL=BLOCK,STAGES (e.g. dq=128,2) "
-                             f"or backward=MODE") from None
+            raise SystemExit(f"--mosaic-tuning: {item!r} is not KERNEL=BLOCK,STAGES (e.g. dq=128,2), "
+                             f"backward=MODE or forward_loop=MODE") from None
         mosaic_backend.set_tuning(name, block, stages)
 
 

@@ -152,6 +152,21 @@ def test_fused_dq_packed_gqa_head_dim_128(rng, backward_mode):
     run_case(rng, 200, 300, 4, 2, 128, layout="packed", causal=True)
 
 
+def test_serial_forward_loop_packed_gqa(rng):
+    """The forward that waits for each product (the pipelined one is the default every other test
+    runs): GQA 4/2, ragged lengths, packed segments, empty rows."""
+    mosaic_backend.set_forward("serial")
+    try:
+        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+    finally:
+        mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
+
+
+def test_bad_forward_mode_names_the_choices():
+    with pytest.raises(ValueError, match="mode must be one of .'pipelined', 'serial'., got 'fast'"):
+        mosaic_backend.set_forward("fast")
+
+
 def test_bad_backward_mode_names_the_choices():
     with pytest.raises(ValueError, match="mode must be one of .'split', 'fused'., got 'atomic'"):
         mosaic_backend.set_backward("atomic")
