@@ -118,7 +118,11 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
                     s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
                     p, m_new, l_new, alpha = softmax(s, m, l, j)
-                    return m_new, l_new, p.astype(dtype), o_acc[...] * mc.rows(alpha, acc.shape)
+                    # p_j in 16 bits only once p v is done (the barrier ties p to the waited-for o):
+                    # registers defined while a wgmma that reads register operands is in flight
+                    # make ptxas serialize every wgmma of the kernel (C7513)
+                    o, p = lax.optimization_barrier((o_acc[...], p))
+                    return m_new, l_new, p.astype(dtype), o * mc.rows(alpha, acc.shape)
 
                 carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32),
                                       plgpu.ACC(acc.shape, jnp.float32))
