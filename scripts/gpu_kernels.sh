@@ -16,8 +16,9 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null || { ec
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import jax, triton, jax_triton; print('jax', jax.__version__, 'triton', triton.__version__, 'jax_triton', jax_triton.__version__, jax.devices())"
 if [[ " $STEPS " == *" tests "* ]]; then
-  # four workers share the GPU (compilation dominates); no preallocation so they fit together
-  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-420} python3 -m pytest -q -p no:cacheprovider -n 4 \
+  # four workers share the GPU (compilation dominates); no preallocation so they fit together;
+  # no -q here: with setup.cfg's -q it would hide the pass/fail summary line
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-420} python3 -m pytest -p no:cacheprovider -n 4 \
     -m gpu -k "${TEST_K:-}" tests/test_kernels_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [[ " $STEPS " == *" anchor "* ]]; then
