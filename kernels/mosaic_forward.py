@@ -5,7 +5,9 @@ run side by side and share their K/V blocks in L2; query blocks run in the
 order of their visit lists, longest first (:mod:`.mosaic_plan`). Threads 0/1
 each own 64 query rows; thread 2 streams the key blocks of the visit list.
 Per key block: ``s = q k^T`` (wgmma, float32), the mask only on tiles that need
-it, online softmax in base 2, ``acc += p v`` with p from registers.
+it, online softmax in base 2, ``acc += p v`` with p from registers. By default the
+loop is pipelined: ``s_j`` and ``acc += p_{j-1} v_{j-1}`` are issued together and
+the softmax of ``s_j`` runs while the second product is on the tensor cores.
 """
 
 from __future__ import annotations

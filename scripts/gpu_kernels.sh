@@ -40,9 +40,8 @@ if [[ " $STEPS " == *" ptxas "* ]]; then
   MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 python3 scripts/bench_mosaic_kernels.py \
     --seqs 1024 --budget-s 0.01 ${PTXAS_ARGS:-} > "$OUT/ptxas_run.log" 2>&1 || tail -5 "$OUT/ptxas_run.log"
   ls "$dump" | head -40 > "$OUT/ptxas_files.txt"
-  for f in "$dump"/*; do  # one block per dumped file that holds a ptxas report
-    grep -qi "ptxas" "$f" 2>/dev/null || continue
-    echo "== $(basename "$f")"; grep -iE "registers|spill|serializ|stack" "$f" | sort | uniq -c | head -12
-  done 2>&1 | tee "$OUT/ptxas_summary.txt" | head -80
-  grep -iE "ptxas|serializ|spill" "$OUT/ptxas_run.log" | sort | uniq -c | head -30
+  for f in "$dump"/*.ptxas; do  # one block per kernel compiled: registers, spills, wgmma serialization
+    echo "== $(basename "$f")"; grep -E "registers|spill|serializ" "$f" | sort | uniq -c | cut -c1-240
+  done > "$OUT/ptxas_summary.txt" 2>&1
+  head -80 "$OUT/ptxas_summary.txt"  # (a pipe into head would cut the file short)
 fi
