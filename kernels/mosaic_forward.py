@@ -48,7 +48,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         b, r, h = mc.program_ids()
         wg = mc.thread_index()
         count, qb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
-        # pipelined: k (+ key tokens) and v released separately, v_{j-1} is read while k_j is
+        # pipelined: k (+ key tokens) and v are released separately (v_{j-1} is read while k_j is in use)
         copies = mc.key_block_copies(b, h // group, kv_block, list_s, (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
                                      (k_bar, kt_bar, v_bar), separate_v=pipelined)
         mc.memory_thread(wg, count, copies, consumed, stages, v_consumed=v_consumed if pipelined else None)
