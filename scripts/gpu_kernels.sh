@@ -3,6 +3,8 @@
 # (FlashAttention-2 and cuDNN through SDPA), then the attention benchmark.
 # Run through the device tool from the repo root with .whl (the jax-triton wheel) carried.
 #   STEPS="tests anchor bench"  BENCH_ARGS="--impls triton,cudnn --budget-s 2"
+#   BENCH_ARGS="--impls mosaic,cudnn --mosaic-tuning=backward=split|backward=fused" (no quotes inside
+#     BENCH_ARGS: it is split on spaces, so quotes would reach the script as literal characters)
 #   LONGVILA_GPU_IMPLS=mosaic (backends the tests check)  TEST_K="not 72" (pytest -k)
 #   STEPS="kernels ptxas"  KERNEL_ARGS="--seqs 32768 --masks causal --fused-ablations"
 #     kernels: scripts/bench_mosaic_kernels.py; ptxas: each Mosaic kernel's ptxas report (registers,
