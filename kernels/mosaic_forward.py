@@ -81,26 +81,23 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
             acc0 = mc.zeros((mc.ROWS, head_dim))
 
-            def serial_step(j, carry):
-                m, l, acc = carry
-                slot = lax.rem(j, stages)
-                wait_keys(slot)
-                p, m, l, alpha = softmax(mc.matmul(q_s.at[wg], k_s.at[slot].T, tile), m, l, j)
-                acc = acc * mc.rows(alpha, acc.shape)
-                plgpu.barrier_wait(v_bar.at[slot])
-                p = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
-                acc = mc.matmul(p, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
-                plgpu.barrier_arrive(consumed.at[slot])
-                return m, l, acc
+            def scores(slot):
+                return mc.matmul(q_s.at[wg], k_s.at[slot].T, tile)
 
-            def add_pv(acc, p16, j):
-                """``acc + p16 @ v_j``, then v_j's slot is released."""
+            def add_pv(acc, p16, j, release):
+                """``acc + p16 @ v_j``, then v_j's slot is released on ``release``."""
                 slot = lax.rem(j, stages)
                 plgpu.barrier_wait(v_bar.at[slot])
                 p16 = mc.register_operand(p16, p_s.at[wg], interpret=interpret)
                 acc = mc.matmul(p16, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
-                plgpu.barrier_arrive(v_consumed.at[slot])
+                plgpu.barrier_arrive(release.at[slot])
                 return acc
+
+            def serial_step(j, carry):
+                m, l, acc = carry
+                wait_keys(lax.rem(j, stages))
+                p, m, l, alpha = softmax(scores(lax.rem(j, stages)), m, l, j)
+                return m, l, add_pv(acc * mc.rows(alpha, acc.shape), p.astype(dtype), j, consumed)
 
             def pipelined_step(j, carry):
                 """Step ``j >= 1``: s_j and acc + p_{j-1} v_{j-1} together; acc rescaled to m_j."""
@@ -108,8 +105,8 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                 k_slot, v_slot = lax.rem(j, stages), lax.rem(j - 1, stages)
                 wait_keys(k_slot)
                 if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
-                    acc = add_pv(acc, p_prev, j - 1)
-                    p, m, l, alpha = softmax(mc.matmul(q_s.at[wg], k_s.at[k_slot].T, tile), m, l, j)
+                    acc = add_pv(acc, p_prev, j - 1, v_consumed)
+                    p, m, l, alpha = softmax(scores(k_slot), m, l, j)
                     plgpu.barrier_arrive(consumed.at[k_slot])
                     return m, l, p.astype(dtype), acc * mc.rows(alpha, acc.shape)
                 plgpu.barrier_wait(v_bar.at[v_slot])
@@ -135,7 +132,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             if pipelined:
                 def first(_):
                     wait_keys(0)
-                    p, m, l, _ = softmax(mc.matmul(q_s.at[wg], k_s.at[0].T, tile), m0, l0, 0)
+                    p, m, l, _ = softmax(scores(0), m0, l0, 0)
                     plgpu.barrier_arrive(consumed.at[0])
                     return m, l, p.astype(dtype)
 
@@ -144,7 +141,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
                 m, l, p = lax.cond(count > 0, first, nothing, None)
                 m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
-                acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1), lambda acc: acc, acc)
+                acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc, acc)
             else:
                 m, l, acc = lax.fori_loop(0, count, serial_step, (m0, l0, acc0))
             empty = l == 0.0
