@@ -78,18 +78,11 @@ def set_tuning(kernel: str, block: int, stages: int):
 # How the backward gets dQ: "split" (the default) runs a dQ kernel that recomputes s and dp (two
 # more matmuls per tile, dQ bit-reproducible); "fused" adds each tile's share inside the dK/dV
 # kernel (TMA reduce-add into a float32 buffer; s and dp computed once). Fused needs D = 128 and
-# 64-query dK/dV blocks (mosaic_backward.fuses_dq), else split runs. On an H200 fused measured
-# 0.6x of split's fwd+bwd rate (kernels/NOTES.md); it stays as the base for that work.
+# 64-query dK/dV blocks (mosaic_backward.fuses_dq), else split runs. On an H200 the fused dK/dV/dQ
+# kernel took 62.86 ms against split's 47.27 at 32k causal, its float32 dQ write being the cost
+# (kernels/NOTES.md); it stays as the base for that work.
 BACKWARD_MODES = ("split", "fused")
 BACKWARD = {"mode": "split"}
-
-
-def set_backward(mode: str):
-    """Choose how the backward computes dQ (see ``BACKWARD_MODES``)."""
-    if mode not in BACKWARD_MODES:
-        raise ValueError(f"mosaic backward: mode must be one of {BACKWARD_MODES}, got {mode!r}")
-    BACKWARD["mode"] = mode
-
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
 # step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product.
@@ -97,11 +90,20 @@ FORWARD_MODES = ("pipelined", "serial")
 FORWARD = {"mode": "pipelined"}
 
 
+def _choose(part: str, modes: tuple, state: dict, mode: str):
+    if mode not in modes:
+        raise ValueError(f"mosaic {part}: mode must be one of {modes}, got {mode!r}")
+    state["mode"] = mode
+
+
+def set_backward(mode: str):
+    """Choose how the backward computes dQ (see ``BACKWARD_MODES``)."""
+    _choose("backward", BACKWARD_MODES, BACKWARD, mode)
+
+
 def set_forward(mode: str):
     """Choose how the forward's loop runs (see ``FORWARD_MODES``)."""
-    if mode not in FORWARD_MODES:
-        raise ValueError(f"mosaic forward: mode must be one of {FORWARD_MODES}, got {mode!r}")
-    FORWARD["mode"] = mode
+    _choose("forward", FORWARD_MODES, FORWARD, mode)
 
 
 class _Plan:
