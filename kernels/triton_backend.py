@@ -2,21 +2,26 @@
 
 Valid on CUDA GPUs (Ampere and later) for bf16/fp16 and head_dim <= 128,
 with every mask (segments, positions, Sq != Sk) and a given-lse backward.
-Forward: one kernel writes out and lse. Backward: delta = rowsum(dout*out) - dlse
-in XLA, then a dK/dV kernel (per key block, looping over query blocks and the
-GQA group) and a dQ kernel (per query block, looping over key blocks): no
-atomics. Tiles whose block ranges cannot meet are skipped inside the kernels.
+Lengths are padded to a multiple of ``PAD`` with segment 0 (and sliced back).
+Each kernel walks per-CTA visit lists built here in XLA (:func:`visit_lists`):
+tiles the mask cannot reach are never visited, tiles it keeps whole skip the
+elementwise mask. Forward: one kernel writes out and lse. Backward: delta =
+rowsum(dout*out) - dlse in XLA, then a dK/dV kernel (per key block, looping over
+query blocks and the GQA group) and a dQ kernel (per query block, looping over
+key blocks): no atomics.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from .block_skip import block_ranges
+from .mask import pad_tokens
+from .mosaic_plan import tile_table
 
 NAME = "triton"
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -78,23 +83,55 @@ def _block_d(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def _ranges(q_seg, q_pos, kv_seg, kv_pos, tiles: Tiles):
-    """The six int32 ``[B, n_blocks]`` range arrays the kernels read."""
-    q = block_ranges(q_seg, q_pos, tiles.block_m)
-    kv = block_ranges(kv_seg, kv_pos, tiles.block_n)
-    return (q.segment_min, q.segment_max, q.position_max,
-            kv.segment_min, kv.segment_max, kv.position_min)
+PAD = 128  # lengths are padded to a multiple of this; every block must divide it
 
 
-def _constants(q, k, causal, scale, tiles: Tiles):
+def visit_lists(q_seg, q_pos, kv_seg, kv_pos, *, causal: bool, tiles: Tiles, resident: str):
+    """int32 ``[B, n_resident, 3 + n_streamed]`` (the layout :mod:`.triton_flash` reads).
+
+    ``resident`` is ``"q"`` (forward, dQ: query blocks of ``block_m`` stream key blocks of
+    ``block_n``) or ``"kv"`` (dK/dV). Per list: whole tiles, masked tiles, the resident
+    block, then the visited streamed blocks, whole first, each group in increasing order.
+    Lists come longest first, so the long tile loops start first and the short ones fill the
+    end of the launch. Padded (complete) ids and positions.
+    """
+    table = tile_table(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=tiles.block_m,
+                       block_k=tiles.block_n)
+    visit, whole = table.visit, table.whole
+    if resident == "kv":
+        visit, whole = visit.transpose(0, 2, 1), whole.transpose(0, 2, 1)
+    rank = jnp.where(whole, 0, jnp.where(visit, 1, 2))  # whole, then masked, then skipped
+    order = jnp.argsort(rank, axis=-1, stable=True).astype(jnp.int32)
+    n_whole = whole.sum(-1, dtype=jnp.int32)
+    n_masked = visit.sum(-1, dtype=jnp.int32) - n_whole
+    block = jnp.broadcast_to(jnp.arange(visit.shape[1], dtype=jnp.int32), n_whole.shape)
+    lists = jnp.concatenate([n_whole[..., None], n_masked[..., None], block[..., None], order], axis=-1)
+    longest_first = jnp.argsort(-(n_whole + n_masked), axis=-1, stable=True)
+    return jnp.take_along_axis(lists, longest_first[..., None], axis=1)
+
+
+def _check_tiles(tiles: Tiles):
+    for block in (tiles.block_m, tiles.block_n):
+        if PAD % block or block < 16:
+            raise ValueError(f"Triton tile {tiles}: blocks must be powers of two in [16, {PAD}]")
+
+
+def _pad_rows(x, length: int):
+    """``[B, S, ...]`` -> ``[B, length, ...]`` with zeros."""
+    extra = length - x.shape[1]
+    return x if extra == 0 else jnp.pad(x, ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
+
+
+def _padded_len(n: int) -> int:
+    return -(-n // PAD) * PAD
+
+
+def _constants(q, k, causal, scale, tiles: Tiles, lists):
+    _check_tiles(tiles)
     batch, q_len, q_heads, head_dim = q.shape
     return dict(SCALE=float(scale), CAUSAL=bool(causal), SQ=q_len, SK=k.shape[1], HQ=q_heads,
                 HKV=k.shape[2], D=head_dim, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-                BLOCK_D=_block_d(head_dim))
-
-
-def _cdiv(a, b):
-    return -(-a // b)
+                BLOCK_D=_block_d(head_dim), LIST_WIDTH=lists.shape[-1])
 
 
 def softmax_delta(out, dout, lse, dlse):
@@ -105,29 +142,36 @@ def softmax_delta(out, dout, lse, dlse):
     return jnp.where(jnp.isfinite(lse), delta, 0.0)
 
 
+def _padded_tokens(q_seg, kv_seg, q_pos, kv_pos):
+    q_len, kv_len = _padded_len(q_seg.shape[1]), _padded_len(kv_seg.shape[1])
+    q_seg, q_pos = pad_tokens(q_seg.astype(jnp.int32), q_pos.astype(jnp.int32), q_len)
+    kv_seg, kv_pos = pad_tokens(kv_seg.astype(jnp.int32), kv_pos.astype(jnp.int32), kv_len)
+    return q_seg, kv_seg, q_pos, kv_pos
+
+
 def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, tiles: Tiles | None = None):
     """-> out ``[B, Sq, Hq, D]``, lse float32 ``[B, Hq, Sq]``."""
-    import jax_triton as jt
-
     from .triton_flash import flash_fwd_kernel
 
     tiles = tiles or TILES["forward"]
     batch, q_len, q_heads, _ = q.shape
-    return _triton_call(
-        q, k, v, q_seg, q_pos, kv_seg, kv_pos, *_ranges(q_seg, q_pos, kv_seg, kv_pos, tiles),
+    q_seg, kv_seg, q_pos, kv_pos = _padded_tokens(q_seg, kv_seg, q_pos, kv_pos)
+    qp, kp, vp = (_pad_rows(x, n) for x, n in ((q, q_seg.shape[1]), (k, kv_seg.shape[1]), (v, kv_seg.shape[1])))
+    lists = visit_lists(q_seg, q_pos, kv_seg, kv_pos, causal=causal, tiles=tiles, resident="q")
+    out, lse = _triton_call(
+        qp, kp, vp, q_seg, q_pos, kv_seg, kv_pos, lists,
         kernel=flash_fwd_kernel, name="longvila_flash_fwd",
-        out_type=(jax.ShapeDtypeStruct(q.shape, q.dtype),
-                  jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32)),
-        grid=(_cdiv(q_len, tiles.block_m), batch * q_heads),
+        out_type=(jax.ShapeDtypeStruct(qp.shape, q.dtype),
+                  jax.ShapeDtypeStruct((batch, q_heads, qp.shape[1]), jnp.float32)),
+        grid=(batch * q_heads, lists.shape[1]),
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-        **_constants(q, k, causal, scale, tiles))
+        **_constants(qp, kp, causal, scale, tiles, lists))
+    return out[:, :q_len], lse[..., :q_len]
 
 
 def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale,
              dkdv_tiles: Tiles | None = None, dq_tiles: Tiles | None = None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None)."""
-    import jax_triton as jt
-
     from .triton_flash import flash_bwd_dkdv_kernel, flash_bwd_dq_kernel
 
     dkdv_tiles, dq_tiles = dkdv_tiles or TILES["dkdv"], dq_tiles or TILES["dq"]
@@ -135,23 +179,32 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     kv_len, kv_heads = k.shape[1], k.shape[2]
     lse = lse.astype(jnp.float32)
     delta = softmax_delta(out, dout, lse, dlse)
-    tensors = (q, k, v, dout.astype(q.dtype), lse, delta, q_seg, q_pos, kv_seg, kv_pos)
+    lse2 = jnp.where(jnp.isfinite(lse), lse * math.log2(math.e), jnp.inf)  # base 2; p = 0 on empty rows
+    q_seg, kv_seg, q_pos, kv_pos = _padded_tokens(q_seg, kv_seg, q_pos, kv_pos)
+    q_pad, kv_pad = q_seg.shape[1], kv_seg.shape[1]
+    qp, dop = _pad_rows(q, q_pad), _pad_rows(dout.astype(q.dtype), q_pad)
+    kp, vp = _pad_rows(k, kv_pad), _pad_rows(v, kv_pad)
+    row_stats = [jnp.pad(x, ((0, 0), (0, 0), (0, q_pad - q_len)), constant_values=fill)
+                 for x, fill in ((lse2, jnp.inf), (delta, 0.0))]
+    tensors = (qp, kp, vp, dop, *row_stats, q_seg, q_pos, kv_seg, kv_pos)
 
+    lists = visit_lists(q_seg, q_pos, kv_seg, kv_pos, causal=causal, tiles=dkdv_tiles, resident="kv")
     dk, dv = _triton_call(
-        *tensors, *_ranges(q_seg, q_pos, kv_seg, kv_pos, dkdv_tiles),
+        *tensors, lists,
         kernel=flash_bwd_dkdv_kernel, name="longvila_flash_bwd_dkdv",
-        out_type=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
-        grid=(_cdiv(kv_len, dkdv_tiles.block_n), batch * kv_heads),
+        out_type=(jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(vp.shape, v.dtype)),
+        grid=(batch * kv_heads, lists.shape[1]),
         num_warps=dkdv_tiles.num_warps, num_stages=dkdv_tiles.num_stages,
-        **_constants(q, k, causal, scale, dkdv_tiles))
+        **_constants(qp, kp, causal, scale, dkdv_tiles, lists))
+    lists = visit_lists(q_seg, q_pos, kv_seg, kv_pos, causal=causal, tiles=dq_tiles, resident="q")
     dq = _triton_call(
-        *tensors, *_ranges(q_seg, q_pos, kv_seg, kv_pos, dq_tiles),
+        *tensors, lists,
         kernel=flash_bwd_dq_kernel, name="longvila_flash_bwd_dq",
-        out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        grid=(_cdiv(q_len, dq_tiles.block_m), batch * q_heads),
+        out_type=jax.ShapeDtypeStruct(qp.shape, q.dtype),
+        grid=(batch * q_heads, lists.shape[1]),
         num_warps=dq_tiles.num_warps, num_stages=dq_tiles.num_stages,
-        **_constants(q, k, causal, scale, dq_tiles))
-    return dq, dk, dv
+        **_constants(qp, kp, causal, scale, dq_tiles, lists))
+    return dq[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))

@@ -1,23 +1,33 @@
 """Triton flash-attention kernels (forward, dK/dV, dQ) with segment and position masks.
 
 Pure Triton: no JAX here, so the same kernels run under jax_triton on a GPU
-and under ``TRITON_INTERPRET=1`` on CPU (tests). Launchers live in
-:mod:`.triton_backend`.
+and under ``TRITON_INTERPRET=1`` on CPU (tests). Launchers and the visit lists
+live in :mod:`.triton_backend`.
 
 Memory layout (row-major, contiguous): q/out/dout ``[B, Sq, Hq, D]``,
 k/v ``[B, Sk, Hkv, D]``, ids/positions int32 ``[B, S]``, lse/delta float32
-``[B, Hq, Sq]``. Block ranges int32 ``[B, n_blocks]`` (from
-:func:`.block_skip.block_ranges`): a tile is computed only if its query and
-key blocks' segment ranges overlap and (causal) the key block's smallest
-position is <= the query block's largest. GQA: query head h reads kv head
-``h // G``; the dK/dV kernel loops over the G query heads of its kv head, so
-no atomics anywhere. Softmax runs in base 2 (``exp2``, scores times log2 e);
-lse is stored and read in natural log. ``BLOCK_D`` is D rounded up to a
-power of two (>= 16); the extra columns are masked.
+``[B, Hq, Sq]``. Sq and Sk are multiples of every block (the launcher pads
+with segment 0), so only the head dim may need a load mask (``BLOCK_D`` is D
+rounded up to a power of two >= 16).
+
+Each CTA reads one visit list, int32 ``[LIST_WIDTH]``: entry 0 the number of
+whole tiles (the mask keeps every pair), entry 1 the number of masked tiles,
+entry 2 the resident block, then the streamed blocks, whole ones first. The
+kernels run two loops without branches in them (Triton only software-pipelines
+the loads of a loop whose body has no ``if`` around them): whole tiles without
+the elementwise mask, then masked ones with it. GQA: query head h reads kv
+head ``h // G``; the dK/dV kernel loops over the G query heads of its kv head,
+so no atomics anywhere. Softmax runs in base 2 (``exp2``, scores times
+log2 e); lse is stored and read in natural log.
 """
 
 import triton
 import triton.language as tl
+
+LIST_HEADER = tl.constexpr(3)  # whole tiles, masked tiles, resident block
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
 
 @triton.jit
 def _block_base(b, row0, S: tl.constexpr, H: tl.constexpr, head, D: tl.constexpr):
@@ -26,9 +36,23 @@ def _block_base(b, row0, S: tl.constexpr, H: tl.constexpr, head, D: tl.constexpr
 
 
 @triton.jit
-def _tile_offsets(BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, H: tl.constexpr, D: tl.constexpr):
-    """int32 ``[BLOCK_R, BLOCK_D]`` offsets of a tile from its block base (row stride H*D)."""
-    return tl.arange(0, BLOCK_R)[:, None] * (H * D) + tl.arange(0, BLOCK_D)[None, :]
+def _load_tile(ptr, base, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, H: tl.constexpr,
+               D: tl.constexpr):
+    """``[BLOCK_R, BLOCK_D]`` rows of a ``[B, S, H, D]`` array from ``base``; columns >= D read 0."""
+    offs = tl.arange(0, BLOCK_R)[:, None] * (H * D) + tl.arange(0, BLOCK_D)[None, :]
+    if BLOCK_D == D:
+        return tl.load(ptr + base + offs)
+    return tl.load(ptr + base + offs, mask=(tl.arange(0, BLOCK_D) < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_tile(ptr, base, tile, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, H: tl.constexpr,
+                D: tl.constexpr):
+    offs = tl.arange(0, BLOCK_R)[:, None] * (H * D) + tl.arange(0, BLOCK_D)[None, :]
+    if BLOCK_D == D:
+        tl.store(ptr + base + offs, tile)
+    else:
+        tl.store(ptr + base + offs, tile, mask=(tl.arange(0, BLOCK_D) < D)[None, :])
 
 
 @triton.jit
@@ -50,220 +74,212 @@ def _tile_mask_t(q_seg, q_pos, kv_seg, kv_pos, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _tile_visited(q_seg_min, q_seg_max, q_pos_max, kv_seg_min, kv_seg_max, kv_pos_min,
-                  CAUSAL: tl.constexpr):
-    """May the (query block, key block) tile hold a visible pair? (scalars)"""
-    visit = (q_seg_min <= kv_seg_max) & (kv_seg_min <= q_seg_max)
-    if CAUSAL:
-        visit = visit & (kv_pos_min <= q_pos_max)
-    return visit
+def _fwd_tiles(acc, m_i, l_i, q_tile, q_seg, q_pos, lst, first, last, k_ptr, v_ptr, kv_seg_ptr,
+               kv_pos_ptr, b, hk, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               SK: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Online softmax over list entries ``first .. last``; returns ``(acc, m_i, l_i)``."""
+    j_next = tl.load(lst + LIST_HEADER + first, mask=first < last, other=0)
+    for t in range(first, last):
+        j = j_next  # read one step ahead: Triton pipelines tile loads deeper when their address needs
+        # no load of the same step
+        j_next = tl.load(lst + LIST_HEADER + t + 1, mask=t + 1 < last, other=0)
+        kv_base = _block_base(b, j * BLOCK_N, SK, HKV, hk, D)
+        k_tile = _load_tile(k_ptr, kv_base, BLOCK_N, BLOCK_D, HKV, D)
+        v_tile = _load_tile(v_ptr, kv_base, BLOCK_N, BLOCK_D, HKV, D)
+        s = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale
+        if MASKED:
+            offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+            kv_seg = tl.load(kv_seg_ptr + b * SK + offs_n)
+            kv_pos = tl.load(kv_pos_ptr + b * SK + offs_n)
+            s = tl.where(_tile_mask(q_seg, q_pos, kv_seg, kv_pos, CAUSAL), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED:  # a row may have seen nothing yet: keep exp2 away from (-inf) - (-inf)
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile)
+        m_i = m_new
+    return acc, m_i, l_i
 
 
 @triton.jit
 def flash_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, q_seg_ptr, q_pos_ptr, kv_seg_ptr, kv_pos_ptr,
-    qr_seg_min_ptr, qr_seg_max_ptr, qr_pos_max_ptr, kr_seg_min_ptr, kr_seg_max_ptr, kr_pos_min_ptr,
+    q_ptr, k_ptr, v_ptr, q_seg_ptr, q_pos_ptr, kv_seg_ptr, kv_pos_ptr, list_ptr,
     out_ptr, lse_ptr,
     SCALE: tl.constexpr, CAUSAL: tl.constexpr,
     SQ: tl.constexpr, SK: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, LIST_WIDTH: tl.constexpr,
 ):
-    """Grid (cdiv(SQ, BLOCK_M), B * HQ). Writes out (q's dtype) and lse (float32, natural log)."""
-    i = tl.program_id(0)
-    bh = tl.program_id(1)
+    """Grid (B * HQ, SQ // BLOCK_M); lists ``[B, SQ // BLOCK_M, LIST_WIDTH]`` (resident: query
+    blocks). Writes out (q's dtype) and lse (float32, natural log)."""
+    bh = tl.program_id(0)
     b = bh // HQ
     h = bh % HQ
     hk = h // (HQ // HKV)
-    NQ: tl.constexpr = (SQ + BLOCK_M - 1) // BLOCK_M
-    NK: tl.constexpr = (SK + BLOCK_N - 1) // BLOCK_N
+    lst = list_ptr + (b * (SQ // BLOCK_M) + tl.program_id(1)) * LIST_WIDTH
+    n_whole = tl.load(lst)
+    n_masked = tl.load(lst + 1)
+    i = tl.load(lst + 2)
 
+    q_base = _block_base(b, i * BLOCK_M, SQ, HQ, h, D)
+    q_tile = _load_tile(q_ptr, q_base, BLOCK_M, BLOCK_D, HQ, D)
     offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < SQ
-    d_ok = offs_d < D
-    q_off = _block_base(b, i * BLOCK_M, SQ, HQ, h, D) + _tile_offsets(BLOCK_M, BLOCK_D, HQ, D)
-    q_ok = row_ok[:, None] & d_ok[None, :]
-    q_tile = tl.load(q_ptr + q_off, mask=q_ok, other=0.0)
-    q_seg = tl.load(q_seg_ptr + b * SQ + offs_m, mask=row_ok, other=0)
-    q_pos = tl.load(q_pos_ptr + b * SQ + offs_m, mask=row_ok, other=0)
-    q_seg_min = tl.load(qr_seg_min_ptr + b * NQ + i)
-    q_seg_max = tl.load(qr_seg_max_ptr + b * NQ + i)
-    q_pos_max = tl.load(qr_pos_max_ptr + b * NQ + i)
+    q_seg = tl.load(q_seg_ptr + b * SQ + offs_m)
+    q_pos = tl.load(q_pos_ptr + b * SQ + offs_m)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    qk_scale = SCALE * 1.4426950408889634
-    for j in range(0, NK):
-        kv_seg_min = tl.load(kr_seg_min_ptr + b * NK + j)
-        kv_seg_max = tl.load(kr_seg_max_ptr + b * NK + j)
-        kv_pos_min = tl.load(kr_pos_min_ptr + b * NK + j)
-        if _tile_visited(q_seg_min, q_seg_max, q_pos_max, kv_seg_min, kv_seg_max, kv_pos_min, CAUSAL):
-            offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = offs_n < SK
-            kv_off = _block_base(b, j * BLOCK_N, SK, HKV, hk, D) + _tile_offsets(BLOCK_N, BLOCK_D, HKV, D)
-            kv_ok = col_ok[:, None] & d_ok[None, :]
-            k_tile = tl.load(k_ptr + kv_off, mask=kv_ok, other=0.0)
-            v_tile = tl.load(v_ptr + kv_off, mask=kv_ok, other=0.0)
-            kv_seg = tl.load(kv_seg_ptr + b * SK + offs_n, mask=col_ok, other=0)
-            kv_pos = tl.load(kv_pos_ptr + b * SK + offs_n, mask=col_ok, other=0)
-            s = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale
-            s = tl.where(_tile_mask(q_seg, q_pos, kv_seg, kv_pos, CAUSAL), s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile)
-            m_i = m_new
+    qk_scale = SCALE * LOG2E
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q_tile, q_seg, q_pos, lst, 0, n_whole, k_ptr, v_ptr,
+                               kv_seg_ptr, kv_pos_ptr, b, hk, qk_scale, False, CAUSAL, SK, HKV, D,
+                               BLOCK_N, BLOCK_D)
+    acc, m_i, l_i = _fwd_tiles(acc, m_i, l_i, q_tile, q_seg, q_pos, lst, n_whole, n_whole + n_masked,
+                               k_ptr, v_ptr, kv_seg_ptr, kv_pos_ptr, b, hk, qk_scale, True, CAUSAL,
+                               SK, HKV, D, BLOCK_N, BLOCK_D)
 
     seen = l_i > 0
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
-    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-    # Offsets and masks are rebuilt here rather than kept live (in registers) across the loop.
-    out_off = _block_base(b, i * BLOCK_M, SQ, HQ, h, D) + _tile_offsets(BLOCK_M, BLOCK_D, HQ, D)
-    out_ok = (offs_m < SQ)[:, None] & (offs_d < D)[None, :]
-    tl.store(out_ptr + out_off, out.to(out_ptr.dtype.element_ty), mask=out_ok)
-    tl.store(lse_ptr + (b * HQ + h) * SQ + offs_m, lse, mask=row_ok)
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
+    _store_tile(out_ptr, q_base, out.to(out_ptr.dtype.element_ty), BLOCK_M, BLOCK_D, HQ, D)
+    tl.store(lse_ptr + (b * HQ + h) * SQ + offs_m, lse)
 
 
 @triton.jit
-def _probabilities(q_tile, k_tile, lse2, q_seg, q_pos, kv_seg, kv_pos, qk_scale, CAUSAL: tl.constexpr):
-    """p = exp2(s2 - lse2) on visible entries, else 0; lse2 is +inf on empty rows."""
-    s = tl.dot(q_tile, tl.trans(k_tile)) * qk_scale
-    p = tl.math.exp2(s - lse2[:, None])
-    return tl.where(_tile_mask(q_seg, q_pos, kv_seg, kv_pos, CAUSAL), p, 0.0)
+def _dkdv_tiles(dk, dv, k_tile, v_tile, kv_seg, kv_pos, lst, count, q_ptr, dout_ptr, lse_ptr,
+                delta_ptr, q_seg_ptr, q_pos_ptr, b, hk, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, SQ: tl.constexpr, HQ: tl.constexpr,
+                G: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dk, dv summed over the first ``count`` tiles listed at ``lst``, for each of the G query heads.
+
+    Transposed tiles ([keys, queries]) so no large tile is transposed in registers."""
+    per_head = tl.maximum(count, 1)
+    i_next = tl.load(lst + LIST_HEADER, mask=count > 0, other=0)
+    for t in range(0, G * count):
+        g = t // per_head
+        i = i_next  # read one step ahead (see _fwd_tiles)
+        i_next = tl.load(lst + LIST_HEADER + (t + 1) % per_head, mask=t + 1 < G * count, other=0)
+        h = hk * G + g
+        q_base = _block_base(b, i * BLOCK_M, SQ, HQ, h, D)
+        q_tile = _load_tile(q_ptr, q_base, BLOCK_M, BLOCK_D, HQ, D)
+        do_tile = _load_tile(dout_ptr, q_base, BLOCK_M, BLOCK_D, HQ, D)
+        offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
+        lse2 = tl.load(lse_ptr + (b * HQ + h) * SQ + offs_m)  # base 2, +inf on empty rows
+        delta = tl.load(delta_ptr + (b * HQ + h) * SQ + offs_m)
+        p_t = tl.math.exp2(tl.dot(k_tile, tl.trans(q_tile)) * qk_scale - lse2[None, :])
+        if MASKED:
+            q_seg = tl.load(q_seg_ptr + b * SQ + offs_m)
+            q_pos = tl.load(q_pos_ptr + b * SQ + offs_m)
+            p_t = tl.where(_tile_mask_t(q_seg, q_pos, kv_seg, kv_pos, CAUSAL), p_t, 0.0)
+        dv += tl.dot(p_t.to(do_tile.dtype), do_tile)
+        dp_t = tl.dot(v_tile, tl.trans(do_tile))
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q_tile.dtype), q_tile)
+    return dk, dv
 
 
 @triton.jit
 def flash_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr,
-    q_seg_ptr, q_pos_ptr, kv_seg_ptr, kv_pos_ptr,
-    qr_seg_min_ptr, qr_seg_max_ptr, qr_pos_max_ptr, kr_seg_min_ptr, kr_seg_max_ptr, kr_pos_min_ptr,
+    q_seg_ptr, q_pos_ptr, kv_seg_ptr, kv_pos_ptr, list_ptr,
     dk_ptr, dv_ptr,
     SCALE: tl.constexpr, CAUSAL: tl.constexpr,
     SQ: tl.constexpr, SK: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, LIST_WIDTH: tl.constexpr,
 ):
-    """Grid (cdiv(SK, BLOCK_N), B * HKV). dk/dv of one key block, summed over the GQA group.
+    """Grid (B * HKV, SK // BLOCK_N); lists ``[B, SK // BLOCK_N, LIST_WIDTH]`` (resident: key
+    blocks). dk/dv of one key block, summed over the GQA group.
 
-    delta = rowsum(dout * out) - dlse (float32, 0 on empty rows) comes precomputed.
+    lse comes in base 2 with +inf on empty rows (so p = 0 there); delta =
+    rowsum(dout * out) - dlse (float32, 0 on empty rows).
     """
-    j = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     b = bh // HKV
     hk = bh % HKV
     G: tl.constexpr = HQ // HKV
-    NQ: tl.constexpr = (SQ + BLOCK_M - 1) // BLOCK_M
-    NK: tl.constexpr = (SK + BLOCK_N - 1) // BLOCK_N
+    lst = list_ptr + (b * (SK // BLOCK_N) + tl.program_id(1)) * LIST_WIDTH
+    n_whole = tl.load(lst)
+    n_masked = tl.load(lst + 1)
+    j = tl.load(lst + 2)
 
+    kv_base = _block_base(b, j * BLOCK_N, SK, HKV, hk, D)
+    k_tile = _load_tile(k_ptr, kv_base, BLOCK_N, BLOCK_D, HKV, D)
+    v_tile = _load_tile(v_ptr, kv_base, BLOCK_N, BLOCK_D, HKV, D)
     offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    col_ok = offs_n < SK
-    d_ok = offs_d < D
-    kv_off = _block_base(b, j * BLOCK_N, SK, HKV, hk, D) + _tile_offsets(BLOCK_N, BLOCK_D, HKV, D)
-    kv_ok = col_ok[:, None] & d_ok[None, :]
-    k_tile = tl.load(k_ptr + kv_off, mask=kv_ok, other=0.0)
-    v_tile = tl.load(v_ptr + kv_off, mask=kv_ok, other=0.0)
-    kv_seg = tl.load(kv_seg_ptr + b * SK + offs_n, mask=col_ok, other=0)
-    kv_pos = tl.load(kv_pos_ptr + b * SK + offs_n, mask=col_ok, other=0)
-    kv_seg_min = tl.load(kr_seg_min_ptr + b * NK + j)
-    kv_seg_max = tl.load(kr_seg_max_ptr + b * NK + j)
-    kv_pos_min = tl.load(kr_pos_min_ptr + b * NK + j)
+    kv_seg = tl.load(kv_seg_ptr + b * SK + offs_n)
+    kv_pos = tl.load(kv_pos_ptr + b * SK + offs_n)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    qk_scale = SCALE * 1.4426950408889634
-    for i in range(0, NQ):
-        q_seg_min = tl.load(qr_seg_min_ptr + b * NQ + i)
-        q_seg_max = tl.load(qr_seg_max_ptr + b * NQ + i)
-        q_pos_max = tl.load(qr_pos_max_ptr + b * NQ + i)
-        if _tile_visited(q_seg_min, q_seg_max, q_pos_max, kv_seg_min, kv_seg_max, kv_pos_min, CAUSAL):
-            offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < SQ
-            q_seg = tl.load(q_seg_ptr + b * SQ + offs_m, mask=row_ok, other=0)
-            q_pos = tl.load(q_pos_ptr + b * SQ + offs_m, mask=row_ok, other=0)
-            for g in range(0, G):
-                # Transposed tiles ([keys, queries]) so no large tile is transposed in registers.
-                h = hk * G + g
-                q_off = _block_base(b, i * BLOCK_M, SQ, HQ, h, D) + _tile_offsets(BLOCK_M, BLOCK_D, HQ, D)
-                q_ok = row_ok[:, None] & d_ok[None, :]
-                q_tile = tl.load(q_ptr + q_off, mask=q_ok, other=0.0)
-                do_tile = tl.load(dout_ptr + q_off, mask=q_ok, other=0.0)
-                lse = tl.load(lse_ptr + (b * HQ + h) * SQ + offs_m, mask=row_ok, other=float("-inf"))
-                lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-                delta = tl.load(delta_ptr + (b * HQ + h) * SQ + offs_m, mask=row_ok, other=0.0)
-                s_t = tl.dot(k_tile, tl.trans(q_tile)) * qk_scale
-                p_t = tl.math.exp2(s_t - lse2[None, :])
-                p_t = tl.where(_tile_mask_t(q_seg, q_pos, kv_seg, kv_pos, CAUSAL), p_t, 0.0)
-                dv += tl.dot(p_t.to(do_tile.dtype), do_tile)
-                dp_t = tl.dot(v_tile, tl.trans(do_tile))
-                ds_t = p_t * (dp_t - delta[None, :])
-                dk += tl.dot(ds_t.to(q_tile.dtype), q_tile)
+    qk_scale = SCALE * LOG2E
+    dk, dv = _dkdv_tiles(dk, dv, k_tile, v_tile, kv_seg, kv_pos, lst, n_whole, q_ptr, dout_ptr, lse_ptr,
+                         delta_ptr, q_seg_ptr, q_pos_ptr, b, hk, qk_scale, False, CAUSAL, SQ, HQ, G, D,
+                         BLOCK_M, BLOCK_D)
+    dk, dv = _dkdv_tiles(dk, dv, k_tile, v_tile, kv_seg, kv_pos, lst + n_whole, n_masked, q_ptr, dout_ptr,
+                         lse_ptr, delta_ptr, q_seg_ptr, q_pos_ptr, b, hk, qk_scale, True, CAUSAL, SQ, HQ,
+                         G, D, BLOCK_M, BLOCK_D)
+    _store_tile(dk_ptr, kv_base, (dk * SCALE).to(dk_ptr.dtype.element_ty), BLOCK_N, BLOCK_D, HKV, D)
+    _store_tile(dv_ptr, kv_base, dv.to(dv_ptr.dtype.element_ty), BLOCK_N, BLOCK_D, HKV, D)
 
-    kv_off = _block_base(b, j * BLOCK_N, SK, HKV, hk, D) + _tile_offsets(BLOCK_N, BLOCK_D, HKV, D)
-    kv_ok = (offs_n < SK)[:, None] & (offs_d < D)[None, :]
-    tl.store(dk_ptr + kv_off, (dk * SCALE).to(dk_ptr.dtype.element_ty), mask=kv_ok)
-    tl.store(dv_ptr + kv_off, dv.to(dv_ptr.dtype.element_ty), mask=kv_ok)
+
+@triton.jit
+def _dq_tiles(dq, q_tile, do_tile, lse2, delta, q_seg, q_pos, lst, first, last, k_ptr, v_ptr, kv_seg_ptr,
+              kv_pos_ptr, b, hk, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, SK: tl.constexpr,
+              HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    j_next = tl.load(lst + LIST_HEADER + first, mask=first < last, other=0)
+    for t in range(first, last):
+        j = j_next  # read one step ahead (see _fwd_tiles)
+        j_next = tl.load(lst + LIST_HEADER + t + 1, mask=t + 1 < last, other=0)
+        kv_base = _block_base(b, j * BLOCK_N, SK, HKV, hk, D)
+        k_tile = _load_tile(k_ptr, kv_base, BLOCK_N, BLOCK_D, HKV, D)
+        v_tile = _load_tile(v_ptr, kv_base, BLOCK_N, BLOCK_D, HKV, D)
+        p = tl.math.exp2(tl.dot(q_tile, tl.trans(k_tile)) * qk_scale - lse2[:, None])
+        if MASKED:
+            offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+            kv_seg = tl.load(kv_seg_ptr + b * SK + offs_n)
+            kv_pos = tl.load(kv_pos_ptr + b * SK + offs_n)
+            p = tl.where(_tile_mask(q_seg, q_pos, kv_seg, kv_pos, CAUSAL), p, 0.0)
+        dp = tl.dot(do_tile, tl.trans(v_tile))
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k_tile.dtype), k_tile)
+    return dq
 
 
 @triton.jit
 def flash_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr,
-    q_seg_ptr, q_pos_ptr, kv_seg_ptr, kv_pos_ptr,
-    qr_seg_min_ptr, qr_seg_max_ptr, qr_pos_max_ptr, kr_seg_min_ptr, kr_seg_max_ptr, kr_pos_min_ptr,
+    q_seg_ptr, q_pos_ptr, kv_seg_ptr, kv_pos_ptr, list_ptr,
     dq_ptr,
     SCALE: tl.constexpr, CAUSAL: tl.constexpr,
     SQ: tl.constexpr, SK: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, LIST_WIDTH: tl.constexpr,
 ):
-    """Grid (cdiv(SQ, BLOCK_M), B * HQ). dq of one query block of one head."""
-    i = tl.program_id(0)
-    bh = tl.program_id(1)
+    """Grid (B * HQ, SQ // BLOCK_M); lists as the forward's. dq of one query block of one head;
+    lse in base 2 (+inf on empty rows), delta as for dK/dV."""
+    bh = tl.program_id(0)
     b = bh // HQ
     h = bh % HQ
     hk = h // (HQ // HKV)
-    NQ: tl.constexpr = (SQ + BLOCK_M - 1) // BLOCK_M
-    NK: tl.constexpr = (SK + BLOCK_N - 1) // BLOCK_N
+    lst = list_ptr + (b * (SQ // BLOCK_M) + tl.program_id(1)) * LIST_WIDTH
+    n_whole = tl.load(lst)
+    n_masked = tl.load(lst + 1)
+    i = tl.load(lst + 2)
 
+    q_base = _block_base(b, i * BLOCK_M, SQ, HQ, h, D)
+    q_tile = _load_tile(q_ptr, q_base, BLOCK_M, BLOCK_D, HQ, D)
+    do_tile = _load_tile(dout_ptr, q_base, BLOCK_M, BLOCK_D, HQ, D)
     offs_m = i * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < SQ
-    d_ok = offs_d < D
-    q_off = _block_base(b, i * BLOCK_M, SQ, HQ, h, D) + _tile_offsets(BLOCK_M, BLOCK_D, HQ, D)
-    q_ok = row_ok[:, None] & d_ok[None, :]
-    q_tile = tl.load(q_ptr + q_off, mask=q_ok, other=0.0)
-    do_tile = tl.load(dout_ptr + q_off, mask=q_ok, other=0.0)
-    q_seg = tl.load(q_seg_ptr + b * SQ + offs_m, mask=row_ok, other=0)
-    q_pos = tl.load(q_pos_ptr + b * SQ + offs_m, mask=row_ok, other=0)
-    lse = tl.load(lse_ptr + (b * HQ + h) * SQ + offs_m, mask=row_ok, other=float("-inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(delta_ptr + (b * HQ + h) * SQ + offs_m, mask=row_ok, other=0.0)
-    q_seg_min = tl.load(qr_seg_min_ptr + b * NQ + i)
-    q_seg_max = tl.load(qr_seg_max_ptr + b * NQ + i)
-    q_pos_max = tl.load(qr_pos_max_ptr + b * NQ + i)
+    q_seg = tl.load(q_seg_ptr + b * SQ + offs_m)
+    q_pos = tl.load(q_pos_ptr + b * SQ + offs_m)
+    lse2 = tl.load(lse_ptr + (b * HQ + h) * SQ + offs_m)
+    delta = tl.load(delta_ptr + (b * HQ + h) * SQ + offs_m)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    qk_scale = SCALE * 1.4426950408889634
-    for j in range(0, NK):
-        kv_seg_min = tl.load(kr_seg_min_ptr + b * NK + j)
-        kv_seg_max = tl.load(kr_seg_max_ptr + b * NK + j)
-        kv_pos_min = tl.load(kr_pos_min_ptr + b * NK + j)
-        if _tile_visited(q_seg_min, q_seg_max, q_pos_max, kv_seg_min, kv_seg_max, kv_pos_min, CAUSAL):
-            offs_n = j * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = offs_n < SK
-            kv_off = _block_base(b, j * BLOCK_N, SK, HKV, hk, D) + _tile_offsets(BLOCK_N, BLOCK_D, HKV, D)
-            kv_ok = col_ok[:, None] & d_ok[None, :]
-            k_tile = tl.load(k_ptr + kv_off, mask=kv_ok, other=0.0)
-            v_tile = tl.load(v_ptr + kv_off, mask=kv_ok, other=0.0)
-            kv_seg = tl.load(kv_seg_ptr + b * SK + offs_n, mask=col_ok, other=0)
-            kv_pos = tl.load(kv_pos_ptr + b * SK + offs_n, mask=col_ok, other=0)
-            p = _probabilities(q_tile, k_tile, lse2, q_seg, q_pos, kv_seg, kv_pos, qk_scale, CAUSAL)
-            dp = tl.dot(do_tile, tl.trans(v_tile))
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k_tile.dtype), k_tile)
-
-    q_off = _block_base(b, i * BLOCK_M, SQ, HQ, h, D) + _tile_offsets(BLOCK_M, BLOCK_D, HQ, D)
-    q_ok = (offs_m < SQ)[:, None] & (offs_d < D)[None, :]
-    tl.store(dq_ptr + q_off, (dq * SCALE).to(dq_ptr.dtype.element_ty), mask=q_ok)
+    qk_scale = SCALE * LOG2E
+    dq = _dq_tiles(dq, q_tile, do_tile, lse2, delta, q_seg, q_pos, lst, 0, n_whole, k_ptr, v_ptr, kv_seg_ptr,
+                   kv_pos_ptr, b, hk, qk_scale, False, CAUSAL, SK, HKV, D, BLOCK_N, BLOCK_D)
+    dq = _dq_tiles(dq, q_tile, do_tile, lse2, delta, q_seg, q_pos, lst, n_whole, n_whole + n_masked, k_ptr,
+                   v_ptr, kv_seg_ptr, kv_pos_ptr, b, hk, qk_scale, True, CAUSAL, SK, HKV, D, BLOCK_N, BLOCK_D)
+    _store_tile(dq_ptr, q_base, (dq * SCALE).to(dq_ptr.dtype.element_ty), BLOCK_M, BLOCK_D, HQ, D)

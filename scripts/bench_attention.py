@@ -20,6 +20,8 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed).
 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
 its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ.
+``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
+the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """
 
 from __future__ import annotations
@@ -113,6 +115,23 @@ def set_mosaic_tuning(spec: str):
         mosaic_backend.set_tuning(name, block, stages)
 
 
+DEFAULT_TRITON_TILES = dict(triton_backend.TILES)
+
+
+def set_triton_tiles(spec: str):
+    """``forward=128,64,8,3;dq=64,64,4,3`` -> triton_backend.TILES (kernels not named: defaults)."""
+    triton_backend.TILES.update(DEFAULT_TRITON_TILES)
+    for item in filter(None, spec.split(";")):
+        name, _, values = item.partition("=")
+        try:
+            tiles = triton_backend.Tiles(*map(int, values.split(",")))
+        except (TypeError, ValueError):
+            raise SystemExit(f"--triton-tiles: {item!r} is not KERNEL=BLOCK_M,BLOCK_N,WARPS,STAGES") from None
+        if name not in DEFAULT_TRITON_TILES:
+            raise SystemExit(f"--triton-tiles: unknown kernel {name!r}; one of {sorted(DEFAULT_TRITON_TILES)}")
+        triton_backend.TILES[name] = tiles
+
+
 def rel_err(a, b):
     a, b = (jnp.asarray(x, jnp.float32) for x in (a, b))
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
@@ -132,6 +151,11 @@ def bench_one(impl, length, mask, block_q, block_k, budget_s):
         impl = "mosaic"
     elif impl == "mosaic":
         set_mosaic_tuning("")
+    elif impl.startswith("triton["):
+        set_triton_tiles(impl[len("triton["):-1])
+        impl = "triton"
+    elif impl == "triton":
+        set_triton_tiles("")
     f = attention_fn(impl, length, causal, n_segments, block_q, block_k)
     fwd = jax.jit(f)
     fwd_bwd = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))
@@ -154,16 +178,14 @@ def main():
     parser.add_argument("--block-k", type=int, default=1024, help="xla backend tile columns")
     parser.add_argument("--budget-s", type=float, default=10.0, help="timing budget per measurement")
     parser.add_argument("--triton-tiles", default="",
-                        help="override Triton tiles, e.g. 'forward=128,64,8,3;dkdv=32,128,8,3;dq=128,32,8,3'")
+                        help="'|'-separated Triton tile sets, each timed as its own row, e.g. "
+                             "'forward=128,64,8,3;dkdv=32,128,8,3|dq=128,64,8,3'")
     parser.add_argument("--mosaic-tuning", default="",
                         help="'|'-separated Mosaic tunings, each timed as its own row (see the docstring)")
     parser.add_argument("--ceiling-size", type=int, default=8192, help="square matmul for the ceiling")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
 
-    for spec in filter(None, args.triton_tiles.split(";")):
-        name, values = spec.split("=")
-        triton_backend.TILES[name] = triton_backend.Tiles(*map(int, values.split(",")))
     device = jax.devices()[0]
     print(f"# device: {device.device_kind}; jax {jax.__version__}; "
           f"B={BATCH} Hq={Q_HEADS} Hkv={KV_HEADS} D={HEAD_DIM} bf16")
@@ -181,6 +203,12 @@ def main():
         for spec in args.mosaic_tuning.split("|"):  # a bad spec stops here, before any timing
             set_mosaic_tuning(spec)
         set_mosaic_tuning("")
+    if args.triton_tiles and "triton" in impl_names:
+        at = impl_names.index("triton")
+        impl_names[at:at + 1] = [f"triton[{spec}]" for spec in args.triton_tiles.split("|")]
+        for spec in args.triton_tiles.split("|"):
+            set_triton_tiles(spec)
+        set_triton_tiles("")
     rows = []
     for length in (int(s) for s in args.seqs.split(",")):
         anchors, own_plain, anchor_outputs = {}, {}, {}
