@@ -57,7 +57,7 @@ TILES = {
 
 # Head dims checked against the reference on a GPU (tests/test_kernels_gpu.py, BENCHMARKS.md); ``auto``
 # picks Triton only for these, an explicit impl="triton" serves any head_dim <= 128.
-AUTO_HEAD_DIMS = (128,)
+AUTO_HEAD_DIMS = (64, 128)
 
 
 def _import_error() -> str | None:
