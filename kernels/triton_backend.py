@@ -110,10 +110,14 @@ def visit_lists(q_seg, q_pos, kv_seg, kv_pos, *, causal: bool, tiles: Tiles, res
     return jnp.take_along_axis(lists, longest_first[..., None], axis=1)
 
 
-def _check_tiles(tiles: Tiles):
-    for block in (tiles.block_m, tiles.block_n):
-        if PAD % block or block < 16:
-            raise ValueError(f"Triton tile {tiles}: blocks must be powers of two in [16, {PAD}]")
+MAX_GRID_Y = 65535  # CUDA's limit on the second grid axis, which counts resident blocks
+
+
+def _check_tiles(*tiles: Tiles):
+    for tile in tiles:
+        for block in (tile.block_m, tile.block_n):
+            if PAD % block or block < 16:
+                raise ValueError(f"Triton tile {tile}: blocks must be powers of two in [16, {PAD}]")
 
 
 def _pad_rows(x, length: int):
@@ -127,7 +131,9 @@ def _padded_len(n: int) -> int:
 
 
 def _constants(q, k, causal, scale, tiles: Tiles, lists):
-    _check_tiles(tiles)
+    if lists.shape[1] > MAX_GRID_Y:
+        raise ValueError(f"Triton: {lists.shape[1]} resident blocks of {tiles} exceed the grid's {MAX_GRID_Y}; "
+                         f"use larger blocks (triton_backend.TILES) or shard the sequence")
     batch, q_len, q_heads, head_dim = q.shape
     return dict(SCALE=float(scale), CAUSAL=bool(causal), SQ=q_len, SK=k.shape[1], HQ=q_heads,
                 HKV=k.shape[2], D=head_dim, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
@@ -154,6 +160,7 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, tiles: Tile
     from .triton_flash import flash_fwd_kernel
 
     tiles = tiles or TILES["forward"]
+    _check_tiles(tiles)
     batch, q_len, q_heads, _ = q.shape
     q_seg, kv_seg, q_pos, kv_pos = _padded_tokens(q_seg, kv_seg, q_pos, kv_pos)
     qp, kp, vp = (_pad_rows(x, n) for x, n in ((q, q_seg.shape[1]), (k, kv_seg.shape[1]), (v, kv_seg.shape[1])))
@@ -175,6 +182,7 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     from .triton_flash import flash_bwd_dkdv_kernel, flash_bwd_dq_kernel
 
     dkdv_tiles, dq_tiles = dkdv_tiles or TILES["dkdv"], dq_tiles or TILES["dq"]
+    _check_tiles(dkdv_tiles, dq_tiles)
     batch, q_len, q_heads, _ = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     lse = lse.astype(jnp.float32)

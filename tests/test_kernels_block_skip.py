@@ -109,3 +109,29 @@ def test_kernel_never_reads_skipped_tiles(rng):
     assert np.isfinite(np.asarray(dq)).all()
     np.testing.assert_array_equal(np.asarray(dk)[:, 32:], 0.0)
     np.testing.assert_array_equal(np.asarray(dv)[:, 32:], 0.0)
+
+
+def test_triton_visit_lists_by_hand():
+    """Causal, 64 tokens in one segment then 64 of padding, blocks of 32: query block i sees key
+    blocks < i whole and block i masked; padding blocks see nothing; lists longest first."""
+    from longvila_jax.kernels.triton_backend import Tiles, visit_lists
+
+    seg = np.concatenate([np.ones(64, np.int32), np.zeros(64, np.int32)])[None]
+    pos = np.concatenate([np.arange(64, dtype=np.int32), np.zeros(64, np.int32)])[None]
+    tiles = Tiles(32, 32, 4, 3)
+    q_lists = np.asarray(visit_lists(seg, pos, seg, pos, causal=True, tiles=tiles, resident="q"))
+    # [whole, masked, resident, streamed blocks: whole first, then masked, then the unvisited]
+    assert q_lists[0, 0, :4].tolist() == [1, 1, 1, 0] and q_lists[0, 0, 4] == 1
+    assert q_lists[0, 1, :4].tolist() == [0, 1, 0, 0]
+    assert [row[:3].tolist() for row in q_lists[0, 2:]] in ([[0, 0, 2], [0, 0, 3]], [[0, 0, 3], [0, 0, 2]])
+    kv_lists = np.asarray(visit_lists(seg, pos, seg, pos, causal=True, tiles=tiles, resident="kv"))
+    # key block 0 is seen whole by query block 1 and masked by query block 0
+    assert kv_lists[0, 0, :5].tolist() == [1, 1, 0, 1, 0]
+    assert kv_lists[0, 1, :4].tolist() == [0, 1, 1, 1]
+
+
+def test_triton_rejects_tiles_that_do_not_divide_the_padding():
+    from longvila_jax.kernels import triton_backend
+
+    with pytest.raises(ValueError, match="powers of two"):
+        triton_backend._check_tiles(triton_backend.Tiles(48, 64, 4, 3))
