@@ -85,9 +85,8 @@ BACKWARD_MODES = ("split", "fused")
 BACKWARD = {"mode": "split"}
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
-# step's p v and runs the softmax while p v is on the tensor cores; "pingpong" adds turns between
-# the two compute threads for issuing (FA3); "serial" waits for each product.
-FORWARD_MODES = ("pipelined", "serial", "pingpong")
+# step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product.
+FORWARD_MODES = ("pipelined", "serial")
 FORWARD = {"mode": "pipelined"}
 
 
@@ -137,8 +136,7 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=N
     p, tuning = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal), TUNING["forward"]
     out, lse = kernel(_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad), p.q_tokens,
                       p.kv_tokens, p.per_query_block(tuning.block), causal=causal, scale=scale, tuning=tuning,
-                      pipelined=FORWARD["mode"] != "serial", pingpong=FORWARD["mode"] == "pingpong",
-                      interpret=interpret)
+                      pipelined=FORWARD["mode"] == "pipelined", interpret=interpret)
     return out[:, :p.q_len], lse[:, :, :p.q_len]
 
 

@@ -22,7 +22,7 @@ from . import mosaic_common as mc
 
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-            pipelined: bool = True, pingpong: bool = False, interpret=None):
+            pipelined: bool = True, interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -32,11 +32,6 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     ``pipelined``: each step issues ``s_j = q k_j^T`` and ``acc += p_{j-1} v_{j-1}`` together and
     runs the softmax of ``s_j`` while the second product is on the tensor cores (k and v then have
     separate SMEM slots and releases). Otherwise each product is waited for before the softmax.
-
-    ``pingpong`` (with ``pipelined``; FA3's warpgroup ping-pong): the two compute threads take turns
-    issuing their step's products (two barriers), so one thread's softmax runs while the other's
-    products are on the tensor cores instead of both contending at once. The GPU interpret mode
-    runs the same math without the turns.
     """
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
@@ -49,7 +44,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, q_bar, qt_bar, k_bar, v_bar, kt_bar,
-             consumed, v_consumed, turn):
+             consumed, v_consumed):
         b, r, h = mc.program_ids()
         wg = mc.thread_index()
         count, qb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
@@ -118,15 +113,8 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
                 def overlapped(s_acc, o_acc):
                     o_acc[...] = acc
-                    if pingpong:  # thread 0 goes first; then each waits for the other's issue
-                        @pl.when((wg == 1) | (j > 1))
-                        def _():
-                            plgpu.barrier_wait(turn.at[wg])
-
                     plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[k_slot].T)
                     plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
-                    if pingpong:
-                        plgpu.barrier_arrive(turn.at[1 - wg])
                     s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
                     p, m_new, l_new, alpha = softmax(s, m, l, j)
                     # p_j in 16 bits only once p v is done (the barrier ties p to the waited-for o):
@@ -184,7 +172,6 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # k (and v unless pipelined) consumed
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # v consumed (pipelined)
-        plgpu.Barrier(num_barriers=mc.COMPUTE),  # whose turn to issue (pingpong)
     ]
     out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
     run = mc.kernel(body, name="attention_forward", out_type=out_type, scratch_types=scratch,

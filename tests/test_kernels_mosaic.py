@@ -163,7 +163,7 @@ def test_serial_forward_loop_packed_gqa(rng):
 
 
 def test_bad_forward_mode_names_the_choices():
-    with pytest.raises(ValueError, match="mode must be one of .'pipelined', 'serial', 'pingpong'., got 'fast'"):
+    with pytest.raises(ValueError, match="mode must be one of .'pipelined', 'serial'., got 'fast'"):
         mosaic_backend.set_forward("fast")
 
 
@@ -189,21 +189,3 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode):
     module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
     assert kernels == {"split": 3, "fused": 2}[backward_mode]
-
-
-def test_pingpong_forward_lowers_for_cuda_without_a_gpu():
-    """The turn-taking forward (GPU only: interpret mode runs it without turns) through the whole
-    Mosaic GPU lowering, as above."""
-    seq = 300
-    shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2)]
-    shapes += [jax.ShapeDtypeStruct((1, seq), jnp.int32)] * 2
-
-    def fwd(q, k, v, seg, pos):
-        return mosaic_backend.attention(q, k, v, seg, seg, pos, pos, causal=True, scale=0.1)
-
-    mosaic_backend.set_forward("pingpong")
-    try:
-        module = jax.export.export(jax.jit(fwd), platforms=["cuda"])(*shapes).mlir_module()
-    finally:
-        mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
-    assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
