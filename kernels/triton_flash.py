@@ -56,6 +56,14 @@ def _store_tile(ptr, base, tile, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, H
 
 
 @triton.jit
+def _list_header(list_ptr, b, N_RESIDENT: tl.constexpr, LIST_WIDTH: tl.constexpr):
+    """This CTA's visit list (grid axis 1 names it): ``(list pointer, whole tiles, masked tiles,
+    resident block)``."""
+    lst = list_ptr + (b * N_RESIDENT + tl.program_id(1)) * LIST_WIDTH
+    return lst, tl.load(lst), tl.load(lst + 1), tl.load(lst + 2)
+
+
+@triton.jit
 def _tile_mask(q_seg, q_pos, kv_seg, kv_pos, CAUSAL: tl.constexpr):
     """Boolean [BLOCK_M, BLOCK_N]: query row sees key column."""
     mask = (q_seg[:, None] == kv_seg[None, :]) & (q_seg[:, None] != 0)
@@ -118,10 +126,7 @@ def flash_fwd_kernel(
     b = bh // HQ
     h = bh % HQ
     hk = h // (HQ // HKV)
-    lst = list_ptr + (b * (SQ // BLOCK_M) + tl.program_id(1)) * LIST_WIDTH
-    n_whole = tl.load(lst)
-    n_masked = tl.load(lst + 1)
-    i = tl.load(lst + 2)
+    lst, n_whole, n_masked, i = _list_header(list_ptr, b, SQ // BLOCK_M, LIST_WIDTH)
 
     q_base = _block_base(b, i * BLOCK_M, SQ, HQ, h, D)
     q_tile = _load_tile(q_ptr, q_base, BLOCK_M, BLOCK_D, HQ, D)
@@ -199,10 +204,7 @@ def flash_bwd_dkdv_kernel(
     b = bh // HKV
     hk = bh % HKV
     G: tl.constexpr = HQ // HKV
-    lst = list_ptr + (b * (SK // BLOCK_N) + tl.program_id(1)) * LIST_WIDTH
-    n_whole = tl.load(lst)
-    n_masked = tl.load(lst + 1)
-    j = tl.load(lst + 2)
+    lst, n_whole, n_masked, j = _list_header(list_ptr, b, SK // BLOCK_N, LIST_WIDTH)
 
     kv_base = _block_base(b, j * BLOCK_N, SK, HKV, hk, D)
     k_tile = _load_tile(k_ptr, kv_base, BLOCK_N, BLOCK_D, HKV, D)
@@ -262,10 +264,7 @@ def flash_bwd_dq_kernel(
     b = bh // HQ
     h = bh % HQ
     hk = h // (HQ // HKV)
-    lst = list_ptr + (b * (SQ // BLOCK_M) + tl.program_id(1)) * LIST_WIDTH
-    n_whole = tl.load(lst)
-    n_masked = tl.load(lst + 1)
-    i = tl.load(lst + 2)
+    lst, n_whole, n_masked, i = _list_header(list_ptr, b, SQ // BLOCK_M, LIST_WIDTH)
 
     q_base = _block_base(b, i * BLOCK_M, SQ, HQ, h, D)
     q_tile = _load_tile(q_ptr, q_base, BLOCK_M, BLOCK_D, HQ, D)
