@@ -27,11 +27,14 @@ import jax.numpy as jnp
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_attention import BATCH, HEAD_DIM, KV_HEADS, Q_HEADS, rel_err, time_call  # noqa: E402
+import bench_attention  # noqa: E402
+from bench_attention import (BATCH, HEAD_DIM, KV_HEADS, Q_HEADS, forward_flops, packed_tokens,  # noqa: E402
+                             rel_err, time_call)
 
 from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
 from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
 from longvila_jax.kernels import mosaic_common as mc  # noqa: E402
+from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
 from longvila_jax.kernels.triton_backend import softmax_delta  # noqa: E402
 
 
@@ -91,15 +94,15 @@ DQ_WRITE_VARIANTS = {"dQ only stored to SMEM": store_only, "no dQ write": no_wri
                      "plain TMA store": plain_store, "red.global.add from registers": atomic_from_registers}
 
 
-def case(seq_len, causal, key):
-    """Random q, k, v, dout; the padded backward operands and the plan of one plain mask."""
+def case(seq_len, causal, n_segments, key):
+    """Random q, k, v, dout; the padded backward operands and the plan of one mask (``n_segments``
+    packed samples of equal length, 1: the plain mask)."""
     keys = jax.random.split(key, 4)
     q = jax.random.normal(keys[0], (BATCH, seq_len, Q_HEADS, HEAD_DIM), jnp.bfloat16)
     k = jax.random.normal(keys[1], (BATCH, seq_len, KV_HEADS, HEAD_DIM), jnp.bfloat16)
     v = jax.random.normal(keys[2], (BATCH, seq_len, KV_HEADS, HEAD_DIM), jnp.bfloat16)
     dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
-    seg = jnp.ones((BATCH, seq_len), jnp.int32)
-    pos = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (BATCH, seq_len))
+    seg, pos = packed_tokens(seq_len, n_segments)
     masks = (seg, seg, pos, pos)
     out, lse = jax.jit(lambda q, k, v: mb.forward(q, k, v, *masks, causal=causal, scale=HEAD_DIM ** -0.5))(q, k, v)
     lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)
@@ -112,10 +115,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seqs", default="8192,32768")
     parser.add_argument("--dq-write-variants", action="store_true")
-    parser.add_argument("--masks", default="causal,full", help="causal, full or both (full: longest S only)")
+    parser.add_argument("--masks", default="causal,full",
+                        help="comma-separated: causal, full (longest S only), causal-packed4, full-packed4")
     parser.add_argument("--fused-ablations", action="store_true")
+    parser.add_argument("--no-fused", action="store_true", help="skip the fused dK/dV/dQ kernel")
+    parser.add_argument("--overheads", action="store_true",
+                        help="also time the forward kernel alone (visit lists given) and the XLA work around "
+                             "the kernels: the visit lists and the backward's (lse, delta)")
+    parser.add_argument("--cta-overhead", default="",
+                        help="comma-separated tile counts, e.g. 0,1,4: the forward and dQ kernels with every "
+                             "visit list cut to that many tiles (wrong results; the fixed cost of a CTA)")
+    parser.add_argument("--timing", choices=("sync", "async"), default="sync", help="as in bench_attention.py")
+    parser.add_argument("--grid", choices=mb.GRID_MODES, default=mb.GRID_MODES[0],
+                        help="the forward and dQ kernels' grid")
     parser.add_argument("--budget-s", type=float, default=3.0)
     args = parser.parse_args()
+    mb.set_grid(args.grid)
+    bench_attention.TIMING["mode"] = args.timing
     try:
         seqs = [int(s) for s in args.seqs.split(",")]
     except ValueError:
@@ -123,30 +139,65 @@ def main():
     if min(seqs) < 1:
         parser.error(f"--seqs must be positive, got {args.seqs!r}")
     mask_names = args.masks.split(",")
-    if not mask_names or any(m not in ("causal", "full") for m in mask_names):
-        parser.error(f"--masks must be causal, full or causal,full, got {args.masks!r}")
+    known = ("causal", "full", "causal-packed4", "full-packed4")
+    if not mask_names or any(m not in known for m in mask_names):
+        parser.error(f"--masks must be a comma-separated subset of {','.join(known)}, got {args.masks!r}")
     print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; B={BATCH} Hq={Q_HEADS} "
-          f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}")
+          f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}; timing {args.timing}; grid {args.grid}")
     rows = []
     for seq_len in seqs:
-        for causal in (True, False):
-            if ("causal" if causal else "full") not in mask_names or (not causal and seq_len != seqs[-1]):
+        for mask in mask_names:
+            causal = mask.startswith("causal")
+            n_segments = 4 if mask.endswith("packed4") else 1
+            if mask == "full" and seq_len != seqs[-1]:
                 continue
-            (q, k, v, masks), tensors, plan = case(seq_len, causal, jax.random.key(seq_len + causal))
-            flops = 4 * BATCH * seq_len ** 2 * Q_HEADS * HEAD_DIM * (0.5 if causal else 1.0)
+            (q, k, v, masks), tensors, plan = case(seq_len, causal, n_segments, jax.random.key(seq_len + causal))
+            flops = forward_flops(seq_len, causal, n_segments)
             kw = dict(causal=causal, scale=HEAD_DIM ** -0.5)
             key_lists = plan.per_key_block(mb.TUNING["dkdv"].block)
             query_lists = plan.per_query_block(mb.TUNING["dq"].block)
+            forward_lists = plan.per_query_block(mb.TUNING["forward"].block)
 
             def fused():
                 dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
                 dk, dv = mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], dq_acc=dq_acc, **kw)
                 return dq_acc[...].astype(q.dtype), dk, dv
 
+            def forward_kernel():
+                return mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, forward_lists,
+                                   tuning=mb.TUNING["forward"], workers=mb.workers(), **kw)
+
+            def lists():
+                p = mb._Plan(*masks, causal)
+                return (p.per_query_block(mb.TUNING["forward"].block), p.per_key_block(mb.TUNING["dkdv"].block),
+                        p.per_query_block(mb.TUNING["dq"].block))
+
+            out, lse = jax.jit(forward_kernel)()
+            dout = tensors[3]
+
+            def backward_stats():
+                lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)
+                return jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
+
             kernels = [("forward", 1.0, lambda: mb.forward(q, k, v, *masks, **kw)),
                        ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], **kw)),
-                       ("dQ (split)", 1.5, lambda: mbw.dq(*tensors, query_lists, tuning=mb.TUNING["dq"], **kw)),
-                       ("fused dK/dV/dQ", 2.5, fused)]
+                       ("dQ (split)", 1.5, lambda: mbw.dq(*tensors, query_lists, tuning=mb.TUNING["dq"], workers=mb.workers(), **kw))]
+            if not args.no_fused:
+                kernels.append(("fused dK/dV/dQ", 2.5, fused))
+            if args.overheads:
+                kernels += [("forward kernel alone", 1.0, forward_kernel), ("visit lists (3)", 0.0, lists),
+                            ("backward (lse, delta)", 0.0, backward_stats)]
+            for cut in filter(None, args.cta_overhead.split(",")):
+                def cut_lists(lists, n=int(cut)):
+                    return lists.at[:, :, 0, 0].set(jnp.minimum(lists[:, :, 0, 0], n))
+
+                kernels += [
+                    (f"forward kernel, lists cut to {cut} tiles", 0.0,
+                     lambda c=cut_lists(forward_lists): mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, c,
+                                                                    tuning=mb.TUNING["forward"],
+                                                                    workers=mb.workers(), **kw)),
+                    (f"dQ, lists cut to {cut} tiles", 0.0,
+                     lambda c=cut_lists(query_lists): mbw.dq(*tensors, c, tuning=mb.TUNING["dq"], workers=mb.workers(), **kw))]
             split_grads = (jax.jit(kernels[2][2])(), *jax.jit(kernels[1][2])())  # dq, dk, dv
             variants = [(name, None, work, fn) for name, work, fn in kernels]
             if args.dq_write_variants:
@@ -165,10 +216,10 @@ def main():
                         err = "-"
                         if fn is fused:
                             err = f"{max(rel_err(a, b) for a, b in zip(jitted(), split_grads)):.1e}"
-                        rows.append((seq_len, "causal" if causal else "full", name, f"{seconds * 1e3:.2f}",
-                                     f"{work * flops / seconds / 1e12:.1f}", err))
+                        rate = f"{work * flops / seconds / 1e12:.1f}" if work else "-"
+                        rows.append((seq_len, mask, name, f"{seconds * 1e3:.3f}", rate, err))
                     except Exception as error:  # one failing variant must not hide the others
-                        rows.append((seq_len, "causal" if causal else "full", name,
+                        rows.append((seq_len, mask, name,
                                      f"failed: {type(error).__name__}: {str(error)[:100]}", "-", "-"))
                 print(*rows[-1], flush=True)
     print("| S | mask | kernel | ms | TFLOP/s (own work) | rel. err vs split |\n|---|---|---|---|---|---|")
