@@ -142,7 +142,9 @@ def _constants(q, k, causal, scale, tiles: Tiles, lists):
 
 def softmax_delta(out, dout, lse, dlse):
     """float32 ``[B, Hq, Sq]``: rowsum(dout * out) - dlse, 0 on rows with lse = -inf."""
-    delta = jnp.einsum("bqhd,bqhd->bhq", dout.astype(jnp.float32), out.astype(jnp.float32))
+    # an elementwise product and a row sum fuse into one pass over out and dout; an einsum here
+    # became a batched dot with float32 transposes of both (0.3-0.4 ms at 8k tokens on an H200)
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1).transpose(0, 2, 1)
     if dlse is not None:
         delta = delta - dlse.astype(jnp.float32)
     return jnp.where(jnp.isfinite(lse), delta, 0.0)
