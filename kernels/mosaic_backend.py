@@ -90,6 +90,28 @@ FORWARD_MODES = ("pipelined", "serial")
 FORWARD = {"mode": "pipelined"}
 
 
+# How many CTAs run the forward and dQ kernels: "persistent" (the default) launches one per SM, each
+# looping over query blocks and heads (mosaic_schedule), so the next block's visit list and queries
+# arrive while the current one finishes; "blocks" launches one CTA per query block and head.
+GRID_MODES = ("persistent", "blocks")
+GRID = {"mode": "persistent"}
+# Workers of the persistent grid; None: the device's SM count (132 on an H100 or H200 SXM).
+PERSISTENT_WORKERS = {"count": None}
+DEFAULT_SMS = 132
+
+
+def workers() -> int | None:
+    """CTAs of the persistent grid, or None for one CTA per block."""
+    if GRID["mode"] != "persistent":
+        return None
+    if PERSISTENT_WORKERS["count"] is not None:
+        return PERSISTENT_WORKERS["count"]
+    try:
+        return int(getattr(jax.devices()[0], "core_count", 0)) or DEFAULT_SMS
+    except RuntimeError:
+        return DEFAULT_SMS
+
+
 def _choose(part: str, modes: tuple, state: dict, mode: str):
     if mode not in modes:
         raise ValueError(f"mosaic {part}: mode must be one of {modes}, got {mode!r}")
@@ -104,6 +126,11 @@ def set_backward(mode: str):
 def set_forward(mode: str):
     """Choose how the forward's loop runs (see ``FORWARD_MODES``)."""
     _choose("forward", FORWARD_MODES, FORWARD, mode)
+
+
+def set_grid(mode: str):
+    """Choose the forward and dQ kernels' grid (see ``GRID_MODES``)."""
+    _choose("grid", GRID_MODES, GRID, mode)
 
 
 class _Plan:
@@ -136,7 +163,7 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=N
     p, tuning = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal), TUNING["forward"]
     out, lse = kernel(_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad), p.q_tokens,
                       p.kv_tokens, p.per_query_block(tuning.block), causal=causal, scale=scale, tuning=tuning,
-                      pipelined=FORWARD["mode"] == "pipelined", interpret=interpret)
+                      pipelined=FORWARD["mode"] == "pipelined", workers=workers(), interpret=interpret)
     return out[:, :p.q_len], lse[:, :, :p.q_len]
 
 
@@ -161,7 +188,7 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     else:
         dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning, interpret=interpret)
         dq_ = dq(*tensors, p.per_query_block(TUNING["dq"].block), causal=causal, scale=scale,
-                 tuning=TUNING["dq"], interpret=interpret)
+                 tuning=TUNING["dq"], workers=workers(), interpret=interpret)
     return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]
 
 

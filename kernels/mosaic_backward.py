@@ -13,7 +13,8 @@ custom VJP. ``stats`` is float32 ``[B, Hq, 2, Sq]``: row 0 the lse in base 2
   visited query block, for each query head of the GQA group in turn (the group's
   dK/dV sum stays in registers). The grid's ``r`` names a visit list, not a block:
   lists come longest first (:mod:`.mosaic_plan`).
-* dQ, grid ``(B, n_q_blocks, Hq)``: threads 0/1 own 64 query rows each; thread 2
+* dQ, work items ``(b, r, h)`` like the forward's (one CTA each, or a persistent
+  grid: :mod:`.mosaic_schedule`): threads 0/1 own 64 query rows each; thread 2
   streams k, v and the key tokens of every visited key block.
 """
 
@@ -26,6 +27,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
+from . import mosaic_schedule as sched
 
 
 def fuses_dq(head_dim: int, q_block: int) -> bool:
@@ -194,9 +196,11 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
 
 def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-       interpret=None):
+       workers: int | None = None, interpret=None):
     """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
-    (``tuning.block``)."""
+    (``tuning.block``). ``workers``: CTAs of a persistent grid (None: one per query block and head);
+    the next item's q, tokens and stats are fetched once the current item's last s is computed, its
+    dout once dq has left SMEM (dq is staged in dout's buffer)."""
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -205,64 +209,109 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, kv_block)  # queries x keys
+    work = sched.Work((batch, n_q, q_heads), workers or batch * n_q * q_heads)
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref,
              q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
-             list_bar, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed):
-        b, qb, h, wg, count = mc.key_streaming_cta(group, kv_block, stages, list_ref, list_s, list_bar,
-                                                   (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
-                                                   (k_bar, kt_bar, v_bar), consumed)
+             list_bar, list_free, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed):
+        w = lax.axis_index("w")
+        wg = mc.thread_index()
+        copies = mc.key_block_issuers(kv_block, (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s), (k_bar, kt_bar, v_bar),
+                                      group)
+        sched.memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, copies, consumed, stages)
 
         @pl.when(wg < mc.MEMORY)
         def _():
             mc.registers(compute=True)
-            q_rows = pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
-            mc.copy_in([(q_ref.at[b, q_rows, h], q_s.at[wg], q_bar.at[wg]),
-                        (do_ref.at[b, q_rows, h], do_s.at[wg], do_bar.at[wg]),
-                        (qt_ref.at[b, :, q_rows], qt_s.at[wg], qt_bar.at[wg]),
-                        (st_ref.at[b, h, :, q_rows], st_s.at[wg], st_bar.at[wg])])
-            q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
-            q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
-            lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
-            delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
+            n_items = work.count(w)
 
-            def step(j, acc):
-                slot = lax.rem(j, stages)
-                _, needs_mask = mc.visited(list_s, j)
-                plgpu.barrier_wait(k_bar.at[slot])
-                plgpu.barrier_wait(kt_bar.at[slot])
-                plgpu.barrier_wait(v_bar.at[slot])
-                s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile), (do_s.at[wg], v_s.at[slot].T, tile))
-                p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
-                p = mc.mask_tile(p, 0.0, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal, q_on_rows=True)
-                ds = p * (dp - mc.rows(delta, tile))
-                ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
-                acc = mc.matmul(ds16, k_s.at[slot], acc.shape, init=acc, interpret=interpret)
-                plgpu.barrier_arrive(consumed.at[slot])
-                return acc
+            def query_rows(i):
+                """``(b, h, rows of this thread)`` of item ``i``, whose visit list has arrived."""
+                b, _, h = work.item(w, i)
+                qb = mc.list_entry(list_s.at[sched.list_slot(i)], 1)
+                return b, h, pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
 
-            acc = lax.fori_loop(0, count, step, mc.zeros((mc.ROWS, head_dim)))
-            q_s.at[wg][...] = (acc * scale).astype(dtype)
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(q_s.at[wg], dq_ref.at[b, q_rows, h])
-            plgpu.wait_smem_to_gmem(0)
+            def fetch_queries(i):
+                """Wait for item ``i``'s visit list, then start copying its q, tokens and stats."""
+                plgpu.barrier_wait(list_bar.at[sched.list_slot(i)])
+                b, h, rows = query_rows(i)
+                plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg])
+                plgpu.copy_gmem_to_smem(qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg])
+                plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, rows], st_s.at[wg], st_bar.at[wg])
+
+            def fetch_dout(i):
+                b, h, rows = query_rows(i)
+                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_s.at[wg], do_bar.at[wg])
+
+            @pl.when(n_items > 0)
+            def _():
+                fetch_queries(0)
+                fetch_dout(0)
+
+            def item(i, step):
+                list_i = list_s.at[sched.list_slot(i)]
+                count = mc.list_entry(list_i, 0)
+                b, h, q_rows = query_rows(i)
+                for bar in (q_bar, do_bar, qt_bar, st_bar):
+                    plgpu.barrier_wait(bar.at[wg])
+                q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
+                q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
+                lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
+                delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
+
+                def step_(j, acc):
+                    slot = lax.rem(step + j, stages)
+                    _, needs_mask = mc.visited(list_i, j)
+                    plgpu.barrier_wait(k_bar.at[slot])
+                    plgpu.barrier_wait(kt_bar.at[slot])
+                    plgpu.barrier_wait(v_bar.at[slot])
+                    s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile), (do_s.at[wg], v_s.at[slot].T, tile))
+                    p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
+                    p = mc.mask_tile(p, 0.0, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal, q_on_rows=True)
+                    ds = p * (dp - mc.rows(delta, tile))
+                    ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
+                    acc = mc.matmul(ds16, k_s.at[slot], acc.shape, init=acc, interpret=interpret)
+                    plgpu.barrier_arrive(consumed.at[slot])
+                    return acc
+
+                acc = lax.fori_loop(0, count, step_, mc.zeros((mc.ROWS, head_dim)))
+                last = i + 1 >= n_items
+
+                @pl.when(jnp.logical_not(last))
+                def _():
+                    fetch_queries(i + 1)
+
+                plgpu.barrier_arrive(list_free.at[sched.list_slot(i)])
+                do_s.at[wg][...] = (acc * scale).astype(dtype)  # dq leaves through dout's buffer
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(do_s.at[wg], dq_ref.at[b, q_rows, h])
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+                @pl.when(jnp.logical_not(last))
+                def _():
+                    fetch_dout(i + 1)
+
+                return step + count
+
+            lax.fori_loop(0, n_items, item, jnp.int32(0))
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
     streamed = plgpu.SMEM((stages, kv_block, head_dim), dtype, transforms=transforms)
     scratch = [
-        resident, resident,  # q (then dq), dout
+        resident, resident,  # q, dout (then dq)
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # query tokens
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.float32),  # lse2, delta
         streamed, streamed,  # k, v
         plgpu.SMEM((stages, 2, kv_block), jnp.int32),  # key tokens
-        plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
+        plgpu.SMEM((sched.LIST_SLOTS, *lists.shape[2:]), jnp.int32),  # visit lists
         mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
-        plgpu.Barrier(num_barriers=1),
+        plgpu.Barrier(num_barriers=sched.LIST_SLOTS),  # list arrived
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=sched.LIST_SLOTS),  # list released
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 4,
         *[plgpu.Barrier(num_barriers=stages)] * 3,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
     run = mc.kernel(body, name="attention_dq", out_type=jax.ShapeDtypeStruct(q.shape, dtype),
-                    scratch_types=scratch, grid=(batch, n_q, q_heads), interpret=interpret)
+                    scratch_types=scratch, grid=(work.workers,), grid_names=("w",), interpret=interpret)
     return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)

@@ -198,15 +198,11 @@ def staging_scratch(shape, dtype, *, interpret=None):
     return plgpu.SMEM((COMPUTE, *shape), dtype, transforms=mma_transforms(dtype))
 
 
-def stream(count, issue, consumed, stages: int, v_consumed=None):
-    """The memory warpgroup's loop: ``issue(j, slot)`` the copies of the j-th visited block
-    into ``slot`` once the compute threads released it, for ``j < count``; then wait for the
-    last releases, so that every completion of ``consumed`` is awaited.
-
-    With ``v_consumed`` (barriers like ``consumed``), ``issue`` is a pair ``(issue_k, issue_v)``:
-    the second part of a slot is refilled only once ``v_consumed`` released it (the pipelined
-    forward reads v_{j-1} while k_j is already in use)."""
-    issue_k, issue_v = issue if v_consumed is not None else (issue, None)
+def stream(count, issue, consumed, stages: int):
+    """The memory warpgroup's loop (one item per CTA, the dK/dV kernel): ``issue(j, slot)`` the
+    copies of the j-th visited block into ``slot`` once the compute threads released it, for
+    ``j < count``; then wait for the last releases, so that every completion of ``consumed`` is
+    awaited. (The forward and dQ kernels stream several items: :mod:`.mosaic_schedule`.)"""
 
     def step(j, carry):
         slot = lax.rem(j, stages)
@@ -215,21 +211,13 @@ def stream(count, issue, consumed, stages: int, v_consumed=None):
         def _():
             plgpu.barrier_wait(consumed.at[slot])
 
-        issue_k(j, slot)
-        if v_consumed is not None:
-            @pl.when(j >= stages)
-            def _():
-                plgpu.barrier_wait(v_consumed.at[slot])
-
-            issue_v(j, slot)
+        issue(j, slot)
         return carry
 
     lax.fori_loop(0, count, step, None)
 
     def drain(j, carry):
         plgpu.barrier_wait(consumed.at[lax.rem(j, stages)])
-        if v_consumed is not None:
-            plgpu.barrier_wait(v_consumed.at[lax.rem(j, stages)])
         return carry
 
     lax.fori_loop(jnp.maximum(count - stages, 0), count, drain, None)
@@ -248,23 +236,25 @@ def visit_list(list_ref, list_s, list_bar, wg):
     return list_entry(list_s, 0), list_entry(list_s, 1)
 
 
-def memory_thread(wg, count, issue, consumed, stages: int, v_consumed=None):
+def memory_thread(wg, count, issue, consumed, stages: int):
     """The body of thread ``MEMORY``: few registers, then :func:`stream`."""
 
     @pl.when(wg == MEMORY)
     def _():
         registers(compute=False)
-        stream(count, issue, consumed, stages, v_consumed=v_consumed)
+        stream(count, issue, consumed, stages)
 
 
-def key_block_copies(b, kvh, kv_block, list_s, gmem, smem, bars, separate_v=False):
-    """``issue(j, slot)`` for :func:`stream` over key blocks (forward, dQ): the j-th visited block's
-    k, key tokens and v. ``gmem``/``smem``/``bars``: ``(k, tokens, v)`` each. ``separate_v``: a
-    pair ``(issue k and tokens, issue v)`` instead."""
+def key_block_issuers(kv_block, gmem, smem, bars, group, separate_v=False):
+    """``issue(b, h, list, j, slot)`` for :func:`.mosaic_schedule.memory_thread` over key blocks
+    (forward, dQ): the j-th block that ``list`` (an SMEM visit list) names, of query head ``h``'s kv
+    head: its k, key tokens and v. ``gmem``/``smem``/``bars``: ``(k, tokens, v)`` each.
+    ``separate_v``: a pair ``(issue k and tokens, issue v)`` instead."""
 
     def copier(parts):
-        def issue(j, slot):
+        def issue(b, h, list_s, j, slot):
             rows = pl.ds(visited(list_s, j)[0] * kv_block, kv_block)
+            kvh = h // group
             sources = (gmem[0].at[b, rows, kvh], gmem[1].at[b, :, rows], gmem[2].at[b, rows, kvh])
             for part in parts:
                 plgpu.copy_gmem_to_smem(sources[part], smem[part].at[slot], bars[part].at[slot])
@@ -282,18 +272,6 @@ def copy_in(copies):
         plgpu.barrier_wait(bar)
 
 
-def key_streaming_cta(group, kv_block, stages, list_ref, list_s, list_bar, gmem, smem, bars, consumed):
-    """The shared start of the forward and dQ kernels (resident queries, streamed key blocks): this
-    CTA's batch row, query block (its visit list's) and head, the visit list, and the memory thread.
-    Returns ``(b, qb, h, wg, count)``; ``gmem``/``smem``/``bars`` as in :func:`key_block_copies`."""
-    b, r, h = program_ids()
-    wg = thread_index()
-    count, qb = visit_list(list_ref.at[b, r], list_s, list_bar, wg)
-    memory_thread(wg, count, key_block_copies(b, h // group, kv_block, list_s, gmem, smem, bars), consumed,
-                  stages)
-    return b, qb, h, wg, count
-
-
 def thread_index():
     return lax.axis_index("wg")
 
@@ -306,11 +284,11 @@ def registers(compute: bool):
         plgpu.set_max_registers(40, action="decrease")
 
 
-def kernel(body, *, name, out_type, scratch_types, grid, interpret=None):
-    """``plgpu.kernel`` with the three-thread layout of this module and grid names ``b, r, h``;
-    ``name`` names the kernel in profiles and in ``MOSAIC_GPU_DUMP_TO`` dumps."""
+def kernel(body, *, name, out_type, scratch_types, grid, grid_names=("b", "r", "h"), interpret=None):
+    """``plgpu.kernel`` with the three-thread layout of this module (grid names ``b, r, h`` unless
+    given); ``name`` names the kernel in profiles and in ``MOSAIC_GPU_DUMP_TO`` dumps."""
     return plgpu.kernel(body, out_type=out_type, scratch_types=scratch_types, grid=grid,
-                        grid_names=("b", "r", "h"), num_threads=COMPUTE + 1, thread_name="wg", kernel_name=name,
+                        grid_names=grid_names, num_threads=COMPUTE + 1, thread_name="wg", kernel_name=name,
                         compiler_params=plgpu.CompilerParams(approx_math=True), interpret=interpret)
 
 

@@ -1,9 +1,11 @@
-"""The Mosaic GPU forward kernel: out and lse of one 128-row query block per CTA.
+"""The Mosaic GPU forward kernel: out and lse of 128-row query blocks.
 
-Grid ``(B, n_q_blocks, Hq)``, heads fastest so the query heads of one GQA group
+Work items ``(b, r, h)``, heads fastest so the query heads of one GQA group
 run side by side and share their K/V blocks in L2; query blocks run in the
-order of their visit lists, longest first (:mod:`.mosaic_plan`). Threads 0/1
-each own 64 query rows; thread 2 streams the key blocks of the visit list.
+order of their visit lists, longest first (:mod:`.mosaic_plan`). One CTA per
+item, or a persistent grid of ``workers`` CTAs (:mod:`.mosaic_schedule`): the
+next item's query rows are fetched while the current item's last product runs.
+Threads 0/1 each own 64 query rows; thread 2 streams the key blocks of the visit lists.
 Per key block: ``s = q k^T`` (wgmma, float32), the mask only on tiles that need
 it, online softmax in base 2, ``acc += p v`` with p from registers. By default the
 loop is pipelined: ``s_j`` and ``acc += p_{j-1} v_{j-1}`` are issued together and
@@ -19,10 +21,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
+from . import mosaic_schedule as sched
 
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-            pipelined: bool = True, interpret=None):
+            pipelined: bool = True, workers: int | None = None, interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -32,6 +35,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     ``pipelined``: each step issues ``s_j = q k_j^T`` and ``acc += p_{j-1} v_{j-1}`` together and
     runs the softmax of ``s_j`` while the second product is on the tensor cores (k and v then have
     separate SMEM slots and releases). Otherwise each product is waited for before the softmax.
+    ``workers``: CTAs of a persistent grid (None: one CTA per query block and head).
     """
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
@@ -41,130 +45,172 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     dtype = q.dtype
     scale2 = scale * mc.LOG2E  # scores in base 2
     tile = (mc.ROWS, kv_block)
+    work = sched.Work((batch, n_q, q_heads), workers or batch * n_q * q_heads)
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
-             q_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, q_bar, qt_bar, k_bar, v_bar, kt_bar,
-             consumed, v_consumed):
-        b, r, h = mc.program_ids()
+             q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, list_free, q_bar, qt_bar, k_bar, v_bar,
+             kt_bar, consumed, v_consumed):
+        w = lax.axis_index("w")
         wg = mc.thread_index()
-        count, qb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
         # pipelined: k (+ key tokens) and v are released separately (v_{j-1} is read while k_j is in use)
-        copies = mc.key_block_copies(b, h // group, kv_block, list_s, (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s),
-                                     (k_bar, kt_bar, v_bar), separate_v=pipelined)
-        mc.memory_thread(wg, count, copies, consumed, stages, v_consumed=v_consumed if pipelined else None)
+        copies = mc.key_block_issuers(kv_block, (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s), (k_bar, kt_bar, v_bar),
+                                      group, separate_v=pipelined)
+        sched.memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, copies, consumed, stages,
+                            v_consumed=v_consumed if pipelined else None)
 
         @pl.when(wg < mc.MEMORY)
         def _():
             mc.registers(compute=True)
-            q_rows = pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
-            mc.copy_in([(q_ref.at[b, q_rows, h], q_s.at[wg], q_bar.at[wg]),
-                        (qt_ref.at[b, :, q_rows], qt_s.at[wg], qt_bar.at[wg])])
-            q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
-            q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
+            n_items = work.count(w)
 
-            def wait_keys(slot):
-                plgpu.barrier_wait(k_bar.at[slot])
-                plgpu.barrier_wait(kt_bar.at[slot])
+            def query_rows(i):
+                """``(b, h, rows of this thread)`` of item ``i``, whose visit list has arrived."""
+                b, _, h = work.item(w, i)
+                qb = mc.list_entry(list_s.at[sched.list_slot(i)], 1)
+                return b, h, pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
 
-            def softmax(s, m, l, j):
-                """Scores ``s`` of step ``j`` -> ``(p, m, l, alpha)``: the online softmax in base 2."""
-                _, needs_mask = mc.visited(list_s, j)
-                s = mc.mask_tile(s * scale2, -jnp.inf, needs_mask, kt_s.at[lax.rem(j, stages)], q_seg, q_pos,
-                                 causal=causal, q_on_rows=True)
-                m_new = jnp.maximum(m, jnp.max(s, axis=1))
-                m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
-                alpha = jnp.exp2(m - m_use)
-                p = jnp.exp2(s - mc.rows(m_use, tile))
-                return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
+            def fetch_queries(i):
+                """Wait for item ``i``'s visit list, then start copying its query rows."""
+                plgpu.barrier_wait(list_bar.at[sched.list_slot(i)])
+                b, h, rows = query_rows(i)
+                plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg])
+                plgpu.copy_gmem_to_smem(qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg])
 
-            m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)
-            l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
-            acc0 = mc.zeros((mc.ROWS, head_dim))
+            @pl.when(n_items > 0)
+            def _():
+                fetch_queries(0)
 
-            def scores(slot):
-                return mc.matmul(q_s.at[wg], k_s.at[slot].T, tile)
+            def item(i, step):
+                """Item ``i``; its streamed blocks occupy slots from ``step`` on (counted across items)."""
+                list_i = list_s.at[sched.list_slot(i)]
+                count = mc.list_entry(list_i, 0)
+                b, h, q_rows = query_rows(i)
+                plgpu.barrier_wait(q_bar.at[wg])
+                plgpu.barrier_wait(qt_bar.at[wg])
+                q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
+                q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
 
-            def add_pv(acc, p16, j, release):
-                """``acc + p16 @ v_j``, then v_j's slot is released on ``release``."""
-                slot = lax.rem(j, stages)
-                plgpu.barrier_wait(v_bar.at[slot])
-                p16 = mc.register_operand(p16, p_s.at[wg], interpret=interpret)
-                acc = mc.matmul(p16, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
-                plgpu.barrier_arrive(release.at[slot])
-                return acc
+                def slot_of(j):
+                    return lax.rem(step + j, stages)
 
-            def serial_step(j, carry):
-                m, l, acc = carry
-                wait_keys(lax.rem(j, stages))
-                p, m, l, alpha = softmax(scores(lax.rem(j, stages)), m, l, j)
-                return m, l, add_pv(acc * mc.rows(alpha, acc.shape), p.astype(dtype), j, consumed)
+                def wait_keys(j):
+                    plgpu.barrier_wait(k_bar.at[slot_of(j)])
+                    plgpu.barrier_wait(kt_bar.at[slot_of(j)])
 
-            def pipelined_step(j, carry):
-                """Step ``j >= 1``: s_j and acc + p_{j-1} v_{j-1} together; acc rescaled to m_j."""
-                m, l, p_prev, acc = carry
-                k_slot, v_slot = lax.rem(j, stages), lax.rem(j - 1, stages)
-                wait_keys(k_slot)
-                if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
-                    acc = add_pv(acc, p_prev, j - 1, v_consumed)
-                    p, m, l, alpha = softmax(scores(k_slot), m, l, j)
+                def softmax(s, m, l, j):
+                    """Scores ``s`` of step ``j`` -> ``(p, m, l, alpha)``: the online softmax in base 2."""
+                    _, needs_mask = mc.visited(list_i, j)
+                    s = mc.mask_tile(s * scale2, -jnp.inf, needs_mask, kt_s.at[slot_of(j)], q_seg, q_pos,
+                                     causal=causal, q_on_rows=True)
+                    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+                    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
+                    alpha = jnp.exp2(m - m_use)
+                    p = jnp.exp2(s - mc.rows(m_use, tile))
+                    return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
+
+                m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)
+                l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
+                acc0 = mc.zeros((mc.ROWS, head_dim))
+
+                def scores(j):
+                    return mc.matmul(q_s.at[wg], k_s.at[slot_of(j)].T, tile)
+
+                def add_pv(acc, p16, j, release):
+                    """``acc + p16 @ v_j``, then v_j's slot is released on ``release``."""
+                    slot = slot_of(j)
+                    plgpu.barrier_wait(v_bar.at[slot])
+                    p16 = mc.register_operand(p16, p_s.at[wg], interpret=interpret)
+                    acc = mc.matmul(p16, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
+                    plgpu.barrier_arrive(release.at[slot])
+                    return acc
+
+                def serial_step(j, carry):
+                    m, l, acc = carry
+                    wait_keys(j)
+                    p, m, l, alpha = softmax(scores(j), m, l, j)
+                    return m, l, add_pv(acc * mc.rows(alpha, acc.shape), p.astype(dtype), j, consumed)
+
+                def pipelined_step(j, carry):
+                    """Step ``j >= 1``: s_j and acc + p_{j-1} v_{j-1} together; acc rescaled to m_j."""
+                    m, l, p_prev, acc = carry
+                    k_slot, v_slot = slot_of(j), slot_of(j - 1)
+                    wait_keys(j)
+                    if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
+                        acc = add_pv(acc, p_prev, j - 1, v_consumed)
+                        p, m, l, alpha = softmax(scores(j), m, l, j)
+                        plgpu.barrier_arrive(consumed.at[k_slot])
+                        return m, l, p.astype(dtype), acc * mc.rows(alpha, acc.shape)
+                    plgpu.barrier_wait(v_bar.at[v_slot])
+
+                    def overlapped(s_acc, o_acc):
+                        o_acc[...] = acc
+                        plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[k_slot].T)
+                        plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
+                        s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
+                        p, m_new, l_new, alpha = softmax(s, m, l, j)
+                        # p_j in 16 bits only once p v is done (the barrier ties p to the waited-for o):
+                        # registers defined while a wgmma that reads register operands is in flight
+                        # make ptxas serialize every wgmma of the kernel (C7513)
+                        o, p = lax.optimization_barrier((o_acc[...], p))
+                        return m_new, l_new, p.astype(dtype), o * mc.rows(alpha, acc.shape)
+
+                    carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32),
+                                          plgpu.ACC(acc.shape, jnp.float32))
                     plgpu.barrier_arrive(consumed.at[k_slot])
-                    return m, l, p.astype(dtype), acc * mc.rows(alpha, acc.shape)
-                plgpu.barrier_wait(v_bar.at[v_slot])
+                    plgpu.barrier_arrive(v_consumed.at[v_slot])
+                    return carry
 
-                def overlapped(s_acc, o_acc):
-                    o_acc[...] = acc
-                    plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[k_slot].T)
-                    plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
-                    s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
-                    p, m_new, l_new, alpha = softmax(s, m, l, j)
-                    # p_j in 16 bits only once p v is done (the barrier ties p to the waited-for o):
-                    # registers defined while a wgmma that reads register operands is in flight
-                    # make ptxas serialize every wgmma of the kernel (C7513)
-                    o, p = lax.optimization_barrier((o_acc[...], p))
-                    return m_new, l_new, p.astype(dtype), o * mc.rows(alpha, acc.shape)
+                def next_queries():  # q_s is free once the last s is computed
+                    @pl.when(i + 1 < n_items)
+                    def _():
+                        fetch_queries(i + 1)
 
-                carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32),
-                                      plgpu.ACC(acc.shape, jnp.float32))
-                plgpu.barrier_arrive(consumed.at[k_slot])
-                plgpu.barrier_arrive(v_consumed.at[v_slot])
-                return carry
+                if pipelined:
+                    def first(_):
+                        wait_keys(0)
+                        p, m, l, _ = softmax(scores(0), m0, l0, 0)
+                        plgpu.barrier_arrive(consumed.at[slot_of(0)])
+                        return m, l, p.astype(dtype)
 
-            if pipelined:
-                def first(_):
-                    wait_keys(0)
-                    p, m, l, _ = softmax(scores(0), m0, l0, 0)
-                    plgpu.barrier_arrive(consumed.at[0])
-                    return m, l, p.astype(dtype)
+                    def nothing(_):
+                        return m0, l0, plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA)
 
-                def nothing(_):
-                    return m0, l0, plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA)
+                    m, l, p = lax.cond(count > 0, first, nothing, None)
+                    m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
+                    next_queries()
+                    acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc,
+                                   acc)
+                else:
+                    m, l, acc = lax.fori_loop(0, count, serial_step, (m0, l0, acc0))
+                    next_queries()
+                plgpu.barrier_arrive(list_free.at[sched.list_slot(i)])
+                empty = l == 0.0
+                out = acc / mc.rows(jnp.where(empty, 1.0, l), acc.shape)
+                lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * mc.LN2)
+                plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous item's stores left o_s, lse_s
+                o_s.at[wg][...] = out.astype(dtype)
+                lse_s.at[wg][...] = lse
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(o_s.at[wg], out_ref.at[b, q_rows, h])
+                plgpu.copy_smem_to_gmem(lse_s.at[wg], lse_ref.at[b, h, q_rows])
+                return step + count
 
-                m, l, p = lax.cond(count > 0, first, nothing, None)
-                m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
-                acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc, acc)
-            else:
-                m, l, acc = lax.fori_loop(0, count, serial_step, (m0, l0, acc0))
-            empty = l == 0.0
-            out = acc / mc.rows(jnp.where(empty, 1.0, l), acc.shape)
-            lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * mc.LN2)
-            q_s.at[wg][...] = out.astype(dtype)
-            lse_s.at[wg][...] = lse
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(q_s.at[wg], out_ref.at[b, q_rows, h])
-            plgpu.copy_smem_to_gmem(lse_s.at[wg], lse_ref.at[b, h, q_rows])
-            plgpu.wait_smem_to_gmem(0)
+            lax.fori_loop(0, n_items, item, jnp.int32(0))
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     transforms = mc.mma_transforms(dtype)
+    resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
     scratch = [
-        plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms),  # q, then out
+        resident, resident,  # q, out
         plgpu.SMEM((stages, kv_block, head_dim), dtype, transforms=transforms),  # k
         plgpu.SMEM((stages, kv_block, head_dim), dtype, transforms=transforms),  # v
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # q segment ids / positions
         plgpu.SMEM((stages, 2, kv_block), jnp.int32),  # kv segment ids / positions
         plgpu.SMEM((mc.COMPUTE, mc.ROWS), jnp.float32),  # lse
-        plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
+        plgpu.SMEM((sched.LIST_SLOTS, *lists.shape[2:]), jnp.int32),  # visit lists
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
-        plgpu.Barrier(num_barriers=1),
+        plgpu.Barrier(num_barriers=sched.LIST_SLOTS),  # list arrived
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=sched.LIST_SLOTS),  # list released
         plgpu.Barrier(num_barriers=mc.COMPUTE),
         plgpu.Barrier(num_barriers=mc.COMPUTE),
         plgpu.Barrier(num_barriers=stages),
@@ -175,5 +221,5 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     ]
     out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
     run = mc.kernel(body, name="attention_forward", out_type=out_type, scratch_types=scratch,
-                    grid=(batch, n_q, q_heads), interpret=interpret)
+                    grid=(work.workers,), grid_names=("w",), interpret=interpret)
     return run(q, k, v, q_tokens, kv_tokens, lists)

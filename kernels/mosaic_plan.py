@@ -6,8 +6,9 @@ All of it is plain XLA, computed once per call outside the kernels.
   positions, padded with segment 0 to a multiple of the block (so the
   kernel's masked tails are padding tokens, which see and are seen by nothing).
 * Visit lists int32 ``[B, n_resident, rows, LIST_ROW]`` (or ``[.., 1, width]``
-  when ``HEADER + n_streamed`` fits one row; width a multiple of 4 for the TMA
-  copy, whose box is at most 256 per axis), one per resident block, longest
+  when ``HEADER + n_streamed`` fits one row; rows of a multiple of 32 entries,
+  128 bytes, so that lists can sit side by side as TMA destinations; a TMA box is
+  at most 256 per axis), one per resident block, longest
   first: the CTA with grid index ``r`` takes list ``r``, so the longest tile
   loops start first and the short ones fill the end of the launch (for a causal
   dK/dV this cut the kernel's time by 16-19% on an H200). Flat entry 0 is how
@@ -27,7 +28,10 @@ import jax.numpy as jnp
 from .block_skip import block_ranges, block_visit_mask
 from .mask import pad_tokens
 
-LIST_ALIGN = 4  # int32 entries per 16 bytes: the TMA copy granule
+# int32 entries per 128 bytes: the persistent kernels hold two lists in one SMEM buffer, and the
+# second one is a TMA destination too, which must start 128-byte aligned (16-byte rows failed on an
+# H200 with CUDA_ERROR_MISALIGNED_ADDRESS)
+LIST_ALIGN = 32
 LIST_ROW = 256  # the longest TMA box axis
 HEADER = 2  # entries before the visited blocks: count, resident block
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from longvila_jax.kernels import mosaic_backend, mosaic_plan, reference_attention
+from longvila_jax.kernels import mosaic_backend, mosaic_plan, mosaic_schedule, reference_attention
 from longvila_jax.kernels.mask import visible
 from longvila_jax.kernels.testing import query_key_layouts, random_qkv
 
@@ -51,6 +51,16 @@ def test_visit_lists_match_the_mask(rng):
                         assert tile[b, i, j].all()  # an unmasked tile is wholly visible
                 whole = {j for j in range(n_k) if tile[b, i, j].all()}
                 assert {j for j, m in zip(blocks, needs_mask) if not m} <= whole
+
+
+def test_visit_list_rows_are_whole_128_byte_units(rng):
+    """The persistent kernels keep two lists side by side in SMEM, each a TMA destination, which
+    must start 128-byte aligned: a list's rows hold a multiple of 32 int32 entries."""
+    for n_streamed in (1, 8, 30, 31, 64, 254, 300):
+        visit = jnp.asarray(rng.random((1, 2, n_streamed)) < 0.5)
+        lists = mosaic_plan.visit_lists(visit, visit & False)
+        assert lists.shape[-1] * 4 % 128 == 0 and lists.shape[-1] <= 256, (n_streamed, lists.shape)
+        assert lists.shape[-1] * lists.shape[-2] >= mosaic_plan.HEADER + n_streamed
 
 
 def test_long_visit_lists_fold_into_rows_of_256(rng):
@@ -160,6 +170,46 @@ def test_serial_forward_loop_packed_gqa(rng):
         run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
+
+
+@pytest.mark.parametrize("n_items,workers", [(8, 3), (8, 5), (12, 4), (7, 1), (5, 9), (264, 132), (100, 132)])
+def test_persistent_work_covers_every_item_once(n_items, workers):
+    """Worker w's items in snake order: every (b, r, h) exactly once, counts as promised, and in
+    each wave the workers hold consecutive items (the heads of a GQA group side by side)."""
+    shape = (2, n_items // 2, 1) if n_items % 2 == 0 else (1, n_items, 1)
+    work = mosaic_schedule.Work(shape, workers)
+    seen = []
+    for w in range(work.workers):
+        count = int(work.count(jnp.int32(w)))
+        items = [tuple(int(x) for x in work.item(jnp.int32(w), jnp.int32(i))) for i in range(count)]
+        seen += [(b * shape[1] + r) * shape[2] + h for b, r, h in items]
+        for i, flat in enumerate(seen[-count:]):
+            assert i * work.workers <= flat < (i + 1) * work.workers  # item i lies in wave i
+    assert sorted(seen) == list(range(n_items))
+
+
+def test_bad_worker_count_is_refused():
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        mosaic_schedule.Work((1, 4, 2), 0)
+
+
+@pytest.mark.parametrize("grid,workers", [("persistent", 3), ("blocks", None)])
+def test_forward_and_dq_grids_packed_gqa(rng, grid, workers):
+    """The forward and dQ kernels with 3 persistent CTAs (each runs 2-3 query blocks of GQA 4/2:
+    lists, queries and slots carried across items, the last wave partial) and with one CTA per
+    block; ragged lengths, packed segments, empty rows, dlse."""
+    mosaic_backend.set_grid(grid)
+    mosaic_backend.PERSISTENT_WORKERS["count"] = workers
+    try:
+        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+    finally:
+        mosaic_backend.set_grid(mosaic_backend.GRID_MODES[0])
+        mosaic_backend.PERSISTENT_WORKERS["count"] = None
+
+
+def test_bad_grid_mode_names_the_choices():
+    with pytest.raises(ValueError, match="mode must be one of .'persistent', 'blocks'., got 'waves'"):
+        mosaic_backend.set_grid("waves")
 
 
 def test_bad_forward_mode_names_the_choices():

@@ -1,0 +1,124 @@
+"""Which CTA of a Mosaic GPU kernel runs which resident block, and the memory thread's loop over them.
+
+A work item is one resident block of one head: ``(b, r, h)`` over ``(B, n_lists, H)``, heads fastest
+(the heads of one GQA group run side by side and share their streamed blocks in L2), ``r`` naming a
+visit list (lists come longest first, :mod:`.mosaic_plan`). With ``workers`` equal to the number of
+items every CTA runs one item (a grid as large as the work). With fewer workers (the SM count) the
+grid is persistent: worker ``w`` runs items in waves of ``workers``, in snake order (``w`` in even
+waves, ``workers - 1 - w`` in odd ones) so that long and short lists even out over the waves. The
+memory thread then streams the blocks of all its items as one sequence: the SMEM slots refill across
+an item boundary, and the next item's visit list is fetched while the compute threads finish the
+current one (lists are double-buffered, released on ``list_free``).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from .mosaic_common import MEMORY, list_entry, registers
+
+LIST_SLOTS = 2  # visit lists held in SMEM at once: the current item's and the next one's
+
+
+class Work:
+    """Items ``(b, r, h)`` of a ``shape = (B, n_lists, H)`` grid shared by ``workers`` CTAs."""
+
+    def __init__(self, shape: tuple[int, int, int], workers: int):
+        self.shape = shape
+        self.n_items = shape[0] * shape[1] * shape[2]
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.workers = min(workers, self.n_items)
+
+    def count(self, w):
+        """How many items worker ``w`` (traced) runs."""
+        full, rest = divmod(self.n_items, self.workers)
+        if rest == 0:
+            return jnp.int32(full)
+        # the last, partial wave goes to the first ``rest`` positions in wave order
+        position = w if full % 2 == 0 else self.workers - 1 - w
+        return full + (position < rest).astype(jnp.int32)
+
+    def item(self, w, i):
+        """``(b, r, h)`` of worker ``w``'s ``i``-th item."""
+        position = jnp.where(lax.rem(i, 2) == 0, w, self.workers - 1 - w)
+        t = i * self.workers + position
+        _, n_lists, heads = self.shape
+        return t // (n_lists * heads), lax.rem(t // heads, n_lists), lax.rem(t, heads)
+
+
+def list_slot(i):
+    return lax.rem(i, LIST_SLOTS)
+
+
+def fetch_list(work, w, i, list_ref, list_s, list_bar, list_free):
+    """The memory thread's copy of item ``i``'s visit list into its slot, once the compute threads
+    released the item that held the slot before."""
+    slot = list_slot(i)
+
+    @pl.when(i >= LIST_SLOTS)
+    def _():
+        plgpu.barrier_wait(list_free.at[slot])
+
+    b, r, _ = work.item(w, i)
+    plgpu.copy_gmem_to_smem(list_ref.at[b, r], list_s.at[slot], list_bar.at[slot])
+
+
+def memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, issue, consumed, stages: int,
+                  v_consumed=None):
+    """The body of thread ``MEMORY``: for each item of worker ``w``, fetch its list and
+    ``issue(b, h, list, j, slot)`` the copies of its j-th visited block into ``slot`` once the
+    compute threads released it (``consumed``); slots are counted across items. With ``v_consumed``,
+    ``issue`` is a pair and the second part waits for that barrier (the pipelined forward)."""
+    issue_k, issue_v = issue if v_consumed is not None else (issue, None)
+
+    @pl.when(wg == MEMORY)
+    def _():
+        registers(compute=False)
+        n_items = work.count(w)
+
+        def item(i, step):
+            fetch_list(work, w, i, list_ref, list_s, list_bar, list_free)
+            slot_list = list_s.at[list_slot(i)]
+            plgpu.barrier_wait(list_bar.at[list_slot(i)])
+            b, _, h = work.item(w, i)
+
+            def tile(j, carry):
+                g = step + j
+                slot = lax.rem(g, stages)
+
+                @pl.when(g >= stages)
+                def _():
+                    plgpu.barrier_wait(consumed.at[slot])
+
+                issue_k(b, h, slot_list, j, slot)
+                if v_consumed is not None:
+                    @pl.when(g >= stages)
+                    def _():
+                        plgpu.barrier_wait(v_consumed.at[slot])
+
+                    issue_v(b, h, slot_list, j, slot)
+                return carry
+
+            count = list_entry(slot_list, 0)
+            lax.fori_loop(0, count, tile, None)
+            return step + count
+
+        steps = lax.fori_loop(0, n_items, item, jnp.int32(0))
+
+        def drain(g, carry):  # every completion of a barrier is awaited before the CTA exits
+            plgpu.barrier_wait(consumed.at[lax.rem(g, stages)])
+            if v_consumed is not None:
+                plgpu.barrier_wait(v_consumed.at[lax.rem(g, stages)])
+            return carry
+
+        lax.fori_loop(jnp.maximum(steps - stages, 0), steps, drain, None)
+
+        def drain_lists(i, carry):
+            plgpu.barrier_wait(list_free.at[list_slot(i)])
+            return carry
+
+        lax.fori_loop(jnp.maximum(n_items - LIST_SLOTS, 0), n_items, drain_lists, None)

@@ -1,0 +1,103 @@
+"""The Mosaic GPU forward and dQ kernels on a persistent grid against one CTA per block, interleaved.
+
+    python scripts/bench_mosaic_grid.py --seqs 8192 --masks causal,causal-packed4 --rounds 3
+
+Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, mask) every variant
+is compiled first, then timed once per round, in turn, so that a slow drift of the device's clock
+hits all of them alike: the forward kernel and the dQ kernel alone (visit lists given), the whole
+forward+backward of ``flash_attention`` for each grid, and JAX cuDNN's on the plain masks.
+Printed: each round's ms, then the median, TFLOP/s and, for forward+backward, the ratio to
+cuDNN (plain masks) or to the same grid's plain mask (packed masks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bench_attention as ba  # noqa: E402
+from bench_mosaic_kernels import case  # noqa: E402
+
+from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
+from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
+from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
+
+
+def variants(seq_len, mask):
+    """``[(name, grid or None, work in forward FLOPs, jitted, args)]`` of one (S, mask)."""
+    causal = mask.startswith("causal")
+    n_segments = 4 if mask.endswith("packed4") else 1
+    (q, k, v, masks), tensors, plan = case(seq_len, causal, n_segments, jax.random.key(seq_len + n_segments))
+    kw = dict(causal=causal, scale=ba.HEAD_DIM ** -0.5)
+    forward_lists = plan.per_query_block(mb.TUNING["forward"].block)
+    query_lists = plan.per_query_block(mb.TUNING["dq"].block)
+    dout = tensors[3]
+    out = []
+    for grid in mb.GRID_MODES:
+        mb.set_grid(grid)
+        workers = mb.workers()
+        forward = jax.jit(lambda q, k, v, w=workers: mfw.forward(
+            q, k, v, plan.q_tokens, plan.kv_tokens, forward_lists, tuning=mb.TUNING["forward"], workers=w, **kw))
+        dq = jax.jit(lambda *t, w=workers: mbw.dq(*t, query_lists, tuning=mb.TUNING["dq"], workers=w, **kw))
+        f = ba.attention_fn("mosaic", seq_len, causal, n_segments, 0, 0)
+        whole = jax.jit(lambda q, k, v, dout, f=f: jax.vjp(f, q, k, v)[1](dout))
+        for name, work, fn, args in (("forward kernel", 1.0, forward, (q, k, v)), ("dQ kernel", 1.5, dq, tensors),
+                                     ("forward+backward", 3.5, whole, (q, k, v, dout))):
+            jax.block_until_ready(fn(*args))  # traced and compiled under this grid
+            out.append((name, grid, work, fn, args))
+    mb.set_grid(mb.GRID_MODES[0])
+    if mask == mask.split("-")[0]:
+        f = ba.attention_fn("jax-cudnn", seq_len, causal, 1, 0, 0)
+        whole = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))
+        out.append(("forward+backward", "cudnn", 3.5, whole, (q, k, v, dout)))
+    return out, ba.forward_flops(seq_len, causal, n_segments)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seqs", default="8192")
+    parser.add_argument("--masks", default="causal,causal-packed4")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--budget-s", type=float, default=0.5, help="timing budget per variant and round")
+    args = parser.parse_args()
+    ba.TIMING["mode"] = "async"
+    print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; tuning {mb.TUNING}; "
+          f"persistent workers {mb.workers()}; {args.rounds} rounds, async timing")
+    print("| S | mask | variant | grid | ms per round | median ms | TFLOP/s | fwd+bwd ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    plain_rate = {}
+    for seq_len in (int(s) for s in args.seqs.split(",")):
+        for mask in args.masks.split(","):
+            runs, flops = variants(seq_len, mask)
+            times = [[] for _ in runs]
+            for _ in range(args.rounds):
+                for t, (_, _, _, fn, fargs) in zip(times, runs):
+                    t.append(ba.time_call(fn, *fargs, budget_s=args.budget_s))
+            rates = {}
+            for t, (name, grid, work, _, _) in zip(times, runs):
+                median = statistics.median(t)
+                rate = work * flops / median / 1e12
+                if name == "forward+backward":
+                    rates[grid] = rate
+                rounds = " / ".join(f"{x * 1e3:.3f}" for x in t)
+                ratio = "-"
+                if name == "forward+backward" and grid != "cudnn":
+                    if mask == mask.split("-")[0]:
+                        plain_rate[(seq_len, mask, grid)] = rate
+                    base = plain_rate.get((seq_len, mask.split("-")[0], grid))
+                    ratio = f"{rate / base:.2f} own plain" if mask != mask.split("-")[0] and base else "-"
+                print(f"| {seq_len} | {mask} | {name} | {grid} | {rounds} | {median * 1e3:.3f} | {rate:.1f} "
+                      f"| {ratio} |", flush=True)
+            if "cudnn" in rates:
+                for grid in mb.GRID_MODES:
+                    print(f"# {seq_len} {mask}: {grid} fwd+bwd / cuDNN = {rates[grid] / rates['cudnn']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
