@@ -90,19 +90,24 @@ FORWARD_MODES = ("pipelined", "serial")
 FORWARD = {"mode": "pipelined"}
 
 
-# How many CTAs run the forward and dQ kernels: "persistent" (the default) launches one per SM, each
-# looping over query blocks and heads (mosaic_schedule), so the next block's visit list and queries
-# arrive while the current one finishes; "blocks" launches one CTA per query block and head.
+# How many CTAs run the forward and dQ kernels: "persistent" launches one per SM, each looping over
+# query blocks and heads (mosaic_schedule), so the next block's visit list and queries arrive while
+# the current one finishes; "blocks" launches one CTA per query block and head. Measured on an H200
+# (BENCHMARKS.md, run V, kernels alone, 8k tokens): persistent forward -8% time with 4 packed samples
+# (causal), -1% plain causal; persistent dQ +11% and +3% (its dout waits for dq to leave SMEM), so dQ
+# keeps one CTA per block.
 GRID_MODES = ("persistent", "blocks")
-GRID = {"mode": "persistent"}
+GRID_KERNELS = ("forward", "dq")
+GRID = {"forward": "persistent", "dq": "blocks"}
+DEFAULT_GRID = dict(GRID)
 # Workers of the persistent grid; None: the device's SM count (132 on an H100 or H200 SXM).
 PERSISTENT_WORKERS = {"count": None}
 DEFAULT_SMS = 132
 
 
-def workers() -> int | None:
-    """CTAs of the persistent grid, or None for one CTA per block."""
-    if GRID["mode"] != "persistent":
+def workers(kernel: str) -> int | None:
+    """CTAs of ``kernel``'s persistent grid, or None for one CTA per block."""
+    if GRID[kernel] != "persistent":
         return None
     if PERSISTENT_WORKERS["count"] is not None:
         return PERSISTENT_WORKERS["count"]
@@ -128,9 +133,13 @@ def set_forward(mode: str):
     _choose("forward", FORWARD_MODES, FORWARD, mode)
 
 
-def set_grid(mode: str):
-    """Choose the forward and dQ kernels' grid (see ``GRID_MODES``)."""
-    _choose("grid", GRID_MODES, GRID, mode)
+def set_grid(mode: str, kernel: str | None = None):
+    """Choose the grid (see ``GRID_MODES``) of ``kernel`` ("forward" or "dq"; None: both)."""
+    if kernel is not None and kernel not in GRID_KERNELS:
+        raise ValueError(f"mosaic grid: kernel must be one of {GRID_KERNELS} or None, got {kernel!r}")
+    if mode not in GRID_MODES:
+        raise ValueError(f"mosaic grid: mode must be one of {GRID_MODES}, got {mode!r}")
+    GRID.update({name: mode for name in (GRID_KERNELS if kernel is None else (kernel,))})
 
 
 class _Plan:
@@ -163,7 +172,7 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=N
     p, tuning = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal), TUNING["forward"]
     out, lse = kernel(_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad), p.q_tokens,
                       p.kv_tokens, p.per_query_block(tuning.block), causal=causal, scale=scale, tuning=tuning,
-                      pipelined=FORWARD["mode"] == "pipelined", workers=workers(), interpret=interpret)
+                      pipelined=FORWARD["mode"] == "pipelined", workers=workers("forward"), interpret=interpret)
     return out[:, :p.q_len], lse[:, :, :p.q_len]
 
 
@@ -188,7 +197,7 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     else:
         dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning, interpret=interpret)
         dq_ = dq(*tensors, p.per_query_block(TUNING["dq"].block), causal=causal, scale=scale,
-                 tuning=TUNING["dq"], workers=workers(), interpret=interpret)
+                 tuning=TUNING["dq"], workers=workers("dq"), interpret=interpret)
     return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]
 
 

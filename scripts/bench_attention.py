@@ -21,7 +21,7 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed).
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
 its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
 ``forward_loop=serial`` (or ``pipelined``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
-forward and dQ kernels' grid.
+forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them).
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """
@@ -111,14 +111,17 @@ DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 def set_mosaic_tuning(spec: str):
     """``forward=128,2;dkdv=64,2;dq=128,2;backward=fused;forward_loop=serial;grid=blocks`` ->
-    mosaic_backend.TUNING, the dQ mode, the forward loop and the grid (kernels not named: defaults;
-    backward: split, forward_loop: pipelined and grid: persistent unless named)."""
+    mosaic_backend.TUNING, the dQ mode, the forward loop and the grids (kernels not named: defaults;
+    backward: split, forward_loop: pipelined, the grids mosaic_backend.DEFAULT_GRID unless named;
+    ``grid`` sets both the forward's and dQ's, ``forward_grid`` and ``dq_grid`` one)."""
     mosaic_backend.TUNING.update(DEFAULT_MOSAIC_TUNING)
     mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
     mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
-    mosaic_backend.set_grid(mosaic_backend.GRID_MODES[0])
+    mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
     modes = dict(backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
-                 grid=mosaic_backend.set_grid)
+                 grid=mosaic_backend.set_grid,
+                 forward_grid=lambda mode: mosaic_backend.set_grid(mode, "forward"),
+                 dq_grid=lambda mode: mosaic_backend.set_grid(mode, "dq"))
     for item in filter(None, spec.split(";")):
         name, _, values = item.partition("=")
         if name in modes:
@@ -130,8 +133,8 @@ def set_mosaic_tuning(spec: str):
         try:
             block, stages = map(int, values.split(","))
         except ValueError:
-            raise SystemExit(f"--mosaic-tuning: {item!r} is not KERNEL=BLOCK,STAGES (e.g. dq=128,2), "
-                             f"backward=MODE, forward_loop=MODE or grid=MODE") from None
+            raise SystemExit(f"--mosaic-tuning: {item!r} is not KERNEL=BLOCK,STAGES (e.g. dq=128,2) "
+                             f"or one of {', '.join(name + '=MODE' for name in modes)}") from None
         mosaic_backend.set_tuning(name, block, stages)
 
 
@@ -216,7 +219,7 @@ def main():
     ceiling = matmul_ceiling_tflops(args.ceiling_size)
     print(f"# bf16 matmul {args.ceiling_size}^3: {ceiling:.0f} TFLOP/s (ceiling anchor)")
     print(f"# mosaic tuning: {mosaic_backend.TUNING}, backward {mosaic_backend.BACKWARD['mode']}, "
-          f"grid {mosaic_backend.GRID['mode']} ({mosaic_backend.workers()} workers)")
+          f"grids {mosaic_backend.GRID} ({mosaic_backend.workers('forward')} forward workers)")
     print("| impl | S | mask | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN "
           "| fwd+bwd / own plain | fwd+bwd / ceiling | max rel err vs cuDNN |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -5,7 +5,8 @@
 Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, mask) every variant
 is compiled first, then timed once per round, in turn, so that a slow drift of the device's clock
 hits all of them alike: the forward kernel and the dQ kernel alone (visit lists given), the whole
-forward+backward of ``flash_attention`` for each grid, and JAX cuDNN's on the plain masks.
+forward+backward of ``flash_attention`` with both kernels persistent, both on one CTA per block, and
+with the backend's default pair, and JAX cuDNN's on the plain masks.
 Printed: each round's ms, then the median, TFLOP/s and, for forward+backward, the ratio to
 cuDNN (plain masks) or to the same grid's plain mask (packed masks).
 """
@@ -29,6 +30,11 @@ from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
 from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
 
 
+CONFIGS = {"persistent": dict(forward="persistent", dq="persistent"),
+           "blocks": dict(forward="blocks", dq="blocks"),
+           "default": mb.DEFAULT_GRID}
+
+
 def variants(seq_len, mask):
     """``[(name, grid or None, work in forward FLOPs, jitted, args)]`` of one (S, mask)."""
     causal = mask.startswith("causal")
@@ -39,19 +45,19 @@ def variants(seq_len, mask):
     query_lists = plan.per_query_block(mb.TUNING["dq"].block)
     dout = tensors[3]
     out = []
-    for grid in mb.GRID_MODES:
+    for grid in mb.GRID_MODES:  # each kernel alone on each grid
         mb.set_grid(grid)
-        workers = mb.workers()
-        forward = jax.jit(lambda q, k, v, w=workers: mfw.forward(
+        forward = jax.jit(lambda q, k, v, w=mb.workers("forward"): mfw.forward(
             q, k, v, plan.q_tokens, plan.kv_tokens, forward_lists, tuning=mb.TUNING["forward"], workers=w, **kw))
-        dq = jax.jit(lambda *t, w=workers: mbw.dq(*t, query_lists, tuning=mb.TUNING["dq"], workers=w, **kw))
+        dq = jax.jit(lambda *t, w=mb.workers("dq"): mbw.dq(*t, query_lists, tuning=mb.TUNING["dq"], workers=w, **kw))
+        out += [("forward kernel", grid, 1.0, forward, (q, k, v)), ("dQ kernel", grid, 1.5, dq, tensors)]
+    for name, grids in CONFIGS.items():  # the whole forward+backward with each pair of grids
+        mb.GRID.update(grids)
         f = ba.attention_fn("mosaic", seq_len, causal, n_segments, 0, 0)
         whole = jax.jit(lambda q, k, v, dout, f=f: jax.vjp(f, q, k, v)[1](dout))
-        for name, work, fn, args in (("forward kernel", 1.0, forward, (q, k, v)), ("dQ kernel", 1.5, dq, tensors),
-                                     ("forward+backward", 3.5, whole, (q, k, v, dout))):
-            jax.block_until_ready(fn(*args))  # traced and compiled under this grid
-            out.append((name, grid, work, fn, args))
-    mb.set_grid(mb.GRID_MODES[0])
+        jax.block_until_ready(whole(q, k, v, dout))  # traced and compiled under these grids
+        out.append(("forward+backward", name, 3.5, whole, (q, k, v, dout)))
+    mb.GRID.update(mb.DEFAULT_GRID)
     if mask == mask.split("-")[0]:
         f = ba.attention_fn("jax-cudnn", seq_len, causal, 1, 0, 0)
         whole = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))
@@ -68,7 +74,7 @@ def main():
     args = parser.parse_args()
     ba.TIMING["mode"] = "async"
     print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; tuning {mb.TUNING}; "
-          f"persistent workers {mb.workers()}; {args.rounds} rounds, async timing")
+          f"default grids {mb.DEFAULT_GRID}; {args.rounds} rounds, async timing")
     print("| S | mask | variant | grid | ms per round | median ms | TFLOP/s | fwd+bwd ratio |")
     print("|---|---|---|---|---|---|---|---|")
     plain_rate = {}
@@ -95,7 +101,7 @@ def main():
                 print(f"| {seq_len} | {mask} | {name} | {grid} | {rounds} | {median * 1e3:.3f} | {rate:.1f} "
                       f"| {ratio} |", flush=True)
             if "cudnn" in rates:
-                for grid in mb.GRID_MODES:
+                for grid in CONFIGS:
                     print(f"# {seq_len} {mask}: {grid} fwd+bwd / cuDNN = {rates[grid] / rates['cudnn']:.2f}")
 
 

@@ -126,11 +126,12 @@ def main():
                         help="comma-separated tile counts, e.g. 0,1,4: the forward and dQ kernels with every "
                              "visit list cut to that many tiles (wrong results; the fixed cost of a CTA)")
     parser.add_argument("--timing", choices=("sync", "async"), default="sync", help="as in bench_attention.py")
-    parser.add_argument("--grid", choices=mb.GRID_MODES, default=mb.GRID_MODES[0],
-                        help="the forward and dQ kernels' grid")
+    parser.add_argument("--grid", choices=mb.GRID_MODES,
+                        help="the forward and dQ kernels' grid (default: mosaic_backend.DEFAULT_GRID)")
     parser.add_argument("--budget-s", type=float, default=3.0)
     args = parser.parse_args()
-    mb.set_grid(args.grid)
+    if args.grid:
+        mb.set_grid(args.grid)
     bench_attention.TIMING["mode"] = args.timing
     try:
         seqs = [int(s) for s in args.seqs.split(",")]
@@ -143,7 +144,7 @@ def main():
     if not mask_names or any(m not in known for m in mask_names):
         parser.error(f"--masks must be a comma-separated subset of {','.join(known)}, got {args.masks!r}")
     print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; B={BATCH} Hq={Q_HEADS} "
-          f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}; timing {args.timing}; grid {args.grid}")
+          f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}; timing {args.timing}; grids {mb.GRID}")
     rows = []
     for seq_len in seqs:
         for mask in mask_names:
@@ -165,7 +166,7 @@ def main():
 
             def forward_kernel():
                 return mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, forward_lists,
-                                   tuning=mb.TUNING["forward"], workers=mb.workers(), **kw)
+                                   tuning=mb.TUNING["forward"], workers=mb.workers("forward"), **kw)
 
             def lists():
                 p = mb._Plan(*masks, causal)
@@ -179,9 +180,12 @@ def main():
                 lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)
                 return jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
 
+            def dq_kernel(lists):
+                return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"), **kw)
+
             kernels = [("forward", 1.0, lambda: mb.forward(q, k, v, *masks, **kw)),
                        ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], **kw)),
-                       ("dQ (split)", 1.5, lambda: mbw.dq(*tensors, query_lists, tuning=mb.TUNING["dq"], workers=mb.workers(), **kw))]
+                       ("dQ (split)", 1.5, lambda: dq_kernel(query_lists))]
             if not args.no_fused:
                 kernels.append(("fused dK/dV/dQ", 2.5, fused))
             if args.overheads:
@@ -195,9 +199,9 @@ def main():
                     (f"forward kernel, lists cut to {cut} tiles", 0.0,
                      lambda c=cut_lists(forward_lists): mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, c,
                                                                     tuning=mb.TUNING["forward"],
-                                                                    workers=mb.workers(), **kw)),
+                                                                    workers=mb.workers("forward"), **kw)),
                     (f"dQ, lists cut to {cut} tiles", 0.0,
-                     lambda c=cut_lists(query_lists): mbw.dq(*tensors, c, tuning=mb.TUNING["dq"], workers=mb.workers(), **kw))]
+                     lambda c=cut_lists(query_lists): dq_kernel(c))]
             split_grads = (jax.jit(kernels[2][2])(), *jax.jit(kernels[1][2])())  # dq, dk, dv
             variants = [(name, None, work, fn) for name, work, fn in kernels]
             if args.dq_write_variants:

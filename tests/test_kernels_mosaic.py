@@ -203,13 +203,16 @@ def test_forward_and_dq_grids_packed_gqa(rng, grid, workers):
     try:
         run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
     finally:
-        mosaic_backend.set_grid(mosaic_backend.GRID_MODES[0])
+        mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
 
 
 def test_bad_grid_mode_names_the_choices():
-    with pytest.raises(ValueError, match="mode must be one of .'persistent', 'blocks'., got 'waves'"):
+    with pytest.raises(ValueError, match="grid: mode must be one of .'persistent', 'blocks'., got 'waves'"):
         mosaic_backend.set_grid("waves")
+    with pytest.raises(ValueError, match="kernel must be one of .'forward', 'dq'. or None, got 'dkdv'"):
+        mosaic_backend.set_grid("blocks", "dkdv")
+    assert mosaic_backend.GRID == mosaic_backend.DEFAULT_GRID
 
 
 def test_bad_forward_mode_names_the_choices():
