@@ -9,8 +9,9 @@ All of it is plain XLA, computed once per call outside the kernels.
   when ``HEADER + n_streamed`` fits one row; rows of a multiple of 32 entries,
   128 bytes, so that lists can sit side by side as TMA destinations; a TMA box is
   at most 256 per axis), one per resident block, longest
-  first: the CTA with grid index ``r`` takes list ``r``, so the longest tile
-  loops start first and the short ones fill the end of the launch (for a causal
+  first: work item ``r`` (a CTA, or a turn of a persistent CTA: :mod:`.mosaic_schedule`)
+  takes list ``r``, so the longest tile loops start first and the short ones
+  fill the end of the launch (for a causal
   dK/dV this cut the kernel's time by 16-19% on an H200). Flat entry 0 is how
   many tiles to visit, entry 1 the resident block; entries ``HEADER ..`` are
   ``2 * block + needs_mask`` of each visited streamed block in increasing
