@@ -145,3 +145,47 @@ def test_cudnn_lse_is_differentiable(rng):
     ref_grads = jax.grad(loss(reference_attention), argnums=(0, 1, 2))(q, k, v)
     for g, ref_g in zip(grads, ref_grads):
         assert rel_err(g, ref_g) <= TOL
+
+
+@pytest.mark.parametrize("grid,workers", [("persistent", 7), ("blocks", None)])
+def test_mosaic_grids_on_gpu(rng, grid, workers):
+    """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
+    queries, K/V slots and output stores carried across items on the hardware's asynchronous
+    copies) and with one CTA per block; packed GQA 32/8, ragged length, empty rows, dlse."""
+    if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
+        pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 1000, 1000, 32, 8, 128))
+    q_seg, q_pos, kv_seg, kv_pos = query_key_layouts(rng, 1, 1000, 1000, max_segments=4, shuffle=False)
+    q_seg[:, :7] = 0
+    mask = dict(q_segment_ids=q_seg, kv_segment_ids=kv_seg, q_positions=q_pos, kv_positions=kv_pos, causal=True)
+    dout = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+    dlse = jnp.asarray(rng.standard_normal((1, 32, 1000)), jnp.float32)
+
+    def loss(attention):
+        def f(*qkv):
+            out, lse = attention(*qkv)
+            return jnp.sum(out.astype(jnp.float32) * dout) + jnp.sum(jnp.where(jnp.isfinite(lse), lse * dlse, 0.0))
+        return f
+
+    ref_out, ref_lse = reference_attention(q, k, v, **mask)
+    ref_grads = jax.grad(loss(lambda *a: reference_attention(*a, **mask)), argnums=(0, 1, 2))(q, k, v)
+    mosaic_backend.set_grid(grid)
+    mosaic_backend.PERSISTENT_WORKERS["count"] = workers
+    try:
+        def attention(*qkv):
+            return flash_attention(*qkv, **mask, impl="mosaic")
+
+        poison(q, q)
+        out, lse = jax.jit(attention)(q, k, v)
+        poison(q, k, v)
+        grads = jax.jit(jax.grad(loss(attention), argnums=(0, 1, 2)))(q, k, v)
+    finally:
+        mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
+        mosaic_backend.PERSISTENT_WORKERS["count"] = None
+    finite = np.isfinite(np.asarray(ref_lse))
+    np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
+    assert rel_err(out, ref_out) <= TOL
+    assert rel_err(np.asarray(lse)[finite], np.asarray(ref_lse)[finite]) <= TOL
+    for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert np.isfinite(np.asarray(g, np.float32)).all(), name
+        assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
