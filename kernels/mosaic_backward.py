@@ -226,10 +226,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
             n_items = work.count(w)
 
             def query_rows(i):
-                """``(b, h, rows of this thread)`` of item ``i``, whose visit list has arrived."""
-                b, _, h = work.item(w, i)
-                qb = mc.list_entry(list_s.at[sched.list_slot(i)], 1)
-                return b, h, pl.ds(qb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
+                return sched.item_rows(work, w, list_s, i, wg)
 
             def fetch_queries(i):
                 """Wait for item ``i``'s visit list, then start copying its q, tokens and stats."""

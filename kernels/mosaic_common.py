@@ -198,29 +198,54 @@ def staging_scratch(shape, dtype, *, interpret=None):
     return plgpu.SMEM((COMPUTE, *shape), dtype, transforms=mma_transforms(dtype))
 
 
-def stream(count, issue, consumed, stages: int):
-    """The memory warpgroup's loop (one item per CTA, the dK/dV kernel): ``issue(j, slot)`` the
-    copies of the j-th visited block into ``slot`` once the compute threads released it, for
-    ``j < count``; then wait for the last releases, so that every completion of ``consumed`` is
-    awaited. (The forward and dQ kernels stream several items: :mod:`.mosaic_schedule`.)"""
+def stream_tiles(start, count, issue, consumed, stages: int, v_consumed=None):
+    """The memory warpgroup's copies of ``count`` visited blocks: ``issue(j, slot)`` those of the
+    j-th into ``slot = (start + j) % stages`` once the compute threads released the slot (slots are
+    counted from ``start``, so one CTA can stream several items in a row).
+
+    With ``v_consumed`` (barriers like ``consumed``), ``issue`` is a pair ``(issue_k, issue_v)``:
+    the second part of a slot is refilled only once ``v_consumed`` released it (the pipelined
+    forward reads v_{j-1} while k_j is already in use)."""
+    issue_k, issue_v = issue if v_consumed is not None else (issue, None)
 
     def step(j, carry):
-        slot = lax.rem(j, stages)
+        g = start + j
+        slot = lax.rem(g, stages)
 
-        @pl.when(j >= stages)
+        @pl.when(g >= stages)
         def _():
             plgpu.barrier_wait(consumed.at[slot])
 
-        issue(j, slot)
+        issue_k(j, slot)
+        if v_consumed is not None:
+            @pl.when(g >= stages)
+            def _():
+                plgpu.barrier_wait(v_consumed.at[slot])
+
+            issue_v(j, slot)
         return carry
 
     lax.fori_loop(0, count, step, None)
 
-    def drain(j, carry):
-        plgpu.barrier_wait(consumed.at[lax.rem(j, stages)])
+
+def drain(steps, consumed, stages: int, v_consumed=None):
+    """After ``steps`` streamed blocks: wait for the last releases, so that every completion of
+    ``consumed`` (and ``v_consumed``) is awaited before the CTA exits."""
+
+    def wait(g, carry):
+        plgpu.barrier_wait(consumed.at[lax.rem(g, stages)])
+        if v_consumed is not None:
+            plgpu.barrier_wait(v_consumed.at[lax.rem(g, stages)])
         return carry
 
-    lax.fori_loop(jnp.maximum(count - stages, 0), count, drain, None)
+    lax.fori_loop(jnp.maximum(steps - stages, 0), steps, wait, None)
+
+
+def stream(count, issue, consumed, stages: int):
+    """The memory warpgroup's loop for one item per CTA (the dK/dV kernel): :func:`stream_tiles`
+    from slot 0, then :func:`drain`. (The forward and dQ kernels: :mod:`.mosaic_schedule`.)"""
+    stream_tiles(0, count, issue, consumed, stages)
+    drain(count, consumed, stages)
 
 
 def visit_list(list_ref, list_s, list_bar, wg):

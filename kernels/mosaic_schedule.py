@@ -13,12 +13,14 @@ current one (lists are double-buffered, released on ``list_free``).
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from .mosaic_common import MEMORY, list_entry, registers
+from .mosaic_common import BLOCK, MEMORY, ROWS, drain, list_entry, registers, stream_tiles
 
 LIST_SLOTS = 2  # visit lists held in SMEM at once: the current item's and the next one's
 
@@ -67,13 +69,19 @@ def fetch_list(work, w, i, list_ref, list_s, list_bar, list_free):
     plgpu.copy_gmem_to_smem(list_ref.at[b, r], list_s.at[slot], list_bar.at[slot])
 
 
+def item_rows(work, w, list_s, i, wg):
+    """``(b, h, rows)`` of worker ``w``'s item ``i`` for compute thread ``wg``: its 64 rows of the
+    resident block that the item's visit list (arrived) names."""
+    b, _, h = work.item(w, i)
+    resident = list_entry(list_s.at[list_slot(i)], 1)
+    return b, h, pl.ds(resident * BLOCK + wg * ROWS, ROWS)
+
+
 def memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, issue, consumed, stages: int,
                   v_consumed=None):
     """The body of thread ``MEMORY``: for each item of worker ``w``, fetch its list and
-    ``issue(b, h, list, j, slot)`` the copies of its j-th visited block into ``slot`` once the
-    compute threads released it (``consumed``); slots are counted across items. With ``v_consumed``,
-    ``issue`` is a pair and the second part waits for that barrier (the pipelined forward)."""
-    issue_k, issue_v = issue if v_consumed is not None else (issue, None)
+    ``issue(b, h, list, j, slot)`` the copies of its j-th visited block (:func:`.mosaic_common.stream_tiles`,
+    slots counted across items). With ``v_consumed``, ``issue`` is a pair as there."""
 
     @pl.when(wg == MEMORY)
     def _():
@@ -82,42 +90,21 @@ def memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, issue, con
 
         def item(i, step):
             fetch_list(work, w, i, list_ref, list_s, list_bar, list_free)
-            slot_list = list_s.at[list_slot(i)]
+            list_i = list_s.at[list_slot(i)]
             plgpu.barrier_wait(list_bar.at[list_slot(i)])
             b, _, h = work.item(w, i)
-
-            def tile(j, carry):
-                g = step + j
-                slot = lax.rem(g, stages)
-
-                @pl.when(g >= stages)
-                def _():
-                    plgpu.barrier_wait(consumed.at[slot])
-
-                issue_k(b, h, slot_list, j, slot)
-                if v_consumed is not None:
-                    @pl.when(g >= stages)
-                    def _():
-                        plgpu.barrier_wait(v_consumed.at[slot])
-
-                    issue_v(b, h, slot_list, j, slot)
-                return carry
-
-            count = list_entry(slot_list, 0)
-            lax.fori_loop(0, count, tile, None)
+            if v_consumed is not None:
+                bound = tuple(functools.partial(f, b, h, list_i) for f in issue)
+            else:
+                bound = functools.partial(issue, b, h, list_i)
+            count = list_entry(list_i, 0)
+            stream_tiles(step, count, bound, consumed, stages, v_consumed=v_consumed)
             return step + count
 
         steps = lax.fori_loop(0, n_items, item, jnp.int32(0))
+        drain(steps, consumed, stages, v_consumed=v_consumed)
 
-        def drain(g, carry):  # every completion of a barrier is awaited before the CTA exits
-            plgpu.barrier_wait(consumed.at[lax.rem(g, stages)])
-            if v_consumed is not None:
-                plgpu.barrier_wait(v_consumed.at[lax.rem(g, stages)])
-            return carry
-
-        lax.fori_loop(jnp.maximum(steps - stages, 0), steps, drain, None)
-
-        def drain_lists(i, carry):
+        def drain_lists(i, carry):  # every completion of list_free is awaited too
             plgpu.barrier_wait(list_free.at[list_slot(i)])
             return carry
 
