@@ -105,6 +105,19 @@ PERSISTENT_WORKERS = {"count": None}
 DEFAULT_SMS = 132
 
 
+# How the dQ kernel's result leaves the CTA: "smem" (staged in dout's SMEM buffer, one TMA store) or
+# "registers" (stored straight from the wgmma accumulators, so a persistent dQ can fetch the next
+# dout at once). "registers" is not measured yet; "smem" is what runs U and V timed.
+DQ_STORE = {"mode": "smem"}
+
+
+def set_dq_store(mode: str):
+    """Choose how dQ leaves the kernel (see ``mosaic_backward.DQ_STORES``)."""
+    from .mosaic_backward import DQ_STORES
+
+    _choose("dQ store", DQ_STORES, DQ_STORE, mode)
+
+
 def workers(kernel: str) -> int | None:
     """CTAs of ``kernel``'s persistent grid, or None for one CTA per block."""
     if GRID[kernel] != "persistent":
@@ -197,7 +210,7 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     else:
         dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning, interpret=interpret)
         dq_ = dq(*tensors, p.per_query_block(TUNING["dq"].block), causal=causal, scale=scale,
-                 tuning=TUNING["dq"], workers=workers("dq"), interpret=interpret)
+                 tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"], interpret=interpret)
     return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]
 
 

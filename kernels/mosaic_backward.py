@@ -195,12 +195,19 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     return run(*operands, dq_acc) if fused else run(*operands)
 
 
+DQ_STORES = ("smem", "registers")
+
+
 def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-       workers: int | None = None, interpret=None):
+       workers: int | None = None, store: str = "smem", interpret=None):
     """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
     (``tuning.block``). ``workers``: CTAs of a persistent grid (None: one per query block and head);
-    the next item's q, tokens and stats are fetched once the current item's last s is computed, its
-    dout once dq has left SMEM (dq is staged in dout's buffer)."""
+    the next item's q, tokens and stats are fetched once the current item's last s is computed.
+    ``store``: how dq leaves, ``smem`` (staged in dout's buffer, then one TMA store; the next dout
+    is fetched once that store has read the buffer) or ``registers`` (stored to GMEM straight from
+    the wgmma accumulator layout; the next dout is fetched with q)."""
+    if store not in DQ_STORES:
+        raise ValueError(f"mosaic dQ: store must be one of {DQ_STORES}, got {store!r}")
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -277,9 +284,15 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 @pl.when(jnp.logical_not(last))
                 def _():
                     fetch_queries(i + 1)
+                    if store == "registers":  # dout's buffer is free too: all dp are computed
+                        fetch_dout(i + 1)
 
                 plgpu.barrier_arrive(list_free.at[sched.list_slot(i)])
-                do_s.at[wg][...] = (acc * scale).astype(dtype)  # dq leaves through dout's buffer
+                dq_tile = (acc * scale).astype(dtype)
+                if store == "registers":
+                    dq_ref.at[b, q_rows, h][...] = dq_tile
+                    return step + count
+                do_s.at[wg][...] = dq_tile  # dq leaves through dout's buffer
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(do_s.at[wg], dq_ref.at[b, q_rows, h])
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)

@@ -21,7 +21,8 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed).
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
 its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
 ``forward_loop=serial`` (or ``pipelined``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
-forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them).
+forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
+``smem``) how dQ leaves its kernel.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """
@@ -118,7 +119,9 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
     mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
     mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
+    mosaic_backend.set_dq_store("smem")
     modes = dict(backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
+                 dq_store=mosaic_backend.set_dq_store,
                  grid=mosaic_backend.set_grid,
                  forward_grid=lambda mode: mosaic_backend.set_grid(mode, "forward"),
                  dq_grid=lambda mode: mosaic_backend.set_grid(mode, "dq"))

@@ -5,8 +5,9 @@
 Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, mask) every variant
 is compiled first, then timed once per round, in turn, so that a slow drift of the device's clock
 hits all of them alike: the forward kernel and the dQ kernel alone (visit lists given), the whole
-forward+backward of ``flash_attention`` with both kernels persistent, both on one CTA per block, and
-with the backend's default pair, and JAX cuDNN's on the plain masks.
+forward+backward of ``flash_attention`` with both kernels persistent, both on one CTA per block, the
+backend's default pair, and both persistent with dQ stored from registers (``CONFIGS``), and JAX cuDNN's
+on the plain masks. The dQ kernel alone runs with each way its result leaves (``DQ_STORES``).
 Printed: each round's ms, then the median, TFLOP/s and, for forward+backward, the ratio to
 cuDNN (plain masks) or to the same grid's plain mask (packed masks).
 """
@@ -30,9 +31,11 @@ from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
 from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
 
 
-CONFIGS = {"persistent": dict(forward="persistent", dq="persistent"),
-           "blocks": dict(forward="blocks", dq="blocks"),
-           "default": mb.DEFAULT_GRID}
+# forward+backward rows: (grids, how dQ leaves its kernel)
+CONFIGS = {"persistent": (dict(forward="persistent", dq="persistent"), "smem"),
+           "blocks": (dict(forward="blocks", dq="blocks"), "smem"),
+           "default": (mb.DEFAULT_GRID, "smem"),
+           "persistent, dQ from registers": (dict(forward="persistent", dq="persistent"), "registers")}
 
 
 def variants(seq_len, mask):
@@ -49,15 +52,20 @@ def variants(seq_len, mask):
         mb.set_grid(grid)
         forward = jax.jit(lambda q, k, v, w=mb.workers("forward"): mfw.forward(
             q, k, v, plan.q_tokens, plan.kv_tokens, forward_lists, tuning=mb.TUNING["forward"], workers=w, **kw))
-        dq = jax.jit(lambda *t, w=mb.workers("dq"): mbw.dq(*t, query_lists, tuning=mb.TUNING["dq"], workers=w, **kw))
-        out += [("forward kernel", grid, 1.0, forward, (q, k, v)), ("dQ kernel", grid, 1.5, dq, tensors)]
-    for name, grids in CONFIGS.items():  # the whole forward+backward with each pair of grids
+        out.append(("forward kernel", grid, 1.0, forward, (q, k, v)))
+        for store in mbw.DQ_STORES:
+            dq = jax.jit(lambda *t, w=mb.workers("dq"), store=store: mbw.dq(
+                *t, query_lists, tuning=mb.TUNING["dq"], workers=w, store=store, **kw))
+            out.append(("dQ kernel" + (", from registers" if store == "registers" else ""), grid, 1.5, dq, tensors))
+    for name, (grids, store) in CONFIGS.items():  # the whole forward+backward with each pair of grids
         mb.GRID.update(grids)
+        mb.set_dq_store(store)
         f = ba.attention_fn("mosaic", seq_len, causal, n_segments, 0, 0)
         whole = jax.jit(lambda q, k, v, dout, f=f: jax.vjp(f, q, k, v)[1](dout))
         jax.block_until_ready(whole(q, k, v, dout))  # traced and compiled under these grids
         out.append(("forward+backward", name, 3.5, whole, (q, k, v, dout)))
     mb.GRID.update(mb.DEFAULT_GRID)
+    mb.set_dq_store("smem")
     if mask == mask.split("-")[0]:
         f = ba.attention_fn("jax-cudnn", seq_len, causal, 1, 0, 0)
         whole = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))

@@ -147,11 +147,13 @@ def test_cudnn_lse_is_differentiable(rng):
         assert rel_err(g, ref_g) <= TOL
 
 
-@pytest.mark.parametrize("grid,workers", [("persistent", 7), ("blocks", None)])
-def test_mosaic_grids_on_gpu(rng, grid, workers):
+@pytest.mark.parametrize("grid,workers,dq_store", [("persistent", 7, "smem"), ("persistent", 7, "registers"),
+                                                    ("blocks", None, "smem")])
+def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
-    copies) and with one CTA per block; packed GQA 32/8, ragged length, empty rows, dlse."""
+    copies) and with one CTA per block, dQ leaving through SMEM or from registers; packed GQA
+    32/8, ragged length, empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 1000, 1000, 32, 8, 128))
@@ -170,6 +172,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers):
     ref_out, ref_lse = reference_attention(q, k, v, **mask)
     ref_grads = jax.grad(loss(lambda *a: reference_attention(*a, **mask)), argnums=(0, 1, 2))(q, k, v)
     mosaic_backend.set_grid(grid)
+    mosaic_backend.set_dq_store(dq_store)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     try:
         def attention(*qkv):
@@ -181,6 +184,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers):
         grads = jax.jit(jax.grad(loss(attention), argnums=(0, 1, 2)))(q, k, v)
     finally:
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
+        mosaic_backend.set_dq_store("smem")
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)

@@ -193,18 +193,27 @@ def test_bad_worker_count_is_refused():
         mosaic_schedule.Work((1, 4, 2), 0)
 
 
-@pytest.mark.parametrize("grid,workers", [("persistent", 3), ("blocks", None)])
-def test_forward_and_dq_grids_packed_gqa(rng, grid, workers):
+@pytest.mark.parametrize("grid,workers,dq_store", [("persistent", 3, "smem"), ("persistent", 3, "registers"),
+                                                    ("blocks", None, "registers")])
+def test_forward_and_dq_grids_packed_gqa(rng, grid, workers, dq_store):
     """The forward and dQ kernels with 3 persistent CTAs (each runs 2-3 query blocks of GQA 4/2:
     lists, queries and slots carried across items, the last wave partial) and with one CTA per
-    block; ragged lengths, packed segments, empty rows, dlse."""
+    block, dQ leaving through SMEM or from registers; ragged lengths, packed segments, empty rows,
+    dlse. (The default pair, persistent forward and dQ per block through SMEM, runs everywhere else.)"""
     mosaic_backend.set_grid(grid)
+    mosaic_backend.set_dq_store(dq_store)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     try:
         run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
+        mosaic_backend.set_dq_store("smem")
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
+
+
+def test_bad_dq_store_names_the_choices():
+    with pytest.raises(ValueError, match="dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"):
+        mosaic_backend.set_dq_store("tmem")
 
 
 def test_bad_grid_mode_names_the_choices():
@@ -223,6 +232,23 @@ def test_bad_forward_mode_names_the_choices():
 def test_bad_backward_mode_names_the_choices():
     with pytest.raises(ValueError, match="mode must be one of .'split', 'fused'., got 'atomic'"):
         mosaic_backend.set_backward("atomic")
+
+
+def test_dq_from_registers_lowers_for_cuda_without_a_gpu():
+    """dQ stored to GMEM straight from the wgmma accumulators (a strided [64, D] view of
+    [B, S, H, D]) on the persistent grid: the Mosaic GPU lowering accepts it."""
+    from longvila_jax.kernels import mosaic_backward
+
+    shapes = [jax.ShapeDtypeStruct((1, 256, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+    shapes += [jax.ShapeDtypeStruct((1, 4, 2, 256), jnp.float32), jax.ShapeDtypeStruct((1, 2, 256), jnp.int32),
+               jax.ShapeDtypeStruct((1, 2, 256), jnp.int32), jax.ShapeDtypeStruct((1, 2, 1, 32), jnp.int32)]
+
+    def run(*args):
+        return mosaic_backward.dq(*args, causal=True, scale=0.1, tuning=mosaic_backend.TUNING["dq"], workers=3,
+                                  store="registers")
+
+    module = jax.export.export(jax.jit(run), platforms=["cuda"])(*shapes).mlir_module()
+    assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
 
 
 @pytest.mark.parametrize("backward_mode", ["split", "fused"], indirect=True)
