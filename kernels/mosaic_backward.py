@@ -216,7 +216,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, kv_block)  # queries x keys
-    work = sched.Work((batch, n_q, q_heads), workers or batch * n_q * q_heads)
+    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape)
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref,
              q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
@@ -314,10 +314,10 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.float32),  # lse2, delta
         streamed, streamed,  # k, v
         plgpu.SMEM((stages, 2, kv_block), jnp.int32),  # key tokens
-        plgpu.SMEM((sched.LIST_SLOTS, *lists.shape[2:]), jnp.int32),  # visit lists
+        plgpu.SMEM((list_slots, *lists.shape[2:]), jnp.int32),  # visit lists
         mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
-        plgpu.Barrier(num_barriers=sched.LIST_SLOTS),  # list arrived
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=sched.LIST_SLOTS),  # list released
+        plgpu.Barrier(num_barriers=list_slots),  # list arrived
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=list_slots),  # list released
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 4,
         *[plgpu.Barrier(num_barriers=stages)] * 3,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),

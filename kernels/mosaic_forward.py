@@ -45,7 +45,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     dtype = q.dtype
     scale2 = scale * mc.LOG2E  # scores in base 2
     tile = (mc.ROWS, kv_block)
-    work = sched.Work((batch, n_q, q_heads), workers or batch * n_q * q_heads)
+    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape)
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, list_free, q_bar, qt_bar, k_bar, v_bar,
@@ -204,10 +204,10 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # q segment ids / positions
         plgpu.SMEM((stages, 2, kv_block), jnp.int32),  # kv segment ids / positions
         plgpu.SMEM((mc.COMPUTE, mc.ROWS), jnp.float32),  # lse
-        plgpu.SMEM((sched.LIST_SLOTS, *lists.shape[2:]), jnp.int32),  # visit lists
+        plgpu.SMEM((list_slots, *lists.shape[2:]), jnp.int32),  # visit lists
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
-        plgpu.Barrier(num_barriers=sched.LIST_SLOTS),  # list arrived
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=sched.LIST_SLOTS),  # list released
+        plgpu.Barrier(num_barriers=list_slots),  # list arrived
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=list_slots),  # list released
         plgpu.Barrier(num_barriers=mc.COMPUTE),
         plgpu.Barrier(num_barriers=mc.COMPUTE),
         plgpu.Barrier(num_barriers=stages),

@@ -22,7 +22,11 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from .mosaic_common import BLOCK, MEMORY, ROWS, drain, list_entry, registers, stream_tiles
 
-LIST_SLOTS = 2  # visit lists held in SMEM at once: the current item's and the next one's
+LIST_SLOTS = 2  # visit lists a persistent CTA holds in SMEM: the current item's and the next one's
+# SMEM the list slots of a persistent CTA may take: the forward and dQ kernels hold about 196 KB of
+# tiles beside them (of 227 KB). Longer lists (over 3,070 streamed blocks, 393k keys in 128-key
+# blocks) run one CTA per block, with one slot.
+LIST_SMEM_BYTES = 24 * 1024
 
 
 class Work:
@@ -50,6 +54,18 @@ class Work:
         t = i * self.workers + position
         _, n_lists, heads = self.shape
         return t // (n_lists * heads), lax.rem(t // heads, n_lists), lax.rem(t, heads)
+
+
+def plan_work(shape: tuple[int, int, int], workers: int | None, list_shape: tuple[int, ...]):
+    """``(Work, list slots)`` for a kernel over ``shape = (B, n_lists, H)`` items whose visit lists
+    have ``list_shape`` (``[..., rows, row_len]`` int32): a persistent grid of ``workers`` CTAs with
+    two list slots, or (``workers`` None, or two lists too large for ``LIST_SMEM_BYTES``) one CTA
+    per item with one slot."""
+    n_items = shape[0] * shape[1] * shape[2]
+    list_bytes = 4 * list_shape[-1] * list_shape[-2]
+    if workers is None or workers >= n_items or LIST_SLOTS * list_bytes > LIST_SMEM_BYTES:
+        return Work(shape, n_items), 1
+    return Work(shape, workers), LIST_SLOTS
 
 
 def list_slot(i):

@@ -188,6 +188,20 @@ def test_persistent_work_covers_every_item_once(n_items, workers):
     assert sorted(seen) == list(range(n_items))
 
 
+def test_persistent_grid_only_where_two_lists_fit_smem():
+    """Two list slots per persistent CTA while they fit ``LIST_SMEM_BYTES``; longer lists (here 13
+    rows of 256 entries, 26 KiB for two) and ``workers=None`` run one CTA per item with one slot."""
+    shape = (1, 64, 32)
+    work, slots = mosaic_schedule.plan_work(shape, 132, (1, 64, 1, 96))
+    assert (work.workers, slots) == (132, 2)
+    work, slots = mosaic_schedule.plan_work(shape, 132, (1, 64, 13, 256))
+    assert (work.workers, slots) == (64 * 32, 1)
+    work, slots = mosaic_schedule.plan_work(shape, None, (1, 64, 1, 96))
+    assert (work.workers, slots) == (64 * 32, 1)
+    work, slots = mosaic_schedule.plan_work((1, 2, 3), 132, (1, 2, 1, 32))  # fewer items than workers
+    assert (work.workers, slots) == (6, 1)
+
+
 def test_bad_worker_count_is_refused():
     with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
         mosaic_schedule.Work((1, 4, 2), 0)
