@@ -37,6 +37,14 @@ def _is_hopper() -> bool:
     return str(capability).split(".")[0] == "9"
 
 
+# Longest sequences one call serves: a CTA holds a whole visit list in SMEM beside its tiles. The
+# forward and dQ kernels keep 192 KiB of tiles and one list entry per 128-key block (25 rows of 1 KiB at
+# 768Ki keys, of the 227 KiB a CTA may have); dK/dV keeps 128 KiB and one entry per 64-query block.
+# Longer calls: triton or xla, or split the sequence over devices (longvila_jax.sp).
+MAX_KV_LEN = 768 * 1024
+MAX_Q_LEN = 1024 * 1024
+
+
 def unsupported(call) -> str | None:
     if call.platform != "gpu":
         return f"needs a Hopper GPU, running on {call.platform}"
@@ -44,6 +52,9 @@ def unsupported(call) -> str | None:
         return f"needs bfloat16 or float16, got {call.dtype}"
     if call.head_dim not in HEAD_DIMS:
         return f"head_dim must be one of {HEAD_DIMS}, got {call.head_dim}"
+    if call.kv_len > MAX_KV_LEN or call.q_len > MAX_Q_LEN:
+        return (f"serves at most {MAX_Q_LEN} queries and {MAX_KV_LEN} keys per call (visit lists in SMEM), got "
+                f"{call.q_len} and {call.kv_len}: use impl='triton' or 'xla', or sequence parallelism")
     if not _is_hopper():
         return "needs compute capability 9.x (Hopper: wgmma and TMA)"
     return None

@@ -83,6 +83,12 @@ def test_mosaic_off_hopper_says_why():
         flash_attention_bwd(Q, KV, KV, Q, jnp.zeros((1, 4, 16)), Q, impl="mosaic")
     call = dataclasses.replace(GPU_CALL, head_dim=72)
     assert "head_dim must be one of (64, 128), got 72" in dispatch.BACKENDS["mosaic"].unsupported(call)
+    mosaic = dispatch.BACKENDS["mosaic"]
+    call = dataclasses.replace(GPU_CALL, head_dim=128, q_len=4096, kv_len=mosaic.MAX_KV_LEN + 128)
+    assert f"at most {mosaic.MAX_Q_LEN} queries and {mosaic.MAX_KV_LEN} keys per call" in mosaic.unsupported(call)
+    assert "impl='triton'" in mosaic.unsupported(call)
+    call = dataclasses.replace(GPU_CALL, head_dim=128, q_len=mosaic.MAX_Q_LEN + 1, kv_len=4096)
+    assert f"got {mosaic.MAX_Q_LEN + 1} and 4096" in mosaic.unsupported(call)
 
 
 def test_unknown_impl():
