@@ -235,13 +235,11 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
             def query_rows(i):
                 return sched.item_rows(work, w, list_s, i, wg)
 
-            def fetch_queries(i):
-                """Wait for item ``i``'s visit list, then start copying its q, tokens and stats."""
-                plgpu.barrier_wait(list_bar.at[sched.list_slot(i)])
-                b, h, rows = query_rows(i)
-                plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg])
-                plgpu.copy_gmem_to_smem(qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg])
-                plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, rows], st_s.at[wg], st_bar.at[wg])
+            def fetch_queries(i):  # item i's q, query tokens and stats
+                sched.fetch_item(work, w, list_s, list_bar, i, wg, lambda b, h, rows: [
+                    (q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg]),
+                    (qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg]),
+                    (st_ref.at[b, h, :, rows], st_s.at[wg], st_bar.at[wg])])
 
             def fetch_dout(i):
                 b, h, rows = query_rows(i)

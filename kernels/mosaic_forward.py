@@ -66,12 +66,10 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             def query_rows(i):
                 return sched.item_rows(work, w, list_s, i, wg)
 
-            def fetch_queries(i):
-                """Wait for item ``i``'s visit list, then start copying its query rows."""
-                plgpu.barrier_wait(list_bar.at[sched.list_slot(i)])
-                b, h, rows = query_rows(i)
-                plgpu.copy_gmem_to_smem(q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg])
-                plgpu.copy_gmem_to_smem(qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg])
+            def fetch_queries(i):  # item i's query rows and their tokens
+                sched.fetch_item(work, w, list_s, list_bar, i, wg, lambda b, h, rows: [
+                    (q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg]),
+                    (qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg])])
 
             @pl.when(n_items > 0)
             def _():

@@ -93,6 +93,14 @@ def item_rows(work, w, list_s, i, wg):
     return b, h, pl.ds(resident * BLOCK + wg * ROWS, ROWS)
 
 
+def fetch_item(work, w, list_s, list_bar, i, wg, copies):
+    """A compute thread's start of item ``i``: wait for its visit list, then start the TMA copies
+    ``copies(b, h, rows)`` returns, ``[(gmem, smem, barrier)]`` of the thread's resident rows."""
+    plgpu.barrier_wait(list_bar.at[list_slot(i)])
+    for src, dst, bar in copies(*item_rows(work, w, list_s, i, wg)):
+        plgpu.copy_gmem_to_smem(src, dst, bar)
+
+
 def memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, issue, consumed, stages: int,
                   v_consumed=None):
     """The body of thread ``MEMORY``: for each item of worker ``w``, fetch its list and
