@@ -163,6 +163,16 @@ def rel_err(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
+def use_impl(impl: str) -> str:
+    """Apply the tuning an ``impl`` row names (``mosaic[SPEC]``, ``triton[SPEC]``; plain names reset
+    it to the defaults) and return the backend's name."""
+    for name, setter in (("mosaic", set_mosaic_tuning), ("triton", set_triton_tiles)):
+        if impl == name or impl.startswith(name + "["):
+            setter(impl[len(name) + 1:-1] if impl.endswith("]") else "")
+            return name
+    return impl
+
+
 def bench_one(impl, length, mask, block_q, block_k, budget_s):
     """Timings, and the outputs ``(out, dq, dk, dv)`` for the error check."""
     causal = mask.startswith("causal")
@@ -172,16 +182,7 @@ def bench_one(impl, length, mask, block_q, block_k, budget_s):
     k = jax.random.normal(keys[1], (BATCH, length, KV_HEADS, HEAD_DIM), jnp.bfloat16)
     v = jax.random.normal(keys[2], (BATCH, length, KV_HEADS, HEAD_DIM), jnp.bfloat16)
     dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
-    if impl.startswith("mosaic["):
-        set_mosaic_tuning(impl[len("mosaic["):-1])
-        impl = "mosaic"
-    elif impl == "mosaic":
-        set_mosaic_tuning("")
-    elif impl.startswith("triton["):
-        set_triton_tiles(impl[len("triton["):-1])
-        impl = "triton"
-    elif impl == "triton":
-        set_triton_tiles("")
+    impl = use_impl(impl)
     f = attention_fn(impl, length, causal, n_segments, block_q, block_k)
     fwd = jax.jit(f)
     fwd_bwd = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))

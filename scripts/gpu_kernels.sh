@@ -6,6 +6,9 @@
 #   BENCH_ARGS="--impls mosaic,cudnn --mosaic-tuning=backward=split|backward=fused" (no quotes inside
 #     BENCH_ARGS: it is split on spaces, so quotes would reach the script as literal characters)
 #   LONGVILA_GPU_IMPLS=mosaic (backends the tests check)  TEST_K="not 72" (pytest -k)
+#   STEPS="grid"  GRID_ARGS="--seqs 8192 --rounds 3" (scripts/bench_mosaic_grid.py)
+#   STEPS="profile"  PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4"
+#     (scripts/profile_attention.py once per '|'-separated argument set)
 #   STEPS="kernels ptxas"  KERNEL_ARGS="--seqs 32768 --masks causal --fused-ablations"
 #     kernels: scripts/bench_mosaic_kernels.py; ptxas: each Mosaic kernel's ptxas report (registers,
 #     spills, wgmma serialization), compiled once at S = 1024
@@ -32,6 +35,17 @@ fi
 if [[ " $STEPS " == *" bench "* ]]; then
   timeout ${BENCH_TIMEOUT:-300} python3 scripts/bench_attention.py ${BENCH_ARGS:-} --json "$OUT/bench_attention.json" 2>&1 \
     | tee "$OUT/bench_attention.log" | tail -40
+fi
+if [[ " $STEPS " == *" grid "* ]]; then
+  timeout ${GRID_TIMEOUT:-300} python3 scripts/bench_mosaic_grid.py ${GRID_ARGS:-} 2>&1 \
+    | tee "$OUT/bench_mosaic_grid.log" | tail -40
+fi
+if [[ " $STEPS " == *" profile "* ]]; then
+  IFS='|' read -ra profiles <<< "${PROFILE_ARGS:---seq 8192 --mask causal-packed4}"
+  for i in "${!profiles[@]}"; do
+    timeout ${PROFILE_TIMEOUT:-120} python3 scripts/profile_attention.py ${profiles[$i]} 2>&1 \
+      | tee "$OUT/profile_$i.log" | grep -v "^WARNING" | tail -${PROFILE_LINES:-30}
+  done
 fi
 if [[ " $STEPS " == *" kernels "* ]]; then
   timeout ${KERNEL_TIMEOUT:-300} python3 scripts/bench_mosaic_kernels.py ${KERNEL_ARGS:-} 2>&1 \

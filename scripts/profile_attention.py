@@ -1,0 +1,145 @@
+"""Where one attention forward+backward's device time goes, op by op, from a JAX profiler trace.
+
+    python scripts/profile_attention.py --impl mosaic --seq 8192 --mask causal-packed4
+    python scripts/profile_attention.py --impl "mosaic[grid=blocks]" --seq 8192 --mask causal
+
+Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). The packed masks take their
+segment ids and positions as arguments of the jitted step, as a training step gets them from its
+batch (``bench_attention.py`` closes over them, so XLA may fold the visit lists at compile time);
+``--tokens-as-constants`` does what the bench does. The step runs ``--steps`` times under
+``jax.profiler.trace``; printed: every device op (kernels and XLA fusions, by HLO op name) with its
+calls and microseconds per step, its share of the device total, then the device total and the wall
+time per step. ``--trace-dir`` keeps the trace (``perfetto_trace.json.gz`` opens in ui.perfetto.dev).
+On CPU the ops are the host thunks of XLA's CPU client (a smoke run; the figures mean nothing there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bench_attention as ba  # noqa: E402
+
+from longvila_jax.kernels import flash_attention  # noqa: E402
+
+
+def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool):
+    """``(jitted step(q, k, v, dout, *tokens) -> (dq, dk, dv), tokens)``."""
+    causal, n_segments = mask.startswith("causal"), 4 if mask.endswith("packed4") else 1
+    tokens = ba.packed_tokens(seq_len, n_segments) if n_segments > 1 else ()
+
+    def attend(q, k, v, *ids):
+        kwargs = {}
+        if ids:
+            seg, pos = ids
+            kwargs = dict(q_segment_ids=seg, kv_segment_ids=seg, q_positions=pos, kv_positions=pos)
+        return flash_attention(q, k, v, causal=causal, impl=impl, **kwargs)[0]
+
+    if tokens and not tokens_as_args:
+        constants, tokens = tokens, ()
+
+        def step(q, k, v, dout):
+            return jax.vjp(lambda q, k, v: attend(q, k, v, *constants), q, k, v)[1](dout)
+    else:
+        def step(q, k, v, dout, *ids):
+            return jax.vjp(lambda q, k, v: attend(q, k, v, *ids), q, k, v)[1](dout)
+    return jax.jit(step), tokens
+
+
+def device_ops(trace_dir: str) -> tuple[dict, bool]:
+    """``({op name: [calls, total us]}, on_device)`` from the newest perfetto trace under ``trace_dir``:
+    events of the ``/device:`` processes, else (CPU) host events that name an HLO op."""
+    paths = sorted(pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"), key=os.path.getmtime)
+    if not paths:
+        raise SystemExit(f"no perfetto_trace.json.gz under {trace_dir}: did the profiler run?")
+    with gzip.open(paths[-1]) as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    process = {e["pid"]: e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device_pids = {pid for pid, name in process.items() if name.startswith("/device:")}
+    # a device's kernels sit on its "Stream #N" lines; derived lines ("XLA Ops", "XLA Modules")
+    # repeat them, so only streams count where there are any
+    streams = {(e["pid"], e["tid"]) for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+               and e["pid"] in device_pids and e["args"]["name"].startswith("Stream")}
+    ops = collections.defaultdict(lambda: [0, 0.0])
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        args = e.get("args", {})
+        if device_pids and e.get("pid") not in device_pids:
+            continue
+        if streams and (e.get("pid"), e.get("tid")) not in streams:
+            continue
+        if not device_pids and "hlo_op" not in args:
+            continue
+        name = args.get("hlo_op") or e["name"]
+        ops[name][0] += 1
+        ops[name][1] += float(e.get("dur", 0.0))
+    lines = sorted({e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+                    and e["pid"] in device_pids})
+    if lines:
+        print(f"# device lines in the trace: {', '.join(lines)[:300]} (counted: {len(streams) or 'all'} streams)")
+    return dict(ops), bool(device_pids)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--impl", default="mosaic", help="backend, with a tuning as in bench_attention.py")
+    parser.add_argument("--seq", type=int, default=8192)
+    parser.add_argument("--mask", default="causal-packed4", choices=("causal", "full", "causal-packed4",
+                                                                       "full-packed4"))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--tokens-as-constants", action="store_true",
+                        help="close over the packed masks' ids (as bench_attention.py does)")
+    parser.add_argument("--trace-dir", help="keep the trace here (default: a temporary directory)")
+    parser.add_argument("--top", type=int, default=25, help="ops printed, longest first")
+    args = parser.parse_args()
+    if args.steps < 1:
+        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+
+    impl = ba.use_impl(args.impl)
+    step, tokens = step_fn(impl, args.seq, args.mask, not args.tokens_as_constants)
+    keys = jax.random.split(jax.random.key(args.seq), 4)
+    q = jax.random.normal(keys[0], (ba.BATCH, args.seq, ba.Q_HEADS, ba.HEAD_DIM), jnp.bfloat16)
+    k, v = (jax.random.normal(key, (ba.BATCH, args.seq, ba.KV_HEADS, ba.HEAD_DIM), jnp.bfloat16)
+            for key in keys[1:3])
+    dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
+    inputs = (q, k, v, dout, *tokens)
+    jax.block_until_ready(step(*inputs))  # compile and warm up outside the trace
+    jax.block_until_ready(step(*inputs))
+
+    trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="profile_attention_")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            result = step(*inputs)
+        jax.block_until_ready(result)
+        wall_us = (time.perf_counter() - start) / args.steps * 1e6
+    ops, on_device = device_ops(trace_dir)
+    total = sum(us for _, us in ops.values())
+    print(f"# {jax.devices()[0].device_kind}; jax {jax.__version__}; impl {args.impl}; S={args.seq} "
+          f"{args.mask}; tokens {'as constants' if args.tokens_as_constants else 'as arguments'}; "
+          f"{args.steps} steps; {'device ops' if on_device else 'host thunks (no device in the trace)'}")
+    print("| op | calls/step | us/step | share |")
+    print("|---|---|---|---|")
+    for name, (calls, us) in sorted(ops.items(), key=lambda item: -item[1][1])[:args.top]:
+        print(f"| {name[:70]} | {calls / args.steps:g} | {us / args.steps:.1f} | {us / total:.1%} |")
+    print(f"| all {len(ops)} ops | {sum(c for c, _ in ops.values()) / args.steps:g} | "
+          f"{total / args.steps:.1f} | 100% |")
+    print(f"# wall time per step (dispatch included): {wall_us:.1f} us; trace: {trace_dir}")
+
+
+if __name__ == "__main__":
+    main()
