@@ -10,7 +10,8 @@ batch (``bench_attention.py`` closes over them, so XLA may fold the visit lists 
 ``jax.profiler.trace``; printed: every device op (kernels and XLA fusions, by HLO op name) with its
 calls and microseconds per step, its share of the device total, then the device total and the wall
 time per step. ``--trace-dir`` keeps the trace (``perfetto_trace.json.gz`` opens in ui.perfetto.dev).
-On CPU the ops are the host thunks of XLA's CPU client (a smoke run; the figures mean nothing there).
+CUDA graphs are off (``--xla_gpu_enable_command_buffer=``) so that each kernel shows; the
+wall time per step is then a little longer than the bench's. On CPU the ops are the host thunks of XLA's CPU client (a smoke run; the figures mean nothing there).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ import sys
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
+# XLA on GPU replays a step's kernels as CUDA graphs, which the trace shows as one op: run them one by one
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_attention as ba  # noqa: E402
