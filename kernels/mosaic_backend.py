@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from . import mosaic_common as mc
 from . import mosaic_plan as plan
-from .triton_backend import softmax_delta
+from .row_stats import lse_base2, softmax_delta
 
 NAME = "mosaic"
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -206,8 +206,7 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
 
     p = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
     lse = lse.astype(jnp.float32)
-    delta = softmax_delta(out, dout, lse, dlse)
-    lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)  # empty rows: p = exp2(-inf) = 0
+    delta, lse2 = softmax_delta(out, dout, lse, dlse), lse_base2(lse)
     stats = jnp.pad(jnp.stack([lse2, delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, p.q_pad - p.q_len)))
     tensors = (_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad),
                _pad_rows(dout.astype(q.dtype), p.q_pad), stats, p.q_tokens, p.kv_tokens)

@@ -35,7 +35,7 @@ from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
 from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
 from longvila_jax.kernels import mosaic_common as mc  # noqa: E402
 from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
-from longvila_jax.kernels.triton_backend import softmax_delta  # noqa: E402
+from longvila_jax.kernels.row_stats import softmax_delta  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -61,9 +61,10 @@ def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool):
     return jax.jit(step), tokens
 
 
-def device_ops(trace_dir: str) -> tuple[dict, bool]:
-    """``({op name: [calls, total us]}, on_device)`` from the newest perfetto trace under ``trace_dir``:
-    events of the ``/device:`` processes, else (CPU) host events that name an HLO op."""
+def device_ops(trace_dir: str, by: str = "hlo_op") -> tuple[dict, bool]:
+    """``({name: [calls, total us]}, on_device)`` from the newest perfetto trace under ``trace_dir``:
+    events of the ``/device:`` processes, else (CPU) host events that name an HLO op; named by their
+    HLO op (``by="hlo_op"``) or their jitted program (``by="hlo_module"``)."""
     paths = sorted(pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"), key=os.path.getmtime)
     if not paths:
         raise SystemExit(f"no perfetto_trace.json.gz under {trace_dir}: did the profiler run?")
@@ -88,7 +89,7 @@ def device_ops(trace_dir: str) -> tuple[dict, bool]:
             continue
         if not device_pids and "hlo_op" not in args:
             continue
-        name = args.get("hlo_op") or e["name"]
+        name = args.get(by) or e["name"]
         ops[name][0] += 1
         ops[name][1] += float(e.get("dur", 0.0))
     lines = sorted({e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"

@@ -35,7 +35,7 @@ def _interpreted_check(case, seed):
     from longvila_jax.kernels import reference_attention
     from longvila_jax.kernels import triton_backend, triton_flash
     from longvila_jax.kernels.testing import query_key_layouts, random_qkv
-    from longvila_jax.kernels.triton_backend import softmax_delta
+    from longvila_jax.kernels.row_stats import softmax_delta
 
     batch, q_len, kv_len, q_heads, kv_heads, head_dim, layout, causal, block_m, block_n, with_dlse = case
     rng = np.random.default_rng(seed)
