@@ -110,6 +110,7 @@ def main():
                         help="close over the packed masks' ids (as bench_attention.py does)")
     parser.add_argument("--trace-dir", help="keep the trace here (default: a temporary directory)")
     parser.add_argument("--top", type=int, default=25, help="ops printed, longest first")
+    parser.add_argument("--dump-hlo", help="write the step's optimized HLO to this file (op names as printed)")
     args = parser.parse_args()
     if args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
@@ -122,6 +123,9 @@ def main():
             for key in keys[1:3])
     dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
     inputs = (q, k, v, dout, *tokens)
+    if args.dump_hlo:
+        pathlib.Path(args.dump_hlo).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.dump_hlo).write_text(step.lower(*inputs).compile().as_text())
     jax.block_until_ready(step(*inputs))  # compile and warm up outside the trace
     jax.block_until_ready(step(*inputs))
 
