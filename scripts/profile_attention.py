@@ -148,6 +148,9 @@ def main():
     print(f"| all {len(ops)} ops | {sum(c for c, _ in ops.values()) / args.steps:g} | "
           f"{total / args.steps:.1f} | 100% |")
     print(f"# wall time per step (dispatch included): {wall_us:.1f} us; trace: {trace_dir}")
+    for mode in ("sync", "async"):  # the same step timed as bench_attention.py times it
+        ba.TIMING["mode"] = mode
+        print(f"# bench_attention.time_call, {mode}: {ba.time_call(step, *inputs, budget_s=1.0) * 1e6:.1f} us")
 
 
 if __name__ == "__main__":
