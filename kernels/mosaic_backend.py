@@ -106,7 +106,7 @@ FORWARD = {"mode": "pipelined"}
 # the current one finishes; "blocks" launches one CTA per query block and head. Measured on an H200
 # (BENCHMARKS.md, run V, kernels alone, 8k tokens): persistent forward -8% time with 4 packed samples
 # (causal), -1% plain causal; persistent dQ +11% and +3% (its dout waits for dq to leave SMEM), so dQ
-# keeps one CTA per block.
+# keeps one CTA per block. Run X repeated it: forward -9% / -3%, persistent dQ +8% / +1%.
 GRID_MODES = ("persistent", "blocks")
 GRID_KERNELS = ("forward", "dq")
 GRID = {"forward": "persistent", "dq": "blocks"}
@@ -118,7 +118,8 @@ DEFAULT_SMS = 132
 
 # How the dQ kernel's result leaves the CTA: "smem" (staged in dout's SMEM buffer, one TMA store) or
 # "registers" (stored straight from the wgmma accumulators, so a persistent dQ can fetch the next
-# dout at once). "registers" is not measured yet; "smem" is what runs U and V timed.
+# dout at once). Measured on an H200 (BENCHMARKS.md, run X): "registers" was no faster on either grid
+# (0.430 vs 0.406 ms per block, 4 packed samples of 2k), so "smem" stays the default.
 DQ_STORE = {"mode": "smem"}
 
 
