@@ -19,12 +19,12 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from .mosaic_plan import HEADER
+from .row_stats import LOG2E
 
 ROWS = 64  # rows per compute warpgroup (the wgmma M)
 COMPUTE = 2  # compute warpgroups per CTA
 BLOCK = ROWS * COMPUTE  # resident rows per CTA; lengths are padded to a multiple of it
 MEMORY = COMPUTE  # the thread index of the memory warpgroup
-LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a [64, n] wgmma tile

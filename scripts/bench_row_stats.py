@@ -54,10 +54,16 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--bandwidth", type=float, default=4800.0, help="GB/s for the read-once floor")
     args = parser.parse_args()
+    try:
+        seqs = [int(s) for s in args.seqs.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seqs must be comma-separated token counts, e.g. 8192,32768; got {args.seqs!r}") from None
+    if min(seqs) < 1 or args.steps < 1:
+        raise SystemExit(f"--seqs entries and --steps must be at least 1, got {args.seqs!r} and {args.steps}")
     print(f"# {jax.devices()[0].device_kind}; jax {jax.__version__}; Hq={ba.Q_HEADS} D={ba.HEAD_DIM} bf16")
     print("| S | form | us per call | read-once floor us |")
     print("|---|---|---|---|")
-    for seq_len in (int(s) for s in args.seqs.split(",")):
+    for seq_len in seqs:
         keys = jax.random.split(jax.random.key(seq_len), 3)
         shape = (ba.BATCH, seq_len, ba.Q_HEADS, ba.HEAD_DIM)
         out, dout = (jax.random.normal(key, shape, jnp.bfloat16) for key in keys[:2])

@@ -114,6 +114,9 @@ def main():
     args = parser.parse_args()
     if args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
+    if args.seq < 4 or (args.mask.endswith("packed4") and args.seq % 4):
+        raise SystemExit(f"--seq must be at least 4, and a multiple of 4 for the packed masks (4 samples of "
+                         f"S/4 tokens), got {args.seq}")
 
     impl = ba.use_impl(args.impl)
     step, tokens = step_fn(impl, args.seq, args.mask, not args.tokens_as_constants)

@@ -225,11 +225,6 @@ def test_forward_and_dq_grids_packed_gqa(rng, grid, workers, dq_store):
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
 
 
-def test_bad_dq_store_names_the_choices():
-    with pytest.raises(ValueError, match="dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"):
-        mosaic_backend.set_dq_store("tmem")
-
-
 def test_bad_grid_mode_names_the_choices():
     with pytest.raises(ValueError, match="grid: mode must be one of .'persistent', 'blocks'., got 'waves'"):
         mosaic_backend.set_grid("waves")
@@ -238,14 +233,14 @@ def test_bad_grid_mode_names_the_choices():
     assert mosaic_backend.GRID == mosaic_backend.DEFAULT_GRID
 
 
-def test_bad_forward_mode_names_the_choices():
-    with pytest.raises(ValueError, match="mode must be one of .'pipelined', 'serial'., got 'fast'"):
-        mosaic_backend.set_forward("fast")
-
-
-def test_bad_backward_mode_names_the_choices():
-    with pytest.raises(ValueError, match="mode must be one of .'split', 'fused'., got 'atomic'"):
-        mosaic_backend.set_backward("atomic")
+@pytest.mark.parametrize("setter, bad, message", [
+    ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
+    ("set_forward", "fast", "mode must be one of .'pipelined', 'serial'., got 'fast'"),
+    ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
+])
+def test_bad_mode_names_the_choices(setter, bad, message):
+    with pytest.raises(ValueError, match=message):
+        getattr(mosaic_backend, setter)(bad)
 
 
 def test_dq_from_registers_lowers_for_cuda_without_a_gpu():
