@@ -101,6 +101,18 @@ FORWARD_MODES = ("pipelined", "serial")
 FORWARD = {"mode": "pipelined"}
 
 
+# How the dK/dV kernel's loop runs: "serial" (the default) waits for s and dp, then for dv and dk;
+# "pipelined" issues step j's s and dp with step j-1's dv and dk and computes p and ds while those run
+# (more registers, and a slot is held one step longer: give it 3 stages, ``set_tuning("dkdv", 64, 3)``).
+DKDV_LOOPS = ("serial", "pipelined")
+DKDV_LOOP = {"mode": "serial"}
+
+
+def set_dkdv_loop(mode: str):
+    """Choose how the dK/dV kernel's loop runs (see ``DKDV_LOOPS``)."""
+    _choose("dK/dV loop", DKDV_LOOPS, DKDV_LOOP, mode)
+
+
 # How many CTAs run the forward and dQ kernels: "persistent" launches one per SM, each looping over
 # query blocks and heads (mosaic_schedule), so the next block's visit list and queries arrive while
 # the current one finishes; "blocks" launches one CTA per query block and head. Measured on an H200
@@ -219,7 +231,8 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
                       interpret=interpret)
         dq_ = dq_acc[...].astype(q.dtype)
     else:
-        dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning, interpret=interpret)
+        dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning,
+                      pipelined=DKDV_LOOP["mode"] == "pipelined", interpret=interpret)
         dq_ = dq(*tensors, p.per_query_block(TUNING["dq"].block), causal=causal, scale=scale,
                  tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"], interpret=interpret)
     return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]

@@ -37,9 +37,13 @@ def fuses_dq(head_dim: int, q_block: int) -> bool:
 
 
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-         dq_acc=None, interpret=None):
+         dq_acc=None, pipelined: bool = False, interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
     query blocks (``tuning.block``).
+
+    ``pipelined`` (not with ``dq_acc``): step j issues ``s_j``, ``dp_j`` and step j-1's ``dv``,
+    ``dk`` products together and computes ``p_j``, ``ds_j`` while the last two run; a streamed
+    block's slot is then released one step later, so it wants ``tuning.stages`` of 3 or more.
 
     ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), each
     compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with
@@ -58,6 +62,9 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     fused = dq_acc is not None
     if fused and not fuses_dq(head_dim, q_block):
         raise ValueError(f"dQ fusion needs 64-query blocks and D = 128, got {q_block} and {head_dim}")
+    if fused and pipelined:
+        raise ValueError("the pipelined dK/dV loop does not accumulate dQ: pass dq_acc=None or pipelined=False")
+    split = "wide" if pipelined else "default"  # two steps' tiles live at once
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
         if fused:
@@ -82,7 +89,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
             plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
             plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
 
-        mc.memory_thread(wg, group * count, issue, consumed, stages)
+        mc.memory_thread(wg, group * count, issue, consumed, stages, split=split)
 
         half_d = head_dim // 2
 
@@ -103,7 +110,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
         @pl.when(wg < mc.MEMORY)
         def _():
-            mc.registers(compute=True)
+            mc.registers(compute=True, split=split)
             k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
             mc.copy_in([(k_ref.at[b, k_rows, hkv], k_s.at[wg], k_bar.at[wg]),
                         (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
@@ -146,7 +153,83 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                     plgpu.barrier_arrive(consumed.at[slot])
                 return dk, dv
 
-            dk, dv = lax.fori_loop(0, group * count, step, (mc.zeros((mc.ROWS, head_dim)),) * 2)
+            def wait_inputs(slot):
+                for bar in (q_bar, qt_bar, st_bar, do_bar):
+                    plgpu.barrier_wait(bar.at[slot])
+
+            def grads(s, dp, j):
+                """float32 ``(p, ds)`` of step ``j`` from its ``s = k q^T`` and ``dp = v dout^T``."""
+                slot = lax.rem(j, stages)
+                _, _, needs_mask = block_of(j)
+                p = jnp.exp2(s * scale2 - mc.cols(plgpu.load(st_s.at[slot, 0], layout=mc.COL), tile))
+                p = mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
+                return p, p * (dp - mc.cols(plgpu.load(st_s.at[slot, 1], layout=mc.COL), tile))
+
+            def scores(slot):
+                return mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
+
+            def operands(p16, ds16):  # the 16-bit wgmma ``a`` operands (SMEM-staged when interpreting)
+                return (mc.register_operand(p16, p_s.at[wg], interpret=interpret),
+                        mc.register_operand(ds16, ds_s.at[wg], interpret=interpret))
+
+            def pipelined_step(j, carry):
+                """Step ``j >= 1``: s_j and dp_j with step j-1's dv and dk products."""
+                dk, dv, p16, ds16 = carry
+                slot, prev = lax.rem(j, stages), lax.rem(j - 1, stages)
+                wait_inputs(slot)
+                if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
+                    p_a, ds_a = operands(p16, ds16)
+                    dv, dk = mc.accumulate((dv, p_a, do_s.at[prev]), (dk, ds_a, q_s.at[prev]), interpret=interpret)
+                    plgpu.barrier_arrive(consumed.at[prev])
+                    p, ds = grads(*scores(slot), j)
+                    return dk, dv, p.astype(dtype), ds.astype(dtype)
+
+                def overlapped(s_acc, dp_acc, dk_acc, dv_acc):
+                    dk_acc[...] = dk
+                    dv_acc[...] = dv
+                    plgpu.wgmma(s_acc, k_s.at[wg], q_s.at[slot].T)
+                    plgpu.wgmma(dp_acc, v_s.at[wg], do_s.at[slot].T)
+                    plgpu.wgmma(dv_acc, p16, do_s.at[prev])
+                    plgpu.wgmma(dk_acc, ds16, q_s.at[prev])
+                    s = plgpu.wgmma_accumulator_load(s_acc, wait_n=2)  # s_j and dp_j done, dv and dk may run
+                    dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=2)
+                    p, ds = grads(s, dp, j)
+                    # the 16-bit p_j and ds_j only once dv and dk are done (see mosaic_forward: ptxas
+                    # serializes every wgmma when a register operand is redefined while one reads it)
+                    dk_new, dv_new, p, ds = lax.optimization_barrier((dk_acc[...], dv_acc[...], p, ds))
+                    return dk_new, dv_new, p.astype(dtype), ds.astype(dtype)
+
+                carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32), plgpu.ACC(tile, jnp.float32),
+                                      plgpu.ACC((mc.ROWS, head_dim), jnp.float32),
+                                      plgpu.ACC((mc.ROWS, head_dim), jnp.float32))
+                plgpu.barrier_arrive(consumed.at[prev])
+                return carry
+
+            zero = (mc.zeros((mc.ROWS, head_dim)),) * 2
+            n_steps = group * count
+            if pipelined and not fused:
+                def first(_):
+                    wait_inputs(0)
+                    p, ds = grads(*scores(0), 0)
+                    return p.astype(dtype), ds.astype(dtype)
+
+                def nothing(_):
+                    return (plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA),) * 2
+
+                p16, ds16 = lax.cond(n_steps > 0, first, nothing, None)
+                carry = lax.fori_loop(1, n_steps, pipelined_step, (*zero, p16, ds16))
+
+                def last(carry):
+                    dk, dv, p16, ds16 = carry
+                    slot = lax.rem(n_steps - 1, stages)
+                    p_a, ds_a = operands(p16, ds16)
+                    dv, dk = mc.accumulate((dv, p_a, do_s.at[slot]), (dk, ds_a, q_s.at[slot]), interpret=interpret)
+                    plgpu.barrier_arrive(consumed.at[slot])
+                    return dk, dv
+
+                dk, dv = lax.cond(n_steps > 0, last, lambda carry: carry[:2], carry)
+            else:
+                dk, dv = lax.fori_loop(0, n_steps, step, zero)
             if fused and interpret is not None:  # thread 0 awaits thread 1's last turn
                 @pl.when((wg == 0) & (count > 0))
                 def _():

@@ -261,12 +261,12 @@ def visit_list(list_ref, list_s, list_bar, wg):
     return list_entry(list_s, 0), list_entry(list_s, 1)
 
 
-def memory_thread(wg, count, issue, consumed, stages: int):
-    """The body of thread ``MEMORY``: few registers, then :func:`stream`."""
+def memory_thread(wg, count, issue, consumed, stages: int, split: str = "default"):
+    """The body of thread ``MEMORY``: few registers (``REGISTER_SPLITS[split]``), then :func:`stream`."""
 
     @pl.when(wg == MEMORY)
     def _():
-        registers(compute=False)
+        registers(compute=False, split=split)
         stream(count, issue, consumed, stages)
 
 
@@ -301,12 +301,18 @@ def thread_index():
     return lax.axis_index("wg")
 
 
-def registers(compute: bool):
-    """Give the compute warpgroups most of the register file."""
+# Registers per thread (compute, memory): 2 x 128 x compute + 128 x memory fits the 64Ki of an SM.
+# "wide" gives the compute threads 8 more (the pipelined dK/dV loop holds two steps' tiles).
+REGISTER_SPLITS = {"default": (232, 40), "wide": (240, 24)}
+
+
+def registers(compute: bool, split: str = "default"):
+    """Give the compute warpgroups most of the register file (``REGISTER_SPLITS[split]``)."""
+    compute_regs, memory_regs = REGISTER_SPLITS[split]
     if compute:
-        plgpu.set_max_registers(232, action="increase")
+        plgpu.set_max_registers(compute_regs, action="increase")
     else:
-        plgpu.set_max_registers(40, action="decrease")
+        plgpu.set_max_registers(memory_regs, action="decrease")
 
 
 def kernel(body, *, name, out_type, scratch_types, grid, grid_names=("b", "r", "h"), interpret=None):

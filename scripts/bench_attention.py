@@ -6,7 +6,10 @@
 
 Shapes: B=1, Hq=32, Hkv=8, D=128, bf16. Masks: ``causal`` and ``full`` (plain),
 and ``causal-packed4`` / ``full-packed4``: 4 packed samples of S/4 tokens
-each (segment ids; cuDNN through JAX cannot run these).
+each (segment ids and positions passed as arguments, as in training; cuDNN
+through JAX cannot run these). ``--rounds N`` compiles every row of a length
+first and times them in N interleaved rounds (medians), so that a drifting
+clock hits all rows alike.
 FLOPs: forward ``4 * B * S^2 * Hq * D`` for the full mask, half that causal;
 packed masks count only the visible work (the sum over samples, 1/4 of the
 plain mask); forward+backward is 3.5x the forward. Every row prints its
@@ -22,7 +25,8 @@ times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per k
 its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
 ``forward_loop=serial`` (or ``pipelined``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
-``smem``) how dQ leaves its kernel.
+``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``) the dK/dV kernel's loop
+(give it 3 stages: ``dkdv=64,3``).
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """
@@ -48,30 +52,44 @@ REPEATS = 200  # most calls per batch in async timing
 BATCH_S = 0.25  # seconds a batch of async calls aims at: the wait that ends it then costs under 1%
 
 
+def batch_size(fn, *args, budget_s=20.0):
+    """Calls per timed sample of ``fn(*args)``, after one warm-up (compile) call: 1 in sync timing,
+    about ``BATCH_S`` of calls (at most ``REPEATS``) in async timing; 0 when one call takes over
+    half of ``budget_s`` (time it once)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    if time.perf_counter() - t0 > budget_s / 2:
+        return 0
+    if TIMING["mode"] != "async":
+        return 1
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return max(1, min(REPEATS, int(BATCH_S / max(time.perf_counter() - t0, 1e-6))))
+
+
+def time_batch(fn, args, repeats):
+    """Seconds per call of ``max(repeats, 1)`` calls dispatched back to back, one wait at the end
+    (one stream runs them in order: the last one done means all are)."""
+    t0 = time.perf_counter()
+    for _ in range(max(repeats, 1)):
+        result = fn(*args)
+    jax.block_until_ready(result)
+    return (time.perf_counter() - t0) / max(repeats, 1)
+
+
 def time_call(fn, *args, min_runs=3, max_runs=20, budget_s=20.0):
     """Median seconds of ``fn(*args)`` after one warm-up (compile) call; slow calls run once.
 
     ``TIMING["mode"]``: ``sync`` waits for each call before the next (host launch gaps included);
     ``async`` dispatches ``REPEATS`` calls back to back and waits once per batch, so the device
     runs them without gaps (each sample is the batch's time over its size)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    if time.perf_counter() - t0 > budget_s / 2:
-        min_runs = 1
-    repeats = 1
-    if TIMING["mode"] == "async" and min_runs > 1:  # batches of about BATCH_S, from one timed call
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        repeats = max(1, min(REPEATS, int(BATCH_S / max(time.perf_counter() - t0, 1e-6))))
+    repeats = batch_size(fn, *args, budget_s=budget_s)
+    if repeats == 0:
+        min_runs, repeats = 1, 1
     times = []
     start = time.perf_counter()
     while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        for _ in range(repeats):  # one stream runs them in order: the last one done means all are
-            result = fn(*args)
-        jax.block_until_ready(result)
-        times.append((time.perf_counter() - t0) / repeats)
-        del result
+        times.append(time_batch(fn, args, repeats))
     return statistics.median(times)
 
 
@@ -95,8 +113,10 @@ def forward_flops(length, causal, n_segments):
     return flops / 2 if causal else flops
 
 
-def attention_fn(impl, length, causal, n_segments, block_q, block_k):
-    """``f(q, k, v) -> out`` for one backend and mask."""
+def attention_fn(impl, causal, n_segments, block_q, block_k):
+    """``f(q, k, v, *tokens) -> out`` for one backend and mask; ``tokens`` (segment ids, positions)
+    only for packed masks, passed as arguments as a training step gets them from its batch (closed
+    over, XLA would fold the visit lists at compile time)."""
     if impl == "jax-cudnn":
         return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
                                                              implementation="cudnn")
@@ -104,8 +124,8 @@ def attention_fn(impl, length, causal, n_segments, block_q, block_k):
     if impl == "xla":
         kwargs.update(block_q=block_q, block_k=block_k)
     if n_segments > 1:
-        seg, pos = packed_tokens(length, n_segments)
-        kwargs.update(q_segment_ids=seg, kv_segment_ids=seg, q_positions=pos, kv_positions=pos)
+        return lambda q, k, v, seg, pos: flash_attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg,
+                                                         q_positions=pos, kv_positions=pos, **kwargs)[0]
     return lambda q, k, v: flash_attention(q, k, v, **kwargs)[0]
 
 
@@ -122,8 +142,9 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
     mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
     mosaic_backend.set_dq_store("smem")
+    mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
     modes = dict(backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
-                 dq_store=mosaic_backend.set_dq_store,
+                 dq_store=mosaic_backend.set_dq_store, dkdv_loop=mosaic_backend.set_dkdv_loop,
                  grid=mosaic_backend.set_grid,
                  forward_grid=lambda mode: mosaic_backend.set_grid(mode, "forward"),
                  dq_grid=lambda mode: mosaic_backend.set_grid(mode, "dq"))
@@ -175,25 +196,59 @@ def use_impl(impl: str) -> str:
     return impl
 
 
-def bench_one(impl, length, mask, block_q, block_k, budget_s):
-    """Timings, and the outputs ``(out, dq, dk, dv)`` for the error check."""
-    causal = mask.startswith("causal")
-    n_segments = 4 if mask.endswith("packed4") else 1
+def inputs(length):
+    """q, k, v, dout of one sequence length (the same for every row of that length)."""
     keys = jax.random.split(jax.random.key(length), 4)
     q = jax.random.normal(keys[0], (BATCH, length, Q_HEADS, HEAD_DIM), jnp.bfloat16)
     k = jax.random.normal(keys[1], (BATCH, length, KV_HEADS, HEAD_DIM), jnp.bfloat16)
     v = jax.random.normal(keys[2], (BATCH, length, KV_HEADS, HEAD_DIM), jnp.bfloat16)
     dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
-    impl = use_impl(impl)
-    f = attention_fn(impl, length, causal, n_segments, block_q, block_k)
-    fwd = jax.jit(f)
-    fwd_bwd = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))
-    flops = forward_flops(length, causal, n_segments)
-    t_fwd = time_call(fwd, q, k, v, budget_s=budget_s)
-    t_all = time_call(fwd_bwd, q, k, v, dout, budget_s=budget_s)
-    outputs = (fwd(q, k, v), *fwd_bwd(q, k, v, dout))
-    return dict(fwd_ms=t_fwd * 1e3, fwd_bwd_ms=t_all * 1e3, fwd_tflops=flops / t_fwd / 1e12,
-                fwd_bwd_tflops=3.5 * flops / t_all / 1e12), outputs
+    return q, k, v, dout
+
+
+class Row:
+    """One (impl, S, mask): its two jitted calls, compiled under the impl's tuning (a later tuning
+    change does not retrace them), and the timings taken so far."""
+
+    def __init__(self, impl, length, mask, tensors, block_q, block_k, budget_s):
+        self.impl, self.length, self.mask = impl, length, mask
+        causal = mask.startswith("causal")
+        n_segments = 4 if mask.endswith("packed4") else 1
+        q, k, v, dout = tensors
+        tokens = packed_tokens(length, n_segments) if n_segments > 1 else ()
+        f = attention_fn(use_impl(impl), causal, n_segments, block_q, block_k)
+        self.fwd = jax.jit(f)
+        self.fwd_bwd = jax.jit(lambda q, k, v, dout, *tokens: jax.vjp(lambda *a: f(*a, *tokens), q, k, v)[1](dout))
+        self.fwd_args, self.fwd_bwd_args = (q, k, v, *tokens), (q, k, v, dout, *tokens)
+        self.flops = forward_flops(length, causal, n_segments)
+        self.budget_s = budget_s
+        self.repeats = (batch_size(self.fwd, *self.fwd_args, budget_s=budget_s),
+                        batch_size(self.fwd_bwd, *self.fwd_bwd_args, budget_s=budget_s))
+        self.times = ([], [])
+
+    def outputs(self):
+        """``(out, dq, dk, dv)`` for the error check."""
+        return (self.fwd(*self.fwd_args), *self.fwd_bwd(*self.fwd_bwd_args))
+
+    def sample(self):
+        """One more timing of each call (a batch of calls, see ``batch_size``)."""
+        for times, fn, args, repeats in zip(self.times, (self.fwd, self.fwd_bwd), (self.fwd_args, self.fwd_bwd_args),
+                                            self.repeats):
+            times.append(time_batch(fn, args, repeats))
+
+    def time_alone(self):
+        """``time_call``'s samples: at least 3 (1 for a call over half the budget), up to 20 within the budget."""
+        for times, fn, args, repeats in zip(self.times, (self.fwd, self.fwd_bwd), (self.fwd_args, self.fwd_bwd_args),
+                                            self.repeats):
+            start = time.perf_counter()
+            while len(times) < 20 and (len(times) < (3 if repeats else 1)
+                                       or time.perf_counter() - start < self.budget_s):
+                times.append(time_batch(fn, args, repeats))
+
+    def result(self):
+        t_fwd, t_all = (statistics.median(times) for times in self.times)
+        return dict(fwd_ms=t_fwd * 1e3, fwd_bwd_ms=t_all * 1e3, fwd_tflops=self.flops / t_fwd / 1e12,
+                    fwd_bwd_tflops=3.5 * self.flops / t_all / 1e12, samples=len(self.times[1]))
 
 
 def main():
@@ -214,9 +269,14 @@ def main():
     parser.add_argument("--ceiling-size", type=int, default=8192, help="square matmul for the ceiling")
     parser.add_argument("--timing", choices=("sync", "async"), default="sync",
                         help="sync: wait after every call; async: batches of calls dispatched back to back")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="compile every row of a length first, then time them in this many interleaved rounds "
+                             "(one sample per row per round; medians); 0: each row timed alone, in turn")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     TIMING["mode"] = args.timing
+    if args.rounds < 0:
+        raise SystemExit(f"--rounds must be 0 or more, got {args.rounds}")
 
     device = jax.devices()[0]
     print(f"# device: {device.device_kind}; jax {jax.__version__}; "
@@ -225,6 +285,7 @@ def main():
     ceiling = matmul_ceiling_tflops(args.ceiling_size)
     print(f"# bf16 matmul {args.ceiling_size}^3: {ceiling:.0f} TFLOP/s (ceiling anchor)")
     print(f"# mosaic tuning: {mosaic_backend.TUNING}, backward {mosaic_backend.BACKWARD['mode']}, "
+          f"dK/dV loop {mosaic_backend.DKDV_LOOP['mode']}, "
           f"grids {mosaic_backend.GRID} ({mosaic_backend.workers('forward')} forward workers)")
     print("| impl | S | mask | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN "
           "| fwd+bwd / own plain | fwd+bwd / ceiling | max rel err vs cuDNN |")
@@ -244,38 +305,48 @@ def main():
         set_triton_tiles("")
     rows = []
     for length in (int(s) for s in args.seqs.split(",")):
-        anchors, own_plain, anchor_outputs = {}, {}, {}
+        tensors = inputs(length)
+        built, errors, anchor_outputs = [], {}, {}
         for mask in args.masks.split(","):
             plain = mask.split("-")[0]
-            impls = ["jax-cudnn"] if mask == plain else []
-            impls += impl_names
-            for impl in impls:
+            for impl in (["jax-cudnn"] if mask == plain else []) + impl_names:
                 try:
-                    r, outputs = bench_one(impl, length, mask, args.block_q, args.block_k, args.budget_s)
+                    row = Row(impl, length, mask, tensors, args.block_q, args.block_k, args.budget_s)
+                    if mask == plain:  # the error check against cuDNN (plain masks only)
+                        outputs = row.outputs()
+                        if impl == "jax-cudnn":
+                            anchor_outputs[plain] = outputs
+                        elif plain in anchor_outputs:
+                            errors[(impl, mask)] = max(rel_err(a, b) for a, b in zip(outputs, anchor_outputs[plain]))
+                        del outputs
+                    if not args.rounds:
+                        row.time_alone()
                 except Exception as e:  # report and go on: one failing backend must not hide the rest
                     print(f"| {impl} | {length} | {mask} | failed: {type(e).__name__}: {str(e)[:120]} |")
                     continue
-                if impl == "jax-cudnn":
-                    anchors[plain], anchor_outputs[plain] = r, outputs
-                err = "-"
-                if mask == plain and plain in anchor_outputs:
-                    err = f"{max(rel_err(a, b) for a, b in zip(outputs, anchor_outputs[plain])):.1e}"
-                del outputs
-                if mask == plain:
-                    own_plain[(impl, plain)] = r
+                built.append(row)
+        del anchor_outputs
+        for _ in range(args.rounds):  # every row once per round, in turn: a drifting clock hits all alike
+            for row in built:
+                row.sample()
+        results = {(row.impl, row.mask): row.result() for row in built}
+        for row in built:
+            r, plain = results[(row.impl, row.mask)], row.mask.split("-")[0]
+            anchor, own = results.get(("jax-cudnn", plain)), results.get((row.impl, plain))
 
-                def ratio(key, base):
-                    return f"{r[key] / base[key]:.2f}" if base else "-"
+            def ratio(key, base):
+                return f"{r[key] / base[key]:.2f}" if base else "-"
 
-                anchor, own = anchors.get(plain), own_plain.get((impl, plain))
-                row = dict(impl=impl, seq=length, mask=mask, **r, ceiling_tflops=ceiling,
-                           ratio_fwd=ratio("fwd_tflops", anchor),
-                           ratio_fwd_bwd=ratio("fwd_bwd_tflops", anchor),
-                           ratio_own_plain=ratio("fwd_bwd_tflops", own), max_rel_err_vs_cudnn=err)
-                rows.append(row)
-                print(f"| {impl} | {length} | {mask} | {r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} "
-                      f"| {row['ratio_fwd']} | {row['ratio_fwd_bwd']} | {row['ratio_own_plain']} "
-                      f"| {r['fwd_bwd_tflops'] / ceiling:.2f} | {err} |", flush=True)
+            err = errors.get((row.impl, row.mask))
+            err = "-" if err is None else f"{err:.1e}"
+            rows.append(dict(impl=row.impl, seq=length, mask=row.mask, **r, ceiling_tflops=ceiling,
+                             ratio_fwd=ratio("fwd_tflops", anchor), ratio_fwd_bwd=ratio("fwd_bwd_tflops", anchor),
+                             ratio_own_plain=ratio("fwd_bwd_tflops", own) if row.mask != plain else "-",
+                             max_rel_err_vs_cudnn=err))
+            print(f"| {row.impl} | {length} | {row.mask} | {r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} "
+                  f"| {rows[-1]['ratio_fwd']} | {rows[-1]['ratio_fwd_bwd']} | {rows[-1]['ratio_own_plain']} "
+                  f"| {r['fwd_bwd_tflops'] / ceiling:.2f} | {err} |", flush=True)
+        del built, tensors
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device.device_kind, jax=jax.__version__, rows=rows), f, indent=1)

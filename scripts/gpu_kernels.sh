@@ -11,7 +11,9 @@
 #     (scripts/profile_attention.py once per '|'-separated argument set)
 #   STEPS="kernels ptxas"  KERNEL_ARGS="--seqs 32768 --masks causal --fused-ablations"
 #     kernels: scripts/bench_mosaic_kernels.py; ptxas: each Mosaic kernel's ptxas report (registers,
-#     spills, wgmma serialization), compiled once at S = 1024
+#     spills, wgmma serialization), compiled once at S = 1024; PTXAS_SCRIPT="scripts/bench_attention.py
+#     --seqs 1024 --impls mosaic --masks causal --mosaic-tuning=dkdv_loop=pipelined;dkdv=64,3" compiles
+#     what that script runs instead
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -56,8 +58,9 @@ if [[ " $STEPS " == *" kernels "* ]]; then
 fi
 if [[ " $STEPS " == *" ptxas "* ]]; then
   dump=/tmp/mosaic_dump; rm -rf "$dump"; mkdir -p "$dump"
-  MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 python3 scripts/bench_mosaic_kernels.py \
-    --seqs 1024 --budget-s 0.01 ${PTXAS_ARGS:-} > "$OUT/ptxas_run.log" 2>&1 || tail -5 "$OUT/ptxas_run.log"
+  MOSAIC_GPU_DUMP_TO="$dump" MOSAIC_GPU_DUMP_PTXAS=1 timeout 240 python3 \
+    ${PTXAS_SCRIPT:-scripts/bench_mosaic_kernels.py --seqs 1024 --budget-s 0.01} ${PTXAS_ARGS:-} \
+    > "$OUT/ptxas_run.log" 2>&1 || tail -5 "$OUT/ptxas_run.log"
   ls "$dump" | head -40 > "$OUT/ptxas_files.txt"
   for f in "$dump"/*.ptxas; do  # one block per kernel compiled: registers, spills, wgmma serialization
     echo "== $(basename "$f")"; grep -E "registers|spill|serializ" "$f" | sort | uniq -c | cut -c1-240

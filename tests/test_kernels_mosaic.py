@@ -172,6 +172,21 @@ def test_serial_forward_loop_packed_gqa(rng):
         mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
 
 
+@pytest.mark.parametrize("stages", [2, 3])
+def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
+    """The dK/dV loop that issues step j's s, dp with step j-1's dv, dk products (slots released a
+    step later): GQA 4/2 (the loop runs over both heads of a group), ragged lengths, packed
+    segments, empty rows, dlse; with 2 and 3 slots."""
+    saved = dict(mosaic_backend.TUNING)
+    mosaic_backend.set_dkdv_loop("pipelined")
+    mosaic_backend.set_tuning("dkdv", 64, stages)
+    try:
+        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+    finally:
+        mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
+        mosaic_backend.TUNING.update(saved)
+
+
 @pytest.mark.parametrize("n_items,workers", [(8, 3), (8, 5), (12, 4), (7, 1), (5, 9), (264, 132), (100, 132)])
 def test_persistent_work_covers_every_item_once(n_items, workers):
     """Worker w's items in snake order: every (b, r, h) exactly once, counts as promised, and in
@@ -236,6 +251,7 @@ def test_bad_grid_mode_names_the_choices():
 @pytest.mark.parametrize("setter, bad, message", [
     ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
     ("set_forward", "fast", "mode must be one of .'pipelined', 'serial'., got 'fast'"),
+    ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined'., got 'fast'"),
     ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
 ])
 def test_bad_mode_names_the_choices(setter, bad, message):
@@ -277,3 +293,20 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode):
     module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
     assert kernels == {"split": 3, "fused": 2}[backward_mode]
+
+
+def test_pipelined_dkdv_lowers_for_cuda_without_a_gpu():
+    """The pipelined dK/dV loop's GPU form (asynchronous wgmmas, 16-bit operands from registers,
+    which interpret mode does not run): the Mosaic GPU lowering accepts it, 3 slots, GQA 4/2."""
+    from longvila_jax.kernels import mosaic_backward
+
+    shapes = [jax.ShapeDtypeStruct((1, 256, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+    shapes += [jax.ShapeDtypeStruct((1, 4, 2, 256), jnp.float32), jax.ShapeDtypeStruct((1, 2, 256), jnp.int32),
+               jax.ShapeDtypeStruct((1, 2, 256), jnp.int32), jax.ShapeDtypeStruct((1, 2, 1, 32), jnp.int32)]
+
+    def run(*args):
+        return mosaic_backward.dkdv(*args, causal=True, scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3),
+                                    pipelined=True)
+
+    module = jax.export.export(jax.jit(run), platforms=["cuda"])(*shapes).mlir_module()
+    assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
