@@ -12,6 +12,7 @@ lse -inf, zero gradients.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from . import dispatch
@@ -37,7 +38,10 @@ def _prepare(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, 
         given_lse=given_lse)
 
     def complete(x, default, length):
-        return default(batch, length) if x is None else jnp.asarray(x, jnp.int32)
+        if x is not None:
+            return jnp.asarray(x, jnp.int32)
+        with jax.ensure_compile_time_eval():  # concrete even under jit: backends may plan with them
+            return default(batch, length)
 
     tokens = (complete(q_segment_ids, default_segment_ids, q_len),
               complete(kv_segment_ids, default_segment_ids, kv_len),

@@ -12,6 +12,7 @@ mode; there the ``p``/``ds`` wgmma operands go through SMEM instead of registers
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -179,52 +180,86 @@ def set_grid(mode: str, kernel: str | None = None):
     GRID.update({name: mode for name in (GRID_KERNELS if kernel is None else (kernel,))})
 
 
+# A call whose segment ids and positions are known when it is traced (none given: the defaults; or
+# closed over) gets its visit lists computed then, as constants of the compiled program, when its
+# tile table has at most this many tiles (the lists then take at most a few MiB): no XLA work per call.
+STATIC_PLAN_TILES = 1 << 20
+
+
+def _concrete(*arrays) -> bool:
+    return not any(isinstance(x, jax.core.Tracer) for x in arrays)
+
+
 class _Plan:
     """Padded token arrays and visit lists of one call (lengths padded to ``BLOCK``, which every
-    streamed block size divides)."""
+    streamed block size divides); computed at trace time when the ids are concrete and the tile
+    table small (``STATIC_PLAN_TILES``), else by XLA in the call."""
 
     def __init__(self, q_seg, kv_seg, q_pos, kv_pos, causal):
         self.args = (q_seg, q_pos, kv_seg, kv_pos)
         self.causal = causal
         self.q_len, self.kv_len = q_seg.shape[1], kv_seg.shape[1]
         self.q_pad, self.kv_pad = plan.round_up(self.q_len, mc.BLOCK), plan.round_up(self.kv_len, mc.BLOCK)
-        self.q_tokens = plan.token_array(q_seg, q_pos, self.q_pad)
-        self.kv_tokens = plan.token_array(kv_seg, kv_pos, self.kv_pad)
+        smallest = 64  # the smallest streamed block: the largest table
+        tiles = q_seg.shape[0] * (self.q_pad // smallest) * (self.kv_pad // smallest)
+        self.static = _concrete(*self.args) and tiles <= STATIC_PLAN_TILES
+        self._lists = {}
+        with self._evaluation():
+            self.q_tokens = plan.token_array(q_seg, q_pos, self.q_pad)
+            self.kv_tokens = plan.token_array(kv_seg, kv_pos, self.kv_pad)
+
+    def _evaluation(self):
+        return jax.ensure_compile_time_eval() if self.static else contextlib.nullcontext()
 
     def per_query_block(self, kv_block: int):
         """For each resident query block, the visited key blocks of ``kv_block`` rows."""
-        tiles = plan.tile_table(*self.args, causal=self.causal, block_q=mc.BLOCK, block_k=kv_block)
-        return plan.visit_lists(tiles.visit, tiles.whole)
+        if ("query", kv_block) not in self._lists:
+            with self._evaluation():
+                tiles = plan.tile_table(*self.args, causal=self.causal, block_q=mc.BLOCK, block_k=kv_block)
+                self._lists["query", kv_block] = plan.visit_lists(tiles.visit, tiles.whole)
+        return self._lists["query", kv_block]
 
     def per_key_block(self, q_block: int):
         """For each resident key block, the visited query blocks of ``q_block`` rows."""
-        tiles = plan.tile_table(*self.args, causal=self.causal, block_q=q_block, block_k=mc.BLOCK)
-        return plan.visit_lists(tiles.visit.transpose(0, 2, 1), tiles.whole.transpose(0, 2, 1))
+        if ("key", q_block) not in self._lists:
+            with self._evaluation():
+                tiles = plan.tile_table(*self.args, causal=self.causal, block_q=q_block, block_k=mc.BLOCK)
+                self._lists["key", q_block] = plan.visit_lists(tiles.visit.transpose(0, 2, 1),
+                                                               tiles.whole.transpose(0, 2, 1))
+        return self._lists["key", q_block]
+
+    def arrays(self, forward: bool = True):
+        """What the kernels of one call read: ``(q_tokens, kv_tokens, forward lists or None, dK/dV lists,
+        dQ lists)`` for the current ``TUNING``."""
+        return (self.q_tokens, self.kv_tokens,
+                self.per_query_block(TUNING["forward"].block) if forward else None,
+                self.per_key_block(TUNING["dkdv"].block), self.per_query_block(TUNING["dq"].block))
 
 
-def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=None):
-    """-> out ``[B, Sq, Hq, D]``, lse float32 ``[B, Hq, Sq]``."""
+def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
+    """-> out ``[B, Sq, Hq, D]``, lse float32 ``[B, Hq, Sq]``. ``plan_arrays``: ``_Plan.arrays()``."""
     from .mosaic_forward import forward as kernel
 
-    p, tuning = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal), TUNING["forward"]
-    out, lse = kernel(_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad), p.q_tokens,
-                      p.kv_tokens, p.per_query_block(tuning.block), causal=causal, scale=scale, tuning=tuning,
-                      pipelined=FORWARD["mode"] == "pipelined", workers=workers("forward"), interpret=interpret)
-    return out[:, :p.q_len], lse[:, :, :p.q_len]
+    q_tokens, kv_tokens, lists, _, _ = plan_arrays
+    q_len, q_pad, kv_pad = q.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
+    out, lse = kernel(_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad), q_tokens, kv_tokens, lists,
+                      causal=causal, scale=scale, tuning=TUNING["forward"], pipelined=FORWARD["mode"] == "pipelined",
+                      workers=workers("forward"), interpret=interpret)
+    return out[:, :q_len], lse[:, :, :q_len]
 
 
-def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, interpret=None):
+def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None)."""
     from .mosaic_backward import dkdv, dq, fuses_dq
 
-    p = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
+    q_tokens, kv_tokens, _, key_lists, query_lists = plan_arrays
+    q_len, kv_len, q_pad, kv_pad = q.shape[1], k.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     lse = lse.astype(jnp.float32)
     delta, lse2 = softmax_delta(out, dout, lse, dlse), lse_base2(lse)
-    stats = jnp.pad(jnp.stack([lse2, delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, p.q_pad - p.q_len)))
-    tensors = (_pad_rows(q, p.q_pad), _pad_rows(k, p.kv_pad), _pad_rows(v, p.kv_pad),
-               _pad_rows(dout.astype(q.dtype), p.q_pad), stats, p.q_tokens, p.kv_tokens)
+    stats = jnp.pad(jnp.stack([lse2, delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, q_pad - q_len)))
+    tensors = (_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad),
+               _pad_rows(dout.astype(q.dtype), q_pad), stats, q_tokens, kv_tokens)
     tuning = TUNING["dkdv"]
-    key_lists = p.per_key_block(tuning.block)
     if BACKWARD["mode"] == "fused" and fuses_dq(q.shape[-1], tuning.block):
         dq_acc = jax.new_ref(jnp.zeros(tensors[0].shape, jnp.float32))
         dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning, dq_acc=dq_acc,
@@ -233,27 +268,26 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     else:
         dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning,
                       pipelined=DKDV_LOOP["mode"] == "pipelined", interpret=interpret)
-        dq_ = dq(*tensors, p.per_query_block(TUNING["dq"].block), causal=causal, scale=scale,
-                 tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"], interpret=interpret)
-    return dq_[:, :p.q_len], dk[:, :p.kv_len], dv[:, :p.kv_len]
+        dq_ = dq(*tensors, query_lists, causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"),
+                 store=DQ_STORE["mode"], interpret=interpret)
+    return dq_[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, scale, interpret):
-    return forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal=causal, scale=scale, interpret=interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _attention(q, k, v, plan_arrays, causal, scale, interpret):
+    return forward(q, k, v, plan_arrays, causal=causal, scale=scale, interpret=interpret)
 
 
-def _attention_fwd(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, scale, interpret):
-    out, lse = forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal=causal, scale=scale, interpret=interpret)
-    return (out, lse), (q, k, v, q_seg, kv_seg, q_pos, kv_pos, out, lse)
+def _attention_fwd(q, k, v, plan_arrays, causal, scale, interpret):
+    out, lse = forward(q, k, v, plan_arrays, causal=causal, scale=scale, interpret=interpret)
+    return (out, lse), (q, k, v, plan_arrays, out, lse)
 
 
 def _attention_bwd(causal, scale, interpret, residuals, cotangents):
-    q, k, v, q_seg, kv_seg, q_pos, kv_pos, out, lse = residuals
+    q, k, v, plan_arrays, out, lse = residuals
     dout, dlse = cotangents
-    dq, dk, dv = backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, causal=causal,
-                          scale=scale, interpret=interpret)
-    return dq, dk, dv, None, None, None, None
+    dq, dk, dv = backward(q, k, v, out, lse, dout, dlse, plan_arrays, causal=causal, scale=scale, interpret=interpret)
+    return dq, dk, dv, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -262,11 +296,12 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 def attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, call=None, interpret=None, **unused):
     """Differentiable ``(out, lse)``; ids/positions complete int32 arrays."""
     del call, unused
-    return _attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, scale, interpret)
+    plan_arrays = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal).arrays()
+    return _attention(q, k, v, plan_arrays, causal, scale, interpret)
 
 
 def attention_bwd(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale,
                   call=None, interpret=None, **unused):
     del call, unused
-    return backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, causal=causal,
-                    scale=scale, interpret=interpret)
+    plan_arrays = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal).arrays(forward=False)
+    return backward(q, k, v, out, lse, dout, dlse, plan_arrays, causal=causal, scale=scale, interpret=interpret)

@@ -310,3 +310,25 @@ def test_pipelined_dkdv_lowers_for_cuda_without_a_gpu():
 
     module = jax.export.export(jax.jit(run), platforms=["cuda"])(*shapes).mlir_module()
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
+
+
+def test_visit_lists_are_constants_when_the_ids_are_known_at_trace_time(rng):
+    """Without segment ids (or with closed-over ones) the visit lists are computed while tracing,
+    so the compiled step holds no sort for them; ids passed as arguments are planned in the step.
+    Both give the same gradients."""
+    from longvila_jax.kernels import flash_attention  # noqa: F401  (the public entry fills the defaults)
+
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 256, 256, 2, 1, 64))
+    seg = jnp.ones((1, 256), jnp.int32)
+    pos = jnp.arange(256, dtype=jnp.int32)[None]
+
+    def loss(q, k, v, *ids):
+        s, p = ids or (seg, pos)
+        out, _ = mosaic_backend.attention(q, k, v, s, s, p, p, causal=True, scale=0.125, interpret=INTERPRET)
+        return jnp.sum(out.astype(jnp.float32))
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    assert "sort" not in step.lower(q, k, v).as_text()
+    assert "sort" in step.lower(q, k, v, seg, pos).as_text()
+    for a, b in zip(step(q, k, v), step(q, k, v, seg, pos)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
