@@ -316,8 +316,6 @@ def test_visit_lists_are_constants_when_the_ids_are_known_at_trace_time(rng):
     """Without segment ids (or with closed-over ones) the visit lists are computed while tracing,
     so the compiled step holds no sort for them; ids passed as arguments are planned in the step.
     Both give the same gradients."""
-    from longvila_jax.kernels import flash_attention  # noqa: F401  (the public entry fills the defaults)
-
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 256, 256, 2, 1, 64))
     seg = jnp.ones((1, 256), jnp.int32)
     pos = jnp.arange(256, dtype=jnp.int32)[None]
