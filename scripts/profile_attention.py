@@ -22,12 +22,15 @@ import gzip
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
 
 # XLA on GPU replays a step's kernels as CUDA graphs, which the trace shows as one op: run them one by one
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
+# (unless --command-buffers: then the timings below are what bench_attention.py sees)
+if "--command-buffers" not in sys.argv:
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -111,6 +114,8 @@ def main():
     parser.add_argument("--trace-dir", help="keep the trace here (default: a temporary directory)")
     parser.add_argument("--top", type=int, default=25, help="ops printed, longest first")
     parser.add_argument("--dump-hlo", help="write the step's optimized HLO to this file (op names as printed)")
+    parser.add_argument("--command-buffers", action="store_true",
+                        help="keep XLA's CUDA graphs on (as in bench_attention.py); the trace then shows them whole")
     args = parser.parse_args()
     if args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
@@ -153,7 +158,28 @@ def main():
     print(f"# wall time per step (dispatch included): {wall_us:.1f} us; trace: {trace_dir}")
     for mode in ("sync", "async"):  # the same step timed as bench_attention.py times it
         ba.TIMING["mode"] = mode
-        print(f"# bench_attention.time_call, {mode}: {ba.time_call(step, *inputs, budget_s=1.0) * 1e6:.1f} us")
+        print(f"# bench_attention.time_call, {mode}: {ba.time_call(step, *inputs, budget_s=1.0) * 1e6:.1f} us; "
+              f"then {gpu_clocks()}")
+    for n in (10, 100, 10):  # where a longer batch's time goes: the host's dispatch, or the device
+        jax.block_until_ready(step(*inputs))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            result = step(*inputs)
+        t1 = time.perf_counter()
+        jax.block_until_ready(result)
+        t2 = time.perf_counter()
+        print(f"# {n} steps back to back: {(t2 - t0) / n * 1e6:.1f} us per step, of which the host dispatched for "
+              f"{(t1 - t0) / n * 1e6:.1f}; then {gpu_clocks()}")
+
+
+def gpu_clocks() -> str:
+    """The GPU's SM clock and power draw now (nvidia-smi), or what kept them from being read."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"no clocks ({type(err).__name__})"
+    return "SM clock, power, temperature, throttle reasons: " + (out.stdout.strip() or out.stderr.strip())
 
 
 if __name__ == "__main__":
