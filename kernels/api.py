@@ -12,10 +12,9 @@ lse -inf, zero gradients.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from . import dispatch
+from . import dispatch, trace_time
 from .mask import default_positions, default_segment_ids
 from .validate import check_like, check_qkv, check_tokens
 
@@ -40,8 +39,8 @@ def _prepare(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, 
     def complete(x, default, length):
         if x is not None:
             return jnp.asarray(x, jnp.int32)
-        with jax.ensure_compile_time_eval():  # concrete even under jit: backends may plan with them
-            return default(batch, length)
+        with trace_time.evaluation(not trace_time.in_manual_context()):  # concrete under jit: backends may
+            return default(batch, length)                                 # plan with them while tracing
 
     tokens = (complete(q_segment_ids, default_segment_ids, q_len),
               complete(kv_segment_ids, default_segment_ids, kv_len),

@@ -12,7 +12,6 @@ mode; there the ``p``/``ds`` wgmma operands go through SMEM instead of registers
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import jax
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 
 from . import mosaic_common as mc
 from . import mosaic_plan as plan
+from . import trace_time
 from .row_stats import lse_base2, softmax_delta
 
 NAME = "mosaic"
@@ -181,13 +181,10 @@ def set_grid(mode: str, kernel: str | None = None):
 
 
 # A call whose segment ids and positions are known when it is traced (none given: the defaults; or
-# closed over) gets its visit lists computed then, as constants of the compiled program, when its
-# tile table has at most this many tiles (the lists then take at most a few MiB): no XLA work per call.
+# closed over), outside shard_map (:mod:`.trace_time`), gets its visit lists computed then, as constants
+# of the compiled program, when its tile table has at most this many tiles (the lists then take at most
+# a few MiB): no XLA work per call.
 STATIC_PLAN_TILES = 1 << 20
-
-
-def _concrete(*arrays) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for x in arrays)
 
 
 class _Plan:
@@ -202,14 +199,14 @@ class _Plan:
         self.q_pad, self.kv_pad = plan.round_up(self.q_len, mc.BLOCK), plan.round_up(self.kv_len, mc.BLOCK)
         smallest = 64  # the smallest streamed block: the largest table
         tiles = q_seg.shape[0] * (self.q_pad // smallest) * (self.kv_pad // smallest)
-        self.static = _concrete(*self.args) and tiles <= STATIC_PLAN_TILES
+        self.static = trace_time.can_evaluate(*self.args) and tiles <= STATIC_PLAN_TILES
         self._lists = {}
         with self._evaluation():
             self.q_tokens = plan.token_array(q_seg, q_pos, self.q_pad)
             self.kv_tokens = plan.token_array(kv_seg, kv_pos, self.kv_pad)
 
     def _evaluation(self):
-        return jax.ensure_compile_time_eval() if self.static else contextlib.nullcontext()
+        return trace_time.evaluation(self.static)
 
     def per_query_block(self, kv_block: int):
         """For each resident query block, the visited key blocks of ``kv_block`` rows."""

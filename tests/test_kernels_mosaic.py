@@ -330,3 +330,33 @@ def test_visit_lists_are_constants_when_the_ids_are_known_at_trace_time(rng):
     assert "sort" in step.lower(q, k, v, seg, pos).as_text()
     for a, b in zip(step(q, k, v), step(q, k, v, seg, pos)):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_nothing_is_evaluated_while_tracing_inside_shard_map(rng):
+    """JAX refuses eager ops on a mesh whose axes are manual: inside shard_map, flash_attention
+    without ids keeps its default ids in the program (and gives what it gives outside), and a
+    Mosaic plan of concrete ids is not computed while tracing."""
+    from jax.sharding import PartitionSpec as P
+
+    from longvila_jax.kernels import flash_attention
+
+    mesh = jax.make_mesh((2,), ("x",))
+    q, k, v = (jax.device_put(x, jax.NamedSharding(mesh, P("x"))) for x in random_qkv(rng, 2, 64, 64, 2, 1, 64))
+
+    def attend(q, k, v):
+        return flash_attention(q, k, v, impl="xla")[0]
+
+    # check_vma=False as in sp.dispatch: the single-device kernels know nothing of manual axes
+    sharded = jax.jit(jax.shard_map(attend, mesh=mesh, in_specs=P("x"), out_specs=P("x"), check_vma=False))
+    np.testing.assert_allclose(np.asarray(sharded(q, k, v)), np.asarray(attend(q, k, v)), rtol=1e-5, atol=1e-5)
+    seg = jnp.ones((1, 64), jnp.int32)
+    pos = jnp.arange(64, dtype=jnp.int32)[None]
+    static = []
+
+    def plan(x):
+        static.append(mosaic_backend._Plan(seg, seg, pos, pos, True).static)
+        return x
+
+    jax.jit(jax.shard_map(plan, mesh=mesh, in_specs=P("x"), out_specs=P("x")))(q)
+    assert static == [False]
+    assert mosaic_backend._Plan(seg, seg, pos, pos, True).static  # outside: planned while tracing
