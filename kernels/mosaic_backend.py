@@ -103,8 +103,10 @@ FORWARD = {"mode": "pipelined"}
 
 
 # How the dK/dV kernel's loop runs: "serial" (the default) waits for s and dp, then for dv and dk;
-# "pipelined" issues step j's s and dp with step j-1's dv and dk and computes p and ds while those run
-# (more registers, and a slot is held one step longer: give it 3 stages, ``set_tuning("dkdv", 64, 3)``).
+# "pipelined" issues step j-1's dk, step j's s and dp, then step j-1's dv, and computes p and ds while dv
+# runs (more registers, and a slot is held one step longer: give it 3 stages, ``set_tuning("dkdv", 64, 3)``).
+# At D = 128 it spills and ptxas serializes its wgmmas (C7512): 4,295 against 3,681 us per 8k causal step on
+# an H200 (BENCHMARKS.md, runs AA-AB); D = 64 is not measured.
 DKDV_LOOPS = ("serial", "pipelined")
 DKDV_LOOP = {"mode": "serial"}
 
