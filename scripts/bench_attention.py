@@ -90,14 +90,19 @@ def time_call(fn, *args, min_runs=3, max_runs=20, budget_s=20.0):
     ``TIMING["mode"]``: ``sync`` waits for each call before the next (host launch gaps included);
     ``async`` dispatches ``REPEATS`` calls back to back and waits once per batch, so the device
     runs them without gaps (each sample is the batch's time over its size)."""
-    repeats = batch_size(fn, *args, budget_s=budget_s)
+    return statistics.median(samples(fn, args, batch_size(fn, *args, budget_s=budget_s), budget_s, min_runs, max_runs))
+
+
+def samples(fn, args, repeats, budget_s, min_runs=3, max_runs=20):
+    """Seconds per call of ``fn(*args)`` from batches of ``repeats`` calls (``batch_size``; 0: one
+    call, one sample): at least ``min_runs`` samples, more up to ``max_runs`` within ``budget_s``."""
     if repeats == 0:
         min_runs, repeats = 1, 1
     times = []
     start = time.perf_counter()
     while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
         times.append(time_batch(fn, args, repeats))
-    return statistics.median(times)
+    return times
 
 
 def matmul_ceiling_tflops(size):
@@ -244,13 +249,10 @@ class Row:
             times.append(time_batch(fn, args, repeats))
 
     def time_alone(self):
-        """``time_call``'s samples: at least 3 (1 for a call over half the budget), up to 20 within the budget."""
+        """``time_call``'s samples of each call, one call after the other."""
         for times, fn, args, repeats in zip(self.times, (self.fwd, self.fwd_bwd), (self.fwd_args, self.fwd_bwd_args),
                                             self.repeats):
-            start = time.perf_counter()
-            while len(times) < 20 and (len(times) < (3 if repeats else 1)
-                                       or time.perf_counter() - start < self.budget_s):
-                times.append(time_batch(fn, args, repeats))
+            times.extend(samples(fn, args, repeats, self.budget_s))
 
     def result(self):
         t_fwd, t_all = (statistics.median(times) for times in self.times)
