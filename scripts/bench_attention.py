@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
+import re
 import statistics
 import time
 
@@ -53,18 +55,19 @@ BATCH_S = 0.25  # seconds a batch of async calls aims at: the wait that ends it 
 
 
 def batch_size(fn, *args, budget_s=20.0):
-    """Calls per timed sample of ``fn(*args)``, after one warm-up (compile) call: 1 in sync timing,
-    about ``BATCH_S`` of calls (at most ``REPEATS``) in async timing; 0 when one call takes over
-    half of ``budget_s`` (time it once)."""
+    """Calls per timed sample of ``fn(*args)``, after one warm-up (compile) call and one timed call: 1 in
+    sync timing, about ``BATCH_S`` of calls (at most ``REPEATS``) in async timing; 0 when one call takes
+    over half of ``budget_s`` (time it once). The compile is not timed: counted in, it made every
+    Mosaic row of runs AA-AC (``--budget-s 1``) fall back to single awaited calls."""
+    jax.block_until_ready(fn(*args))
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    if time.perf_counter() - t0 > budget_s / 2:
+    seconds = time.perf_counter() - t0
+    if seconds > budget_s / 2:
         return 0
     if TIMING["mode"] != "async":
         return 1
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return max(1, min(REPEATS, int(BATCH_S / max(time.perf_counter() - t0, 1e-6))))
+    return max(1, min(REPEATS, int(BATCH_S / max(seconds, 1e-6))))
 
 
 DISPATCH = {}  # id(fn) -> seconds per call the host spent dispatching, in its last batch
@@ -254,12 +257,58 @@ class Row:
                                             self.repeats):
             times.extend(samples(fn, args, repeats, self.budget_s))
 
+    def trace(self, trace_root, max_calls=50):
+        """Each call's batch (at most ``max_calls`` calls) once more under the JAX profiler: ``[(call,
+        calls, wall s per call, trace_summary.Timeline per call, ops per call, longest ops)]``; the traces
+        stay under ``trace_root``."""
+        import trace_summary
+
+        found = []
+        for call, fn, args, repeats in zip(("fwd", "fwd+bwd"), (self.fwd, self.fwd_bwd),
+                                           (self.fwd_args, self.fwd_bwd_args), self.repeats):
+            calls = min(max(repeats, 1), max_calls)
+            trace_dir = pathlib.Path(trace_root) / re.sub(r"[^\w.-]", "_", f"{self.impl}_{self.length}_{self.mask}_{call}")
+            jax.block_until_ready(fn(*args))
+            with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+                wall = time_batch(fn, args, calls)
+            events, _, _ = trace_summary.device_events(str(trace_dir))
+            line = trace_summary.timeline(events)
+            per_call = trace_summary.Timeline(line.span_us / calls, line.busy_us / calls,
+                                              line.gaps_us)
+            totals = {}
+            for event in events:
+                totals[event.name] = totals.get(event.name, 0.0) + event.dur_us / calls
+            longest = sorted(totals.items(), key=lambda item: -item[1])[:3]
+            found.append((call, calls, wall, per_call, len(events) / calls, longest))
+        return found
+
     def result(self):
         t_fwd, t_all = (statistics.median(times) for times in self.times)
         return dict(fwd_ms=t_fwd * 1e3, fwd_bwd_ms=t_all * 1e3, fwd_tflops=self.flops / t_fwd / 1e12,
                     fwd_bwd_tflops=3.5 * self.flops / t_all / 1e12, samples=len(self.times[1]),
                     fwd_dispatch_ms=DISPATCH.get(id(self.fwd), 0.0) * 1e3,
                     fwd_bwd_dispatch_ms=DISPATCH.get(id(self.fwd_bwd), 0.0) * 1e3)
+
+
+def print_traces(built, trace_root):
+    """Per row and call: wall time per call against the device's span (first op start to last op end)
+    and busy time per call, so that a timing can be split into kernels, idle device and host."""
+    print("| impl | S | mask | call | calls traced | wall ms per call | device span ms per call "
+          "| device busy ms per call | ops per call | idle gaps over 20 us (longest) | longest ops, us per call |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in built:
+        try:
+            found = row.trace(trace_root)
+        except Exception as e:  # a failing trace must not hide the timings printed before it
+            print(f"| {row.impl} | {row.length} | {row.mask} | trace failed: {type(e).__name__}: {str(e)[:120]} |")
+            continue
+        for call, calls, wall, line, ops, longest in found:
+            gaps = [g for g in line.gaps_us if g > 20]
+            gap_text = f"{len(gaps)} ({gaps[0]:.0f} us)" if gaps else "0"
+            ops_text = ", ".join(f"{name[:24]} {us:.0f}" for name, us in longest)
+            print(f"| {row.impl} | {row.length} | {row.mask} | {call} | {calls} | {wall * 1e3:.3f} "
+                  f"| {line.span_us / 1e3:.3f} | {line.busy_us / 1e3:.3f} | {ops:.1f} | {gap_text} | {ops_text} |",
+                  flush=True)
 
 
 def main():
@@ -278,11 +327,15 @@ def main():
     parser.add_argument("--mosaic-tuning", default="",
                         help="'|'-separated Mosaic tunings, each timed as its own row (see the docstring)")
     parser.add_argument("--ceiling-size", type=int, default=8192, help="square matmul for the ceiling")
-    parser.add_argument("--timing", choices=("sync", "async"), default="sync",
-                        help="sync: wait after every call; async: batches of calls dispatched back to back")
+    parser.add_argument("--timing", choices=("sync", "async"), default="async",
+                        help="async: batches of calls dispatched back to back, one wait per batch (as a training "
+                             "loop runs); sync: wait after every call (adds the host's launch and wait, about "
+                             "0.5 ms per call on an H200)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="compile every row of a length first, then time them in this many interleaved rounds "
                              "(one sample per row per round; medians); 0: each row timed alone, in turn")
+    parser.add_argument("--trace-dir", help="after the timings, trace one batch of each row's calls with the JAX "
+                        "profiler into this directory and print where the device's time went (busy, idle)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     TIMING["mode"] = args.timing
@@ -359,6 +412,8 @@ def main():
                   f"| {rows[-1]['ratio_fwd']} | {rows[-1]['ratio_fwd_bwd']} | {rows[-1]['ratio_own_plain']} "
                   f"| {r['fwd_bwd_tflops'] / ceiling:.2f} | {err} | {r['fwd_ms']:.3f} / {r['fwd_bwd_ms']:.3f} "
                   f"| {r['fwd_dispatch_ms']:.3f} / {r['fwd_bwd_dispatch_ms']:.3f} |", flush=True)
+        if args.trace_dir:
+            print_traces(built, args.trace_dir)
         del built, tensors
     if args.json:
         with open(args.json, "w") as f:

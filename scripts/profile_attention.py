@@ -17,9 +17,6 @@ wall time per step is then a little longer than the bench's. On CPU the ops are 
 from __future__ import annotations
 
 import argparse
-import collections
-import gzip
-import json
 import os
 import pathlib
 import subprocess
@@ -37,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_attention as ba  # noqa: E402
+from trace_summary import device_ops  # noqa: E402
 
 from longvila_jax.kernels import flash_attention  # noqa: E402
 
@@ -62,44 +60,6 @@ def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool):
         def step(q, k, v, dout, *ids):
             return jax.vjp(lambda q, k, v: attend(q, k, v, *ids), q, k, v)[1](dout)
     return jax.jit(step), tokens
-
-
-def device_ops(trace_dir: str, by: str = "hlo_op") -> tuple[dict, bool]:
-    """``({name: [calls, total us]}, on_device)`` from the newest perfetto trace under ``trace_dir``:
-    events of the ``/device:`` processes, else (CPU) host events that name an HLO op; named by their
-    HLO op (``by="hlo_op"``) or their jitted program (``by="hlo_module"``)."""
-    paths = sorted(pathlib.Path(trace_dir).rglob("perfetto_trace.json.gz"), key=os.path.getmtime)
-    if not paths:
-        raise SystemExit(f"no perfetto_trace.json.gz under {trace_dir}: did the profiler run?")
-    with gzip.open(paths[-1]) as f:
-        data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    process = {e["pid"]: e["args"]["name"] for e in events
-               if e.get("ph") == "M" and e.get("name") == "process_name"}
-    device_pids = {pid for pid, name in process.items() if name.startswith("/device:")}
-    # a device's kernels sit on its "Stream #N" lines; derived lines ("XLA Ops", "XLA Modules")
-    # repeat them, so only streams count where there are any
-    streams = {(e["pid"], e["tid"]) for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
-               and e["pid"] in device_pids and e["args"]["name"].startswith("Stream")}
-    ops = collections.defaultdict(lambda: [0, 0.0])
-    for e in events:
-        if e.get("ph") != "X":
-            continue
-        args = e.get("args", {})
-        if device_pids and e.get("pid") not in device_pids:
-            continue
-        if streams and (e.get("pid"), e.get("tid")) not in streams:
-            continue
-        if not device_pids and "hlo_op" not in args:
-            continue
-        name = args.get(by) or e["name"]
-        ops[name][0] += 1
-        ops[name][1] += float(e.get("dur", 0.0))
-    lines = sorted({e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
-                    and e["pid"] in device_pids})
-    if lines:
-        print(f"# device lines in the trace: {', '.join(lines)[:300]} (counted: {len(streams) or 'all'} streams)")
-    return dict(ops), bool(device_pids)
 
 
 def main():
