@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from . import mosaic_common as mc
 from . import mosaic_plan as plan
 from . import trace_time
-from .row_stats import lse_base2, softmax_delta
+from .row_stats import lse_base2, minus_dlse, softmax_delta
 
 NAME = "mosaic"
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -145,6 +145,18 @@ def set_dq_store(mode: str):
     _choose("dQ store", DQ_STORES, DQ_STORE, mode)
 
 
+# Where the backward's ``delta = rowsum(dout * out) - dlse`` is computed: "kernel" (the dQ kernel, run
+# first, computes it from out's rows and hands it to the dK/dV kernel: mosaic_backward.dq(out=...)) or
+# "xla" (a row sum in XLA before both kernels, :mod:`.row_stats`). The fused backward always uses "xla".
+DELTA_MODES = ("kernel", "xla")
+DELTA = {"mode": "kernel"}
+
+
+def set_delta(mode: str):
+    """Choose where the backward's delta is computed (see ``DELTA_MODES``)."""
+    _choose("delta", DELTA_MODES, DELTA, mode)
+
+
 def workers(kernel: str) -> int | None:
     """CTAs of ``kernel``'s persistent grid, or None for one CTA per block."""
     if GRID[kernel] != "persistent":
@@ -254,21 +266,29 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, inter
     q_tokens, kv_tokens, _, key_lists, query_lists = plan_arrays
     q_len, kv_len, q_pad, kv_pad = q.shape[1], k.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     lse = lse.astype(jnp.float32)
-    delta, lse2 = softmax_delta(out, dout, lse, dlse), lse_base2(lse)
-    stats = jnp.pad(jnp.stack([lse2, delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, q_pad - q_len)))
-    tensors = (_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad),
-               _pad_rows(dout.astype(q.dtype), q_pad), stats, q_tokens, kv_tokens)
     tuning = TUNING["dkdv"]
-    if BACKWARD["mode"] == "fused" and fuses_dq(q.shape[-1], tuning.block):
-        dq_acc = jax.new_ref(jnp.zeros(tensors[0].shape, jnp.float32))
-        dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning, dq_acc=dq_acc,
-                      interpret=interpret)
+    fused = BACKWARD["mode"] == "fused" and fuses_dq(q.shape[-1], tuning.block)
+    in_kernel = DELTA["mode"] == "kernel" and not fused
+    # row 1: delta, or (computed in the dQ kernel) the part of it that does not need out
+    delta = minus_dlse(lse, dlse) if in_kernel else softmax_delta(out, dout, lse, dlse)
+    stats = jnp.pad(jnp.stack([lse_base2(lse), delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, q_pad - q_len)))
+    q_p, k_p, v_p = _pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad)
+    dout_p = _pad_rows(dout.astype(q.dtype), q_pad)
+    dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
+                     interpret=interpret)
+    if fused:
+        dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
+        dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
+                      tuning=tuning, dq_acc=dq_acc, interpret=interpret)
         dq_ = dq_acc[...].astype(q.dtype)
     else:
-        dk, dv = dkdv(*tensors, key_lists, causal=causal, scale=scale, tuning=tuning,
-                      pipelined=DKDV_LOOP["mode"] == "pipelined", interpret=interpret)
-        dq_ = dq(*tensors, query_lists, causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"),
-                 store=DQ_STORE["mode"], interpret=interpret)
+        if in_kernel:  # dQ first: it computes delta for the dK/dV kernel
+            dq_, stats = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists,
+                            out=_pad_rows(out.astype(q.dtype), q_pad), **dq_kwargs)
+        else:
+            dq_ = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists, **dq_kwargs)
+        dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
+                      tuning=tuning, pipelined=DKDV_LOOP["mode"] == "pipelined", interpret=interpret)
     return dq_[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
 
 

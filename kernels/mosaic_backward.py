@@ -286,13 +286,18 @@ DQ_STORES = ("smem", "registers")
 
 
 def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-       workers: int | None = None, store: str = "smem", interpret=None):
+       workers: int | None = None, store: str = "smem", out=None, interpret=None):
     """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
     (``tuning.block``). ``workers``: CTAs of a persistent grid (None: one per query block and head);
     the next item's q, tokens and stats are fetched once the current item's last s is computed.
     ``store``: how dq leaves, ``smem`` (staged in dout's buffer, then one TMA store; the next dout
     is fetched once that store has read the buffer) or ``registers`` (stored to GMEM straight from
-    the wgmma accumulator layout; the next dout is fetched with q)."""
+    the wgmma accumulator layout; the next dout is fetched with q).
+
+    ``out`` (padded like q): given, the kernel computes ``delta = rowsum(out * dout) + stats[:, :, 1]``
+    itself (``stats`` row 1 then holds ``-dlse``, 0 on empty rows) and returns ``(dq, stats)`` with that
+    delta in row 1, for the dK/dV kernel after it: no XLA row sum. out's rows arrive through dout's
+    buffer before dout does (the SMEM has no room for a third resident tile)."""
     if store not in DQ_STORES:
         raise ValueError(f"mosaic dQ: store must be one of {DQ_STORES}, got {store!r}")
     kv_block, stages = tuning
@@ -304,10 +309,15 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, kv_block)  # queries x keys
     work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape)
+    own_delta = out is not None
 
-    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref,
-             q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
-             list_bar, list_free, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed):
+    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
+        if own_delta:
+            o_ref, dq_ref, st_out_ref, *scratch = refs
+        else:
+            (dq_ref, *scratch), o_ref, st_out_ref = refs, None, None
+        (q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
+         list_bar, list_free, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed) = scratch
         w = lax.axis_index("w")
         wg = mc.thread_index()
         copies = mc.key_block_issuers(kv_block, (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s), (k_bar, kt_bar, v_bar),
@@ -328,9 +338,25 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                     (qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg]),
                     (st_ref.at[b, h, :, rows], st_s.at[wg], st_bar.at[wg])])
 
-            def fetch_dout(i):
+            def fetch_dout(i):  # with own_delta, out's rows first (``item_delta`` fetches dout)
                 b, h, rows = query_rows(i)
-                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_s.at[wg], do_bar.at[wg])
+                plgpu.copy_gmem_to_smem((o_ref if own_delta else do_ref).at[b, rows, h], do_s.at[wg], do_bar.at[wg])
+
+            def item_delta(b, h, q_rows):
+                """This thread's delta (``ROW``), from out's rows in dout's buffer; then dout replaces them,
+                and the stats with this delta go to ``st_out_ref``."""
+                plgpu.barrier_wait(do_bar.at[wg])
+                out_rows = plgpu.load(do_s.at[wg], layout=plgpu.Layout.WGMMA)
+                plgpu.commit_smem()  # the reads are done before the TMA overwrites the buffer
+                plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[wg], do_bar.at[wg])
+                plgpu.barrier_wait(do_bar.at[wg])
+                dout_rows = plgpu.load(do_s.at[wg], layout=plgpu.Layout.WGMMA)
+                row_sum = jnp.sum(out_rows.astype(jnp.float32) * dout_rows.astype(jnp.float32), axis=1)
+                delta = row_sum + plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
+                st_s.at[wg, 1][...] = delta
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(st_s.at[wg], st_out_ref.at[b, h, :, q_rows])
+                return delta
 
             @pl.when(n_items > 0)
             def _():
@@ -341,12 +367,16 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 list_i = list_s.at[sched.list_slot(i)]
                 count = mc.list_entry(list_i, 0)
                 b, h, q_rows = query_rows(i)
-                for bar in (q_bar, do_bar, qt_bar, st_bar):
+                for bar in (q_bar, qt_bar, st_bar):
                     plgpu.barrier_wait(bar.at[wg])
                 q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
                 q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
                 lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
-                delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
+                if own_delta:
+                    delta = item_delta(b, h, q_rows)
+                else:
+                    plgpu.barrier_wait(do_bar.at[wg])
+                    delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
 
                 def step_(j, acc):
                     slot = lax.rem(step + j, stages)
@@ -368,6 +398,8 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
 
                 @pl.when(jnp.logical_not(last))
                 def _():
+                    if own_delta:  # this item's stats store has read st_s
+                        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
                     fetch_queries(i + 1)
                     if store == "registers":  # dout's buffer is free too: all dp are computed
                         fetch_dout(i + 1)
@@ -389,6 +421,8 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 return step + count
 
             lax.fori_loop(0, n_items, item, jnp.int32(0))
+            if own_delta:  # the last stats store (and, from registers, nothing else) is done
+                plgpu.wait_smem_to_gmem(0)
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
@@ -407,6 +441,10 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
         *[plgpu.Barrier(num_barriers=stages)] * 3,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
-    run = mc.kernel(body, name="attention_dq", out_type=jax.ShapeDtypeStruct(q.shape, dtype),
+    out_type = jax.ShapeDtypeStruct(q.shape, dtype)
+    if own_delta:
+        out_type = (out_type, jax.ShapeDtypeStruct(stats.shape, jnp.float32))
+    run = mc.kernel(body, name="attention_dq_delta" if own_delta else "attention_dq", out_type=out_type,
                     scratch_types=scratch, grid=(work.workers,), grid_names=("w",), interpret=interpret)
-    return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)
+    operands = (q, k, v, dout, stats, q_tokens, kv_tokens, lists)
+    return run(*operands, out) if own_delta else run(*operands)

@@ -147,15 +147,17 @@ def test_cudnn_lse_is_differentiable(rng):
         assert rel_err(g, ref_g) <= TOL
 
 
-@pytest.mark.parametrize("grid,workers,dq_store,dkdv_stages", [
-    ("persistent", 7, "smem", None), ("persistent", 7, "registers", None), ("blocks", None, "smem", None),
-    ("blocks", None, "smem", 3), ("blocks", None, "smem", 2)])
-def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages):
+@pytest.mark.parametrize("grid,workers,dq_store,dkdv_stages,delta", [
+    ("persistent", 7, "smem", None, "kernel"), ("persistent", 7, "registers", None, "kernel"),
+    ("blocks", None, "smem", None, "kernel"), ("blocks", None, "smem", None, "xla"),
+    ("blocks", None, "smem", 3, "kernel"), ("blocks", None, "smem", 2, "kernel")])
+def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
     copies) and with one CTA per block, dQ leaving through SMEM or from registers; ``dkdv_stages``:
     the pipelined dK/dV loop (asynchronous wgmmas, operands from registers) with that many slots;
-    packed GQA 32/8, ragged length, empty rows, dlse."""
+    ``delta``: the backward's row sum in the dQ kernel or in XLA; packed GQA 32/8, ragged length,
+    empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 1000, 1000, 32, 8, 128))
@@ -177,6 +179,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages):
     mosaic_backend.set_dq_store(dq_store)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     saved_tuning = dict(mosaic_backend.TUNING)
+    mosaic_backend.set_delta(delta)
     if dkdv_stages:
         mosaic_backend.set_dkdv_loop("pipelined")
         mosaic_backend.set_tuning("dkdv", 64, dkdv_stages)
@@ -193,6 +196,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages):
         mosaic_backend.set_dq_store("smem")
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
         mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
+        mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.TUNING.update(saved_tuning)
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)

@@ -187,6 +187,39 @@ def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
         mosaic_backend.TUNING.update(saved)
 
 
+def test_delta_from_xla_packed_gqa(rng):
+    """The backward with delta from an XLA row sum before both kernels (the dQ kernel computes it
+    everywhere else): GQA 4/2, ragged lengths, packed segments, empty rows, dlse."""
+    mosaic_backend.set_delta("xla")
+    try:
+        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+    finally:
+        mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
+
+
+@pytest.mark.parametrize("workers", [None, 3])
+def test_dq_kernel_hands_on_delta(rng, workers):
+    """``dq(out=...)`` returns the stats with row 1 = rowsum(out * dout) + the given row 1 (-dlse),
+    computed here in float64 from the same bf16 tiles; row 0 (lse) passes through unchanged. One
+    CTA per block and 3 persistent CTAs (several items each: the stats buffer is reused)."""
+    from longvila_jax.kernels import mosaic_backward
+
+    heads, kv_heads, length, dim = 4, 2, 256, 64
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, length, length, heads, kv_heads, dim))
+    out, dout = (jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16) for _ in range(2))
+    stats = jnp.asarray(rng.standard_normal((1, heads, 2, length)), jnp.float32)
+    tokens = mosaic_plan.token_array(jnp.ones((1, length), jnp.int32), jnp.arange(length, dtype=jnp.int32)[None],
+                                     length)
+    plan = mosaic_backend._Plan(tokens[:, 0], tokens[:, 0], tokens[:, 1], tokens[:, 1], True)
+    _, stats_out = mosaic_backward.dq(q, k, v, dout, stats, tokens, tokens, plan.per_query_block(128),
+                                      causal=True, scale=dim ** -0.5, tuning=mosaic_backend.TUNING["dq"],
+                                      workers=workers, out=out, interpret=INTERPRET)
+    row_sum = np.einsum("bshd,bshd->bhs", np.asarray(out, np.float64), np.asarray(dout, np.float64))
+    np.testing.assert_array_equal(np.asarray(stats_out)[:, :, 0], np.asarray(stats)[:, :, 0])
+    np.testing.assert_allclose(np.asarray(stats_out)[:, :, 1], row_sum + np.asarray(stats)[:, :, 1],
+                               rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("n_items,workers", [(8, 3), (8, 5), (12, 4), (7, 1), (5, 9), (264, 132), (100, 132)])
 def test_persistent_work_covers_every_item_once(n_items, workers):
     """Worker w's items in snake order: every (b, r, h) exactly once, counts as promised, and in
@@ -253,6 +286,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_forward", "fast", "mode must be one of .'pipelined', 'serial'., got 'fast'"),
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined'., got 'fast'"),
     ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
+    ("set_delta", "host", "delta: mode must be one of .'kernel', 'xla'., got 'host'"),
 ])
 def test_bad_mode_names_the_choices(setter, bad, message):
     with pytest.raises(ValueError, match=message):
