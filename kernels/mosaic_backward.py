@@ -296,8 +296,8 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
 
     ``out`` (padded like q): given, the kernel computes ``delta = rowsum(out * dout) + stats[:, :, 1]``
     itself (``stats`` row 1 then holds ``-dlse``, 0 on empty rows) and returns ``(dq, stats)`` with that
-    delta in row 1, for the dK/dV kernel after it: no XLA row sum. out's rows arrive through dout's
-    buffer before dout does (the SMEM has no room for a third resident tile)."""
+    delta in row 1, for the dK/dV kernel after it: no XLA row sum. out's rows go from GMEM straight
+    into registers (the SMEM has no room for a third resident tile)."""
     if store not in DQ_STORES:
         raise ValueError(f"mosaic dQ: store must be one of {DQ_STORES}, got {store!r}")
     kv_block, stages = tuning
@@ -338,18 +338,13 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                     (qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg]),
                     (st_ref.at[b, h, :, rows], st_s.at[wg], st_bar.at[wg])])
 
-            def fetch_dout(i):  # with own_delta, out's rows first (``item_delta`` fetches dout)
+            def fetch_dout(i):
                 b, h, rows = query_rows(i)
-                plgpu.copy_gmem_to_smem((o_ref if own_delta else do_ref).at[b, rows, h], do_s.at[wg], do_bar.at[wg])
+                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_s.at[wg], do_bar.at[wg])
 
-            def item_delta(b, h, q_rows):
-                """This thread's delta (``ROW``), from out's rows in dout's buffer; then dout replaces them,
-                and the stats with this delta go to ``st_out_ref``."""
-                plgpu.barrier_wait(do_bar.at[wg])
-                out_rows = plgpu.load(do_s.at[wg], layout=plgpu.Layout.WGMMA)
-                plgpu.commit_smem()  # the reads are done before the TMA overwrites the buffer
-                plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[wg], do_bar.at[wg])
-                plgpu.barrier_wait(do_bar.at[wg])
+            def item_delta(out_rows, b, h, q_rows):
+                """This thread's delta (``ROW``) from out's rows (registers) and dout's (arrived); the
+                stats with this delta go to ``st_out_ref``."""
                 dout_rows = plgpu.load(do_s.at[wg], layout=plgpu.Layout.WGMMA)
                 row_sum = jnp.sum(out_rows.astype(jnp.float32) * dout_rows.astype(jnp.float32), axis=1)
                 delta = row_sum + plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
@@ -367,15 +362,17 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 list_i = list_s.at[sched.list_slot(i)]
                 count = mc.list_entry(list_i, 0)
                 b, h, q_rows = query_rows(i)
-                for bar in (q_bar, qt_bar, st_bar):
+                # out's rows straight from GMEM into registers, while q and dout arrive by TMA
+                out_rows = (plgpu.load(o_ref.at[b, q_rows, h], layout=plgpu.Layout.WGMMA, optimized=False)
+                            if own_delta else None)  # (optimized: SMEM only)
+                for bar in (q_bar, qt_bar, st_bar, do_bar):
                     plgpu.barrier_wait(bar.at[wg])
                 q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
                 q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
                 lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
                 if own_delta:
-                    delta = item_delta(b, h, q_rows)
+                    delta = item_delta(out_rows, b, h, q_rows)
                 else:
-                    plgpu.barrier_wait(do_bar.at[wg])
                     delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
 
                 def step_(j, acc):
