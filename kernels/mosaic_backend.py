@@ -145,11 +145,14 @@ def set_dq_store(mode: str):
     _choose("dQ store", DQ_STORES, DQ_STORE, mode)
 
 
-# Where the backward's ``delta = rowsum(dout * out) - dlse`` is computed: "kernel" (the dQ kernel, run
-# first, computes it from out's rows and hands it to the dK/dV kernel: mosaic_backward.dq(out=...)) or
-# "xla" (a row sum in XLA before both kernels, :mod:`.row_stats`). The fused backward always uses "xla".
-DELTA_MODES = ("kernel", "xla")
-DELTA = {"mode": "kernel"}
+# Where the backward's ``delta = rowsum(dout * out) - dlse`` is computed: "xla" (the default: a row sum in
+# XLA before both kernels, :mod:`.row_stats`) or "kernel" (the dQ kernel, run first, loads out's rows from
+# GMEM into registers, computes delta and hands it to the dK/dV kernel: mosaic_backward.dq(out=...)). On an
+# H200 (BENCHMARKS.md, run AG) "kernel" took the 37 us row sum away but added 23 us to the dQ kernel (4
+# packed samples of 2k; 1 us per CTA for the unvectorized loads), and fwd+bwd moved by -1.0% to +1.3%:
+# within the noise, so "xla" stays. The fused backward always uses "xla".
+DELTA_MODES = ("xla", "kernel")
+DELTA = {"mode": "xla"}
 
 
 def set_delta(mode: str):

@@ -26,7 +26,7 @@ its own row; ``backward=fused`` (or ``split``, the default) picks how the backwa
 ``forward_loop=serial`` (or ``pipelined``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
 ``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``) the dK/dV kernel's loop
-(give it 3 stages: ``dkdv=64,3``), ``delta=xla`` (or ``kernel``) where the backward's row sum runs.
+(give it 3 stages: ``dkdv=64,3``), ``delta=kernel`` (or ``xla``) where the backward's row sum runs.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """

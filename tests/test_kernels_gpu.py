@@ -148,9 +148,9 @@ def test_cudnn_lse_is_differentiable(rng):
 
 
 @pytest.mark.parametrize("grid,workers,dq_store,dkdv_stages,delta", [
-    ("persistent", 7, "smem", None, "kernel"), ("persistent", 7, "registers", None, "kernel"),
-    ("blocks", None, "smem", None, "kernel"), ("blocks", None, "smem", None, "xla"),
-    ("blocks", None, "smem", 3, "kernel"), ("blocks", None, "smem", 2, "kernel")])
+    ("persistent", 7, "smem", None, "xla"), ("persistent", 7, "registers", None, "xla"),
+    ("blocks", None, "smem", None, "xla"), ("blocks", None, "smem", 3, "xla"), ("blocks", None, "smem", 2, "xla"),
+    ("persistent", 7, "smem", None, "kernel"), ("blocks", None, "smem", None, "kernel")])
 def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous

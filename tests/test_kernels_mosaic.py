@@ -187,10 +187,10 @@ def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
         mosaic_backend.TUNING.update(saved)
 
 
-def test_delta_from_xla_packed_gqa(rng):
-    """The backward with delta from an XLA row sum before both kernels (the dQ kernel computes it
-    everywhere else): GQA 4/2, ragged lengths, packed segments, empty rows, dlse."""
-    mosaic_backend.set_delta("xla")
+def test_delta_in_the_dq_kernel_packed_gqa(rng):
+    """The backward with delta computed in the dQ kernel (an XLA row sum everywhere else): GQA 4/2,
+    ragged lengths, packed segments, empty rows, dlse."""
+    mosaic_backend.set_delta("kernel")
     try:
         run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
     finally:
@@ -286,7 +286,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_forward", "fast", "mode must be one of .'pipelined', 'serial'., got 'fast'"),
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined'., got 'fast'"),
     ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
-    ("set_delta", "host", "delta: mode must be one of .'kernel', 'xla'., got 'host'"),
+    ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
 ])
 def test_bad_mode_names_the_choices(setter, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -310,12 +310,15 @@ def test_dq_from_registers_lowers_for_cuda_without_a_gpu():
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
 
 
-@pytest.mark.parametrize("backward_mode", ["split", "fused"], indirect=True)
-def test_kernels_lower_for_cuda_without_a_gpu(backward_mode):
+@pytest.mark.parametrize("backward_mode,delta", [("split", "xla"), ("split", "kernel"), ("fused", "xla")],
+                         indirect=["backward_mode"])
+def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta):
     """The whole Mosaic GPU lowering (layout inference included) for an H100/H200, run on CPU by
     ``jax.export``: forward + backward at D = 128, GQA 4/2, a ragged length. Split runs three
-    kernels (forward, dK/dV, dQ); fused adds dQ inside the dK/dV kernel, so two."""
+    kernels (forward, dK/dV, dQ; delta from XLA or from the dQ kernel's GMEM loads of out); fused
+    adds dQ inside the dK/dV kernel, so two."""
     seq = 300
+    mosaic_backend.set_delta(delta)
 
     def fwd_bwd(q, k, v, dout, seg, pos):
         _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
@@ -324,7 +327,10 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode):
 
     shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
     shapes += [jax.ShapeDtypeStruct((1, seq), jnp.int32)] * 2
-    module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
+    try:
+        module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
+    finally:
+        mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
     assert kernels == {"split": 3, "fused": 2}[backward_mode]
 
