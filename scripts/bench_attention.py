@@ -57,8 +57,8 @@ BATCH_S = 0.25  # seconds a batch of async calls aims at: the wait that ends it 
 def batch_size(fn, *args, budget_s=20.0):
     """Calls per timed sample of ``fn(*args)``, after one warm-up (compile) call and one timed call: 1 in
     sync timing, about ``BATCH_S`` of calls (at most ``REPEATS``) in async timing; 0 when one call takes
-    over half of ``budget_s`` (time it once). The compile is not timed: counted in, it made every
-    Mosaic row of runs AA-AC (``--budget-s 1``) fall back to single awaited calls."""
+    over half of ``budget_s`` (time it once). The compile is not timed: counted in, a slow compile would
+    make a fast call fall back to single awaited calls (each about 0.5 ms longer on an H200)."""
     jax.block_until_ready(fn(*args))
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
@@ -261,7 +261,7 @@ class Row:
 
     def trace(self, trace_root, max_calls=50):
         """Each call's batch (at most ``max_calls`` calls) once more under the JAX profiler: ``[(call,
-        calls, wall s per call, trace_summary.Timeline per call, ops per call, longest ops)]``; the traces
+        calls, wall s per call, trace_summary.Timeline of the batch, its device events)]``; the traces
         stay under ``trace_root``."""
         import trace_summary
 
@@ -274,14 +274,7 @@ class Row:
             with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
                 wall = time_batch(fn, args, calls)
             events, _, _ = trace_summary.device_events(str(trace_dir))
-            line = trace_summary.timeline(events)
-            per_call = trace_summary.Timeline(line.span_us / calls, line.busy_us / calls,
-                                              line.gaps_us)
-            totals = {}
-            for event in events:
-                totals[event.name] = totals.get(event.name, 0.0) + event.dur_us / calls
-            longest = sorted(totals.items(), key=lambda item: -item[1])[:3]
-            found.append((call, calls, wall, per_call, len(events) / calls, longest))
+            found.append((call, calls, wall, trace_summary.timeline(events), events))
         return found
 
     def result(self):
@@ -295,6 +288,8 @@ class Row:
 def print_traces(built, trace_root):
     """Per row and call: wall time per call against the device's span (first op start to last op end)
     and busy time per call, so that a timing can be split into kernels, idle device and host."""
+    import trace_summary
+
     print("| impl | S | mask | call | calls traced | wall ms per call | device span ms per call "
           "| device busy ms per call | ops per call | idle gaps over 20 us (longest) | longest ops, us per call |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -304,13 +299,14 @@ def print_traces(built, trace_root):
         except Exception as e:  # a failing trace must not hide the timings printed before it
             print(f"| {row.impl} | {row.length} | {row.mask} | trace failed: {type(e).__name__}: {str(e)[:120]} |")
             continue
-        for call, calls, wall, line, ops, longest in found:
+        for call, calls, wall, line, events in found:
             gaps = [g for g in line.gaps_us if g > 20]
             gap_text = f"{len(gaps)} ({gaps[0]:.0f} us)" if gaps else "0"
-            ops_text = ", ".join(f"{name[:24]} {us:.0f}" for name, us in longest)
+            longest = sorted(trace_summary.op_totals(events).items(), key=lambda item: -item[1][1])[:3]
+            ops_text = ", ".join(f"{name[:24]} {us / calls:.0f}" for name, (_, us) in longest)
             print(f"| {row.impl} | {row.length} | {row.mask} | {call} | {calls} | {wall * 1e3:.3f} "
-                  f"| {line.span_us / 1e3:.3f} | {line.busy_us / 1e3:.3f} | {ops:.1f} | {gap_text} | {ops_text} |",
-                  flush=True)
+                  f"| {line.span_us / calls / 1e3:.3f} | {line.busy_us / calls / 1e3:.3f} | {len(events) / calls:.1f} "
+                  f"| {gap_text} | {ops_text} |", flush=True)
 
 
 def main():

@@ -69,12 +69,17 @@ def device_ops(trace_dir: str, by: str = "hlo_op") -> tuple[dict, bool]:
     events, on_device, lines = device_events(trace_dir)
     if lines:
         print(f"# device lines in the trace: {', '.join(lines)[:300]}")
+    return op_totals(events, by), on_device
+
+
+def op_totals(events: list[Event], by: str = "hlo_op") -> dict:
+    """``{name: [calls, total us]}`` of ``events``, named as in :func:`device_ops`."""
     ops = collections.defaultdict(lambda: [0, 0.0])
     for event in events:
         name = (event.module or event.name) if by == "hlo_module" else event.name
         ops[name][0] += 1
         ops[name][1] += event.dur_us
-    return dict(ops), on_device
+    return dict(ops)
 
 
 class Timeline(NamedTuple):
