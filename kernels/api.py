@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from . import dispatch, trace_time
 from .mask import default_positions, default_segment_ids
+from .row_stats import softmax_delta
 from .validate import check_like, check_qkv, check_tokens
 
 
@@ -65,15 +66,18 @@ def flash_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_posit
                              block_q=block_q, block_k=block_k)
 
 
-def flash_attention_bwd(q, k, v, out, lse, dout, *, dlse=None, q_segment_ids=None,
+def flash_attention_bwd(q, k, v, out, lse, dout, *, dlse=None, delta=None, q_segment_ids=None,
                         kv_segment_ids=None, q_positions=None, kv_positions=None,
                         causal: bool = True, scale: float | None = None, impl: str = "auto",
                         block_q: int | None = None, block_k: int | None = None):
     """``(dq, dk, dv)`` of attention given its (e.g. ring-merged) ``out`` ``[B, Sq, Hq, D]``
     and ``lse`` float32 ``[B, Hq, Sq]``, the cotangent ``dout`` (like out) and optionally
     ``dlse`` (like lse). Standard flash backward: p = exp(s - lse),
-    ds = p * (dout . v - rowsum(dout * out) + dlse); rows with lse = -inf add nothing.
-    dq/dk/dv have the shapes and dtypes of q/k/v (dk, dv summed over each GQA group).
+    ds = p * (dout . v - delta) with delta = rowsum(dout * out) - dlse; rows with lse = -inf add
+    nothing. ``delta`` (float32 like lse, from :func:`attention_delta`): given, the backward does not
+    compute it (nor read out for it), so several calls on the same query rows (a ring's steps) share one
+    row sum; ``dlse`` then belongs inside it. dq/dk/dv have the shapes and dtypes of q/k/v (dk, dv summed
+    over each GQA group).
     """
     call, tokens, scale = _prepare(q, k, v, q_segment_ids, kv_segment_ids, q_positions,
                                    kv_positions, causal, scale, given_lse=True)
@@ -83,7 +87,26 @@ def flash_attention_bwd(q, k, v, out, lse, dout, *, dlse=None, q_segment_ids=Non
     check_like("lse", lse, (batch, q_heads, q_len))
     if dlse is not None:
         check_like("dlse", dlse, (batch, q_heads, q_len))
+    if delta is not None:
+        check_like("delta", delta, (batch, q_heads, q_len))
+        if dlse is not None:
+            raise ValueError("pass dlse or delta, not both: a given delta already holds -dlse "
+                             "(attention_delta(out, dout, lse, dlse=dlse))")
     backend = dispatch.choose(impl, call)
     return backend.attention_bwd(q, k, v, out, jnp.asarray(lse, jnp.float32), dout, dlse, *tokens,
                                  causal=bool(causal), scale=scale, call=call,
-                                 block_q=block_q, block_k=block_k)
+                                 block_q=block_q, block_k=block_k, delta=delta)
+
+
+def attention_delta(out, dout, lse, *, dlse=None):
+    """float32 ``[B, Hq, Sq]``: the backward's per-row ``delta = rowsum(dout * out) - dlse`` (0 on rows
+    with lse = -inf) of ``out``, ``dout`` ``[B, Sq, Hq, D]``, ``lse`` (and ``dlse``) ``[B, Hq, Sq]``: compute
+    it once and give it to every :func:`flash_attention_bwd` call on the same query rows (``delta=``)."""
+    if getattr(out, "ndim", None) != 4:
+        raise ValueError(f"out must have rank 4 [batch, seq, heads, head_dim], got shape {getattr(out, 'shape', ())}")
+    batch, q_len, q_heads, _ = out.shape
+    check_like("dout", dout, out.shape)
+    check_like("lse", lse, (batch, q_heads, q_len))
+    if dlse is not None:
+        check_like("dlse", dlse, (batch, q_heads, q_len))
+    return softmax_delta(out, dout, jnp.asarray(lse, jnp.float32), dlse)

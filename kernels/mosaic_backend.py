@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from . import mosaic_common as mc
 from . import mosaic_plan as plan
 from . import trace_time
-from .row_stats import lse_base2, minus_dlse, softmax_delta
+from .row_stats import backward_delta, lse_base2, minus_dlse
 
 NAME = "mosaic"
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -262,8 +262,9 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     return out[:, :q_len], lse[:, :, :q_len]
 
 
-def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, interpret=None):
-    """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None)."""
+def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta=None, interpret=None):
+    """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None); ``delta``:
+    rowsum(dout * out) - dlse when the caller computed it, else None."""
     from .mosaic_backward import dkdv, dq, fuses_dq
 
     q_tokens, kv_tokens, _, key_lists, query_lists = plan_arrays
@@ -271,9 +272,9 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, inter
     lse = lse.astype(jnp.float32)
     tuning = TUNING["dkdv"]
     fused = BACKWARD["mode"] == "fused" and fuses_dq(q.shape[-1], tuning.block)
-    in_kernel = DELTA["mode"] == "kernel" and not fused
+    in_kernel = DELTA["mode"] == "kernel" and not fused and delta is None
     # row 1: delta, or (computed in the dQ kernel) the part of it that does not need out
-    delta = minus_dlse(lse, dlse) if in_kernel else softmax_delta(out, dout, lse, dlse)
+    delta = minus_dlse(lse, dlse) if in_kernel else backward_delta(out, dout, lse, dlse, delta)
     stats = jnp.pad(jnp.stack([lse_base2(lse), delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, q_pad - q_len)))
     q_p, k_p, v_p = _pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad)
     dout_p = _pad_rows(dout.astype(q.dtype), q_pad)
@@ -323,7 +324,8 @@ def attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, call=None
 
 
 def attention_bwd(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale,
-                  call=None, interpret=None, **unused):
+                  call=None, delta=None, interpret=None, **unused):
     del call, unused
     plan_arrays = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal).arrays(forward=False)
-    return backward(q, k, v, out, lse, dout, dlse, plan_arrays, causal=causal, scale=scale, interpret=interpret)
+    return backward(q, k, v, out, lse, dout, dlse, plan_arrays, causal=causal, scale=scale, delta=delta,
+                    interpret=interpret)

@@ -26,7 +26,21 @@ def softmax_delta(out, dout, lse, dlse):
     delta = row_sum(out, dout).transpose(0, 2, 1)
     if dlse is not None:
         delta = delta - dlse.astype(jnp.float32)
-    return jnp.where(jnp.isfinite(lse), delta, 0.0)
+    return masked_delta(lse, delta)
+
+
+def masked_delta(lse, delta):
+    """float32 ``delta`` ``[B, Hq, Sq]``, 0 on rows with lse = -inf (their p is 0; a given delta may
+    hold anything there)."""
+    return jnp.where(jnp.isfinite(lse), delta.astype(jnp.float32), 0.0)
+
+
+def backward_delta(out, dout, lse, dlse, delta=None):
+    """The backward's delta: ``delta`` when the caller computed it (:func:`softmax_delta` once for
+    several calls on the same rows, e.g. the steps of a ring), else :func:`softmax_delta`."""
+    if delta is None:
+        return softmax_delta(out, dout, lse, dlse)
+    return masked_delta(lse, delta)
 
 
 def minus_dlse(lse, dlse):
@@ -34,7 +48,7 @@ def minus_dlse(lse, dlse):
     :func:`softmax_delta` that a kernel adds to its own row sum."""
     if dlse is None:
         return jnp.zeros(lse.shape, jnp.float32)
-    return jnp.where(jnp.isfinite(lse), -dlse.astype(jnp.float32), 0.0)
+    return masked_delta(lse, -dlse.astype(jnp.float32))
 
 
 def lse_base2(lse):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from .mask import pad_tokens
 from .mosaic_plan import tile_table
-from .row_stats import lse_base2, softmax_delta
+from .row_stats import backward_delta, lse_base2
 
 NAME = "triton"
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -169,8 +169,9 @@ def forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, tiles: Tile
 
 
 def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale,
-             dkdv_tiles: Tiles | None = None, dq_tiles: Tiles | None = None):
-    """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None)."""
+             dkdv_tiles: Tiles | None = None, dq_tiles: Tiles | None = None, delta=None):
+    """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None); ``delta``:
+    rowsum(dout * out) - dlse when the caller computed it (``api.attention_delta``), else None."""
     from .triton_flash import flash_bwd_dkdv_kernel, flash_bwd_dq_kernel
 
     dkdv_tiles, dq_tiles = dkdv_tiles or TILES["dkdv"], dq_tiles or TILES["dq"]
@@ -178,7 +179,7 @@ def backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, cau
     batch, q_len, q_heads, _ = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     lse = lse.astype(jnp.float32)
-    delta, lse2 = softmax_delta(out, dout, lse, dlse), lse_base2(lse)
+    delta, lse2 = backward_delta(out, dout, lse, dlse, delta), lse_base2(lse)
     q_seg, kv_seg, q_pos, kv_pos = _padded_tokens(q_seg, kv_seg, q_pos, kv_pos)
     q_pad, kv_pad = q_seg.shape[1], kv_seg.shape[1]
     qp, dop = _pad_rows(q, q_pad), _pad_rows(dout.astype(q.dtype), q_pad)
@@ -234,7 +235,7 @@ def attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, call=None
 
 
 def attention_bwd(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale,
-                  call=None, **unused):
+                  call=None, delta=None, **unused):
     del call, unused
     return backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos,
-                    causal=causal, scale=scale)
+                    causal=causal, scale=scale, delta=delta)

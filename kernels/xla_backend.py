@@ -51,9 +51,10 @@ def attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, call=None
 
 
 def attention_bwd(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *,
-                  causal, scale, call=None, block_q=None, block_k=None):
-    """``(dq, dk, dv)`` from a given ``out``/``lse`` and cotangents ``dout``/``dlse``."""
+                  causal, scale, call=None, block_q=None, block_k=None, delta=None):
+    """``(dq, dk, dv)`` from a given ``out``/``lse`` and cotangents ``dout``/``dlse`` (or a given
+    ``delta``)."""
     del call
     return flash_backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos,
                           causal=causal, scale=scale, block_q=block_q or DEFAULT_BLOCK_Q,
-                          block_k=block_k or DEFAULT_BLOCK_K)
+                          block_k=block_k or DEFAULT_BLOCK_K, delta=delta)

@@ -23,6 +23,7 @@ from jax import lax
 
 from .block_skip import block_visit_mask
 from .mask import pad_tokens, visible
+from .row_stats import masked_delta
 
 
 def _pad_seq(x, length: int, value=0):
@@ -148,9 +149,10 @@ def flash_forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal: bool, scale:
 
 
 def flash_backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *,
-                   causal: bool, scale: float, block_q: int, block_k: int):
+                   causal: bool, scale: float, block_q: int, block_k: int, delta=None):
     """Gradients of ``(out, lse)`` w.r.t. q, k, v, given ``out``, ``lse`` and their
-    cotangents ``dout`` ``[B, Sq, Hq, D]`` and ``dlse`` float32 ``[B, Hq, Sq]`` (or None).
+    cotangents ``dout`` ``[B, Sq, Hq, D]`` and ``dlse`` float32 ``[B, Hq, Sq]`` (or None);
+    ``delta``: rowsum(dout * out) - dlse when the caller computed it, else None.
 
     p = exp(s - lse) on visible entries of rows with finite lse, else 0;
     ds = p * (dout . v - rowsum(dout * out) + dlse). Returns dq, dk, dv in the
@@ -161,10 +163,11 @@ def flash_backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, 
     mm_dtype = q.dtype  # p and ds are cast to the input dtype for the matmuls
 
     finite = jnp.isfinite(lse)
-    delta = jnp.einsum("bqhd,bqhd->bhq", dout.astype(jnp.float32), out.astype(jnp.float32))
-    if dlse is not None:
-        delta = delta - dlse.astype(jnp.float32)
-    delta = jnp.where(finite, delta, 0.0)
+    if delta is None:
+        delta = jnp.einsum("bqhd,bqhd->bhq", dout.astype(jnp.float32), out.astype(jnp.float32))
+        if dlse is not None:
+            delta = delta - dlse.astype(jnp.float32)
+    delta = masked_delta(lse, delta)
     lse_safe = jnp.where(finite, lse, jnp.inf)  # exp(s - inf) = 0 on empty rows
     grouped_rows = (t.batch, t.kv_heads, t.group)
     delta = _pad_last(delta, t.q_len_pad).reshape(*grouped_rows, t.q_len_pad)

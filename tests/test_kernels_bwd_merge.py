@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from longvila_jax.kernels import (flash_attention, flash_attention_bwd, merge_partials,
+from longvila_jax.kernels import (attention_delta, flash_attention, flash_attention_bwd, merge_partials,
                                   reference_attention)
 from longvila_jax.kernels.testing import query_key_layouts, random_qkv
 
@@ -44,6 +44,25 @@ def test_bwd_with_given_out_and_lse_matches_reference_vjp(rng, q_heads, kv_heads
                                 block_q=32, block_k=48)
     for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert g.shape == ref_g.shape and np.isfinite(np.asarray(g)).all(), name
+        assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
+
+
+def test_given_delta_replaces_the_row_sum_and_dlse(rng):
+    """``delta=`` (from ``attention_delta``) is what the backward uses: a delta built with some dlse
+    gives the reference gradients for that dlse although ``dlse`` itself is not passed."""
+    batch, q_len, kv_len, heads, head_dim = 1, 70, 96, 4, 32
+    q, k, v = random_qkv(rng, batch, q_len, kv_len, heads, 2, head_dim)
+    q_seg, q_pos, kv_seg, kv_pos = query_key_layouts(rng, batch, q_len, kv_len, shuffle=True)
+    mask = dict(q_segment_ids=q_seg, kv_segment_ids=kv_seg, q_positions=q_pos, kv_positions=kv_pos, causal=True)
+    (ref_out, ref_lse), ref_vjp = jax.vjp(lambda *a: reference_attention(*a, **mask), q, k, v)
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    dlse = rng.standard_normal(ref_lse.shape).astype(np.float32)
+    ref_grads = ref_vjp((dout, jnp.asarray(dlse)))
+    delta = attention_delta(ref_out, dout, ref_lse, dlse=dlse)
+    assert delta.shape == ref_lse.shape and delta.dtype == jnp.float32
+    grads = flash_attention_bwd(q, k, v, ref_out, ref_lse, dout, delta=delta, **mask, impl="xla", block_q=32,
+                                block_k=32)
+    for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
 
 

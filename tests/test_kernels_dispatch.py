@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from longvila_jax.kernels import dispatch, flash_attention, flash_attention_bwd
+from longvila_jax.kernels import attention_delta, dispatch, flash_attention, flash_attention_bwd
 
 Q = jnp.zeros((1, 16, 4, 8), jnp.float32)
 KV = jnp.zeros((1, 24, 2, 8), jnp.float32)
@@ -123,6 +123,12 @@ def test_bad_bwd_arguments():
         flash_attention_bwd(Q, KV, KV, Q, jnp.zeros((1, 16, 4)), Q)
     with pytest.raises(ValueError, match="dout must have shape"):
         flash_attention_bwd(Q, KV, KV, Q, lse, Q[:, :8])
+    with pytest.raises(ValueError, match=r"delta must have shape \(1, 4, 16\), got \(1, 16\)"):
+        flash_attention_bwd(Q, KV, KV, Q, lse, Q, delta=lse[:, 0])
+    with pytest.raises(ValueError, match="pass dlse or delta, not both"):
+        flash_attention_bwd(Q, KV, KV, Q, lse, Q, dlse=lse, delta=lse)
+    with pytest.raises(ValueError, match=r"lse must have shape \(1, 4, 16\)"):
+        attention_delta(Q, Q, lse[:, :2])
 
 
 def test_works_under_jit_vmap_free_defaults():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from longvila_jax.kernels import mosaic_backend, mosaic_plan, mosaic_schedule, reference_attention
+from longvila_jax.kernels import attention_delta, mosaic_backend, mosaic_plan, mosaic_schedule, reference_attention
 from longvila_jax.kernels.mask import visible
 from longvila_jax.kernels.testing import query_key_layouts, random_qkv
 
@@ -138,6 +138,16 @@ def test_shuffled_full_mask_and_given_lse(rng):
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
     _, vjp = jax.vjp(lambda *a: reference_attention(*a, **mask), *f32)
     ref_grads = vjp((dout.astype(jnp.float32), jnp.zeros_like(ref_lse)))
+    for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
+    # a given delta (as a ring passes it) with a dlse folded in replaces the kernel's own row sum
+    dlse = jnp.asarray(rng.standard_normal(ref_lse.shape), jnp.float32)
+    out16 = ref_out.astype(jnp.bfloat16)
+    grads = mosaic_backend.attention_bwd(
+        q, k, v, out16, ref_lse, dout, None, mask["q_segment_ids"], mask["kv_segment_ids"], mask["q_positions"],
+        mask["kv_positions"], causal=False, scale=64 ** -0.5, delta=attention_delta(out16, dout, ref_lse, dlse=dlse),
+        interpret=INTERPRET)
+    ref_grads = vjp((dout.astype(jnp.float32), dlse))
     for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
 

@@ -137,3 +137,28 @@ def test_odd_local_length_and_batch_not_dividing_data(rng):
     q, dout = normal(3, length, 4, 16), normal(3, length, 4, 16)
     k, v = normal(3, length, 2, 16), normal(3, length, 2, 16)
     check_against_reference(q, k, v, dout, seg, pos, mesh, True)
+
+
+def test_ring_backward_computes_the_row_sum_once(rng, monkeypatch):
+    """The ring's backward traces one ``attention_delta`` (the row sum of out * dout) and hands its
+    rows to every per-step ``flash_attention_bwd`` call, which then computes none of its own; the
+    gradients still match the dense reference."""
+    from longvila_jax import kernels
+
+    traced_deltas, given = [], []
+    attention_delta, flash_attention_bwd = kernels.attention_delta, kernels.flash_attention_bwd
+
+    def counting_delta(*args, **kwargs):
+        traced_deltas.append(None)
+        return attention_delta(*args, **kwargs)
+
+    def recording_bwd(*args, **kwargs):
+        given.append(kwargs.get("delta") is not None)
+        return flash_attention_bwd(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "attention_delta", counting_delta)
+    monkeypatch.setattr(kernels, "flash_attention_bwd", recording_bwd)
+    q, k, v, dout, seg, pos = device_inputs(rng, 1, 2, 4, "balanced", "pack")
+    check_against_reference(q, k, v, dout, seg, pos, make_mesh(ring=4, ulysses=2), True)
+    assert len(traced_deltas) == 1
+    assert given and all(given)

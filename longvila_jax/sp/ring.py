@@ -94,11 +94,12 @@ def _block_forward(q, k, v, q_seg, q_pos, kv_seg, kv_pos, cfg: RingConfig):
     return lax.cond(live, compute, skip, None)
 
 
-def _block_backward(q, k, v, out, lse, dout, q_seg, q_pos, kv_seg, kv_pos, cfg: RingConfig):
-    """(dq, dk, dv) float32 of one sub-block, zeros when the mask empties it."""
+def _block_backward(q, k, v, out, lse, dout, delta, q_seg, q_pos, kv_seg, kv_pos, cfg: RingConfig):
+    """(dq, dk, dv) float32 of one sub-block, zeros when the mask empties it. ``delta``: the query
+    rows' ``kernels.attention_delta``, computed once for every step of the ring."""
 
     def compute(_):
-        grads = kernels.flash_attention_bwd(q, k, v, out, lse, dout,
+        grads = kernels.flash_attention_bwd(q, k, v, out, lse, dout, delta=delta,
                                             **_kernel_args(q_seg, q_pos, kv_seg, kv_pos, cfg))
         return tuple(g.astype(jnp.float32) for g in grads)
 
@@ -150,6 +151,7 @@ def _backward(q, k, v, segment_ids, positions, out, lse, dout, cfg: RingConfig):
     length = q.shape[1]
     sub = _sub_count(length, cfg.ring_size)
     size = length // sub
+    delta = kernels.attention_delta(out, dout, lse)  # one row sum, not one per step and sub-block pair
 
     def attend_grad(kv, dq_acc, dkv_received):
         """Add this step's gradients: dQ into ``dq_acc``; dK/dV (w.r.t. this step's K/V)
@@ -162,8 +164,9 @@ def _backward(q, k, v, segment_ids, positions, out, lse, dout, cfg: RingConfig):
             dq_acc, dk_acc, dv_acc = grads
             dq, dk, dv = _block_backward(
                 _rows(q, i, size), _rows(k_step, j, size), _rows(v_step, j, size), _rows(out, i, size),
-                _rows(lse, i, size, axis=2), _rows(dout, i, size), _rows(segment_ids, i, size),
-                _rows(positions, i, size), _rows(kv_seg, j, size), _rows(kv_pos, j, size), cfg)
+                _rows(lse, i, size, axis=2), _rows(dout, i, size), _rows(delta, i, size, axis=2),
+                _rows(segment_ids, i, size), _rows(positions, i, size), _rows(kv_seg, j, size),
+                _rows(kv_pos, j, size), cfg)
             return (_put_rows(dq_acc, _rows(dq_acc, i, size) + dq, i),
                     _put_rows(dk_acc, _rows(dk_acc, j, size) + dk, j),
                     _put_rows(dv_acc, _rows(dv_acc, j, size) + dv, j))
