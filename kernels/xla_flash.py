@@ -23,7 +23,7 @@ from jax import lax
 
 from .block_skip import block_visit_mask
 from .mask import pad_tokens, visible
-from .row_stats import masked_delta
+from .row_stats import backward_delta
 
 
 def _pad_seq(x, length: int, value=0):
@@ -163,11 +163,7 @@ def flash_backward(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, 
     mm_dtype = q.dtype  # p and ds are cast to the input dtype for the matmuls
 
     finite = jnp.isfinite(lse)
-    if delta is None:
-        delta = jnp.einsum("bqhd,bqhd->bhq", dout.astype(jnp.float32), out.astype(jnp.float32))
-        if dlse is not None:
-            delta = delta - dlse.astype(jnp.float32)
-    delta = masked_delta(lse, delta)
+    delta = backward_delta(out, dout, lse, dlse, delta)
     lse_safe = jnp.where(finite, lse, jnp.inf)  # exp(s - inf) = 0 on empty rows
     grouped_rows = (t.batch, t.kv_heads, t.group)
     delta = _pad_last(delta, t.q_len_pad).reshape(*grouped_rows, t.q_len_pad)
