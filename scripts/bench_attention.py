@@ -43,6 +43,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import trace_summary
 
 from longvila_jax.kernels import flash_attention, mosaic_backend, triton_backend
 
@@ -263,13 +264,12 @@ class Row:
         """Each call's batch (at most ``max_calls`` calls) once more under the JAX profiler: ``[(call,
         calls, wall s per call, trace_summary.Timeline of the batch, its device events)]``; the traces
         stay under ``trace_root``."""
-        import trace_summary
-
         found = []
         for call, fn, args, repeats in zip(("fwd", "fwd+bwd"), (self.fwd, self.fwd_bwd),
                                            (self.fwd_args, self.fwd_bwd_args), self.repeats):
             calls = min(max(repeats, 1), max_calls)
-            trace_dir = pathlib.Path(trace_root) / re.sub(r"[^\w.-]", "_", f"{self.impl}_{self.length}_{self.mask}_{call}")
+            name = re.sub(r"[^\w.-]", "_", f"{self.impl}_{self.length}_{self.mask}_{call}")
+            trace_dir = pathlib.Path(trace_root) / name
             jax.block_until_ready(fn(*args))
             with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
                 wall = time_batch(fn, args, calls)
@@ -288,8 +288,6 @@ class Row:
 def print_traces(built, trace_root):
     """Per row and call: wall time per call against the device's span (first op start to last op end)
     and busy time per call, so that a timing can be split into kernels, idle device and host."""
-    import trace_summary
-
     print("| impl | S | mask | call | calls traced | wall ms per call | device span ms per call "
           "| device busy ms per call | ops per call | idle gaps over 20 us (longest) | longest ops, us per call |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -4,9 +4,9 @@
     python scripts/profile_attention.py --impl "mosaic[grid=blocks]" --seq 8192 --mask causal
 
 Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). The packed masks take their
-segment ids and positions as arguments of the jitted step, as a training step gets them from its
-batch (``bench_attention.py`` closes over them, so XLA may fold the visit lists at compile time);
-``--tokens-as-constants`` does what the bench does. The step runs ``--steps`` times under
+segment ids and positions as arguments of the jitted step, as a training step (and
+``bench_attention.py``) gets them; ``--tokens-as-constants`` closes over them instead, so that the visit
+lists are computed while tracing. The step runs ``--steps`` times under
 ``jax.profiler.trace``; printed: every device op (kernels and XLA fusions, by HLO op name) with its
 calls and microseconds per step, its share of the device total, then the device total and the wall
 time per step. ``--trace-dir`` keeps the trace (``perfetto_trace.json.gz`` opens in ui.perfetto.dev).
@@ -70,7 +70,7 @@ def main():
                                                                        "full-packed4"))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tokens-as-constants", action="store_true",
-                        help="close over the packed masks' ids (as bench_attention.py does)")
+                        help="close over the packed masks' ids (their visit lists then become constants)")
     parser.add_argument("--trace-dir", help="keep the trace here (default: a temporary directory)")
     parser.add_argument("--top", type=int, default=25, help="ops printed, longest first")
     parser.add_argument("--dump-hlo", help="write the step's optimized HLO to this file (op names as printed)")
