@@ -13,7 +13,7 @@ python3 -c "import jax, torch, transformers, jax_triton; print('jax', jax.__vers
 STEPS=${STEPS:-"tests generate"}
 for step in $STEPS; do
   if [ "$step" = tests ]; then
-    XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -p no:cacheprovider -n 4 \
+    XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-200} python3 -P -m pytest -q -p no:cacheprovider -n 4 \
       -m gpu ${TEST_FILTER:+-k "$TEST_FILTER"} tests/test_kernels_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -8
   elif [ "$step" = generate ]; then
     timeout ${GEN_TIMEOUT:-360} python3 scripts/bench_generate.py ${GEN_ARGS:---parts hf,1gpu,report --new-tokens 64} \

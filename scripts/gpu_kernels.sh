@@ -25,7 +25,7 @@ python3 -c "import jax, triton, jax_triton; print('jax', jax.__version__, 'trito
 if [[ " $STEPS " == *" tests "* ]]; then
   # four workers share the GPU (compilation dominates); no preallocation so they fit together;
   # no -q here: with setup.cfg's -q it would hide the pass/fail summary line
-  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-420} python3 -m pytest -p no:cacheprovider -n 4 \
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout ${TEST_TIMEOUT:-420} python3 -P -m pytest -p no:cacheprovider -n 4 \
     -m gpu -k "${TEST_K:-}" tests/test_kernels_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 fi
 if [[ " $STEPS " == *" anchor "* ]]; then
