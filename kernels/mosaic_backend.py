@@ -101,6 +101,19 @@ BACKWARD = {"mode": "split"}
 FORWARD_MODES = ("pipelined", "serial")
 FORWARD = {"mode": "pipelined"}
 
+# Where the forward's ``s = q k^T`` reads q: "smem" (both operands from SMEM) or "registers" (q loaded
+# into registers once per query block: each product then reads only k from SMEM, and a persistent CTA
+# fetches its next block's q at once instead of after the last product).
+FORWARD_Q_DEFAULT = "smem"
+FORWARD_Q = {"mode": FORWARD_Q_DEFAULT}
+
+
+def set_forward_q(mode: str):
+    """Choose where the forward's first product reads q (see ``mosaic_forward.Q_OPERANDS``)."""
+    from .mosaic_forward import Q_OPERANDS
+
+    _choose("forward q operand", Q_OPERANDS, FORWARD_Q, mode)
+
 
 # How the dK/dV kernel's loop runs: "serial" (the default) waits for s and dp, then for dv and dk;
 # "pipelined" issues step j-1's dk, step j's s and dp, then step j-1's dv, and computes p and ds while dv
@@ -258,7 +271,7 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     q_len, q_pad, kv_pad = q.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     out, lse = kernel(_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad), q_tokens, kv_tokens, lists,
                       causal=causal, scale=scale, tuning=TUNING["forward"], pipelined=FORWARD["mode"] == "pipelined",
-                      workers=workers("forward"), interpret=interpret)
+                      workers=workers("forward"), q_operand=FORWARD_Q["mode"], interpret=interpret)
     return out[:, :q_len], lse[:, :, :q_len]
 
 

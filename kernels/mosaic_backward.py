@@ -359,7 +359,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 fetch_dout(0)
 
             def item(i, step):
-                list_i = list_s.at[sched.list_slot(i)]
+                list_i = list_s.at[work.list_slot(i)]
                 count = mc.list_entry(list_i, 0)
                 b, h, q_rows = query_rows(i)
                 # out's rows straight from GMEM into registers, while q and dout arrive by TMA
@@ -401,7 +401,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                     if store == "registers":  # dout's buffer is free too: all dp are computed
                         fetch_dout(i + 1)
 
-                plgpu.barrier_arrive(list_free.at[sched.list_slot(i)])
+                plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
                 dq_tile = (acc * scale).astype(dtype)
                 if store == "registers":
                     dq_ref.at[b, q_rows, h][...] = dq_tile

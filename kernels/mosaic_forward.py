@@ -23,9 +23,11 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from . import mosaic_common as mc
 from . import mosaic_schedule as sched
 
+Q_OPERANDS = ("smem", "registers")
+
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-            pipelined: bool = True, workers: int | None = None, interpret=None):
+            pipelined: bool = True, workers: int | None = None, q_operand: str = "smem", interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -36,7 +38,13 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     runs the softmax of ``s_j`` while the second product is on the tensor cores (k and v then have
     separate SMEM slots and releases). Otherwise each product is waited for before the softmax.
     ``workers``: CTAs of a persistent grid (None: one CTA per query block and head).
+    ``q_operand``: where ``s = q k^T`` reads q, ``smem`` (both operands from SMEM; the next item's q
+    is fetched once the current item's last s is computed) or ``registers`` (q loaded once per item,
+    so each s reads only k from SMEM, and the next item's q is fetched as soon as it is loaded).
     """
+    if q_operand not in Q_OPERANDS:
+        raise ValueError(f"mosaic forward: q_operand must be one of {Q_OPERANDS}, got {q_operand!r}")
+    q_in_registers = q_operand == "registers"
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -45,11 +53,13 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     dtype = q.dtype
     scale2 = scale * mc.LOG2E  # scores in base 2
     tile = (mc.ROWS, kv_block)
-    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape)
+    # q from registers: the next item's q is fetched as the current item starts, so its list must
+    # have arrived by then (lookahead)
+    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=q_in_registers)
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
-             q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, list_bar, list_free, q_bar, qt_bar, k_bar, v_bar,
-             kt_bar, consumed, v_consumed):
+             q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, q_stage,
+             list_bar, list_free, q_bar, qt_bar, k_bar, v_bar, kt_bar, consumed, v_consumed):
         w = lax.axis_index("w")
         wg = mc.thread_index()
         # pipelined: k (+ key tokens) and v are released separately (v_{j-1} is read while k_j is in use)
@@ -77,13 +87,28 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
             def item(i, step):
                 """Item ``i``; its streamed blocks occupy slots from ``step`` on (counted across items)."""
-                list_i = list_s.at[sched.list_slot(i)]
+                list_i = list_s.at[work.list_slot(i)]
                 count = mc.list_entry(list_i, 0)
                 b, h, q_rows = query_rows(i)
                 plgpu.barrier_wait(q_bar.at[wg])
                 plgpu.barrier_wait(qt_bar.at[wg])
                 q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
                 q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
+
+                def next_queries():  # item i + 1's q into q_s, which no product reads any more
+                    @pl.when(i + 1 < n_items)
+                    def _():
+                        fetch_queries(i + 1)
+
+                if q_in_registers:
+                    # q's rows in the wgmma register layout (staged through SMEM when interpreting); once
+                    # every thread's loads are done (commit_smem's barrier) q_s takes the next item's rows
+                    q_a = mc.register_operand(plgpu.load(q_s.at[wg], layout=plgpu.Layout.WGMMA),
+                                              q_stage.at[wg], interpret=interpret)
+                    plgpu.commit_smem()
+                    next_queries()
+                else:
+                    q_a = q_s.at[wg]
 
                 def slot_of(j):
                     return lax.rem(step + j, stages)
@@ -108,7 +133,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                 acc0 = mc.zeros((mc.ROWS, head_dim))
 
                 def scores(j):
-                    return mc.matmul(q_s.at[wg], k_s.at[slot_of(j)].T, tile)
+                    return mc.matmul(q_a, k_s.at[slot_of(j)].T, tile)
 
                 def add_pv(acc, p16, j, release):
                     """``acc + p16 @ v_j``, then v_j's slot is released on ``release``."""
@@ -139,7 +164,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
                     def overlapped(s_acc, o_acc):
                         o_acc[...] = acc
-                        plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[k_slot].T)
+                        plgpu.wgmma(s_acc, q_a, k_s.at[k_slot].T)
                         plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
                         s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
                         p, m_new, l_new, alpha = softmax(s, m, l, j)
@@ -155,11 +180,6 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     plgpu.barrier_arrive(v_consumed.at[v_slot])
                     return carry
 
-                def next_queries():  # q_s is free once the last s is computed
-                    @pl.when(i + 1 < n_items)
-                    def _():
-                        fetch_queries(i + 1)
-
                 if pipelined:
                     def first(_):
                         wait_keys(0)
@@ -172,13 +192,15 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
                     m, l, p = lax.cond(count > 0, first, nothing, None)
                     m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
-                    next_queries()
+                    if not q_in_registers:  # q_s is free once the last s is computed
+                        next_queries()
                     acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc,
                                    acc)
                 else:
                     m, l, acc = lax.fori_loop(0, count, serial_step, (m0, l0, acc0))
-                    next_queries()
-                plgpu.barrier_arrive(list_free.at[sched.list_slot(i)])
+                    if not q_in_registers:
+                        next_queries()
+                plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
                 empty = l == 0.0
                 out = acc / mc.rows(jnp.where(empty, 1.0, l), acc.shape)
                 lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * mc.LN2)
@@ -204,6 +226,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.SMEM((mc.COMPUTE, mc.ROWS), jnp.float32),  # lse
         plgpu.SMEM((list_slots, *lists.shape[2:]), jnp.int32),  # visit lists
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
+        mc.staging_scratch((mc.ROWS, head_dim), dtype, interpret=interpret if q_in_registers else None),  # q
         plgpu.Barrier(num_barriers=list_slots),  # list arrived
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=list_slots),  # list released
         plgpu.Barrier(num_barriers=mc.COMPUTE),

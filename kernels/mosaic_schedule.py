@@ -8,7 +8,9 @@ grid is persistent: worker ``w`` runs items in waves of ``workers``, in snake or
 waves, ``workers - 1 - w`` in odd ones) so that long and short lists even out over the waves. The
 memory thread then streams the blocks of all its items as one sequence: the SMEM slots refill across
 an item boundary, and the next item's visit list is fetched while the compute threads finish the
-current one (lists are double-buffered, released on ``list_free``).
+current one (lists are double-buffered, released on ``list_free``). With ``lookahead`` there are three
+list slots and the memory thread fetches item i + 1's list as it starts item i, so the compute threads
+can fetch item i + 1's resident rows as soon as item i begins.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from .mosaic_common import BLOCK, MEMORY, ROWS, drain, list_entry, registers, stream_tiles
 
 LIST_SLOTS = 2  # visit lists a persistent CTA holds in SMEM: the current item's and the next one's
+LOOKAHEAD_SLOTS = 3  # with lookahead: the next list arrives while the one before the current is held
 # SMEM the list slots of a persistent CTA may take: the forward and dQ kernels hold about 196 KB of
 # tiles beside them (of 227 KB). Longer lists (over 3,070 streamed blocks, 393k keys in 128-key
 # blocks) run one CTA per block, with one slot.
@@ -32,12 +35,19 @@ LIST_SMEM_BYTES = 24 * 1024
 class Work:
     """Items ``(b, r, h)`` of a ``shape = (B, n_lists, H)`` grid shared by ``workers`` CTAs."""
 
-    def __init__(self, shape: tuple[int, int, int], workers: int):
+    def __init__(self, shape: tuple[int, int, int], workers: int, list_slots: int = 1):
         self.shape = shape
         self.n_items = shape[0] * shape[1] * shape[2]
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = min(workers, self.n_items)
+        self.list_slots = list_slots
+        # the memory thread fetches item i + 1's list as it starts item i (needs a third slot)
+        self.lookahead = list_slots >= LOOKAHEAD_SLOTS
+
+    def list_slot(self, i):
+        """The SMEM list slot of item ``i``."""
+        return lax.rem(i, self.list_slots)
 
     def count(self, w):
         """How many items worker ``w`` (traced) runs."""
@@ -56,28 +66,26 @@ class Work:
         return t // (n_lists * heads), lax.rem(t // heads, n_lists), lax.rem(t, heads)
 
 
-def plan_work(shape: tuple[int, int, int], workers: int | None, list_shape: tuple[int, ...]):
+def plan_work(shape: tuple[int, int, int], workers: int | None, list_shape: tuple[int, ...],
+              lookahead: bool = False):
     """``(Work, list slots)`` for a kernel over ``shape = (B, n_lists, H)`` items whose visit lists
     have ``list_shape`` (``[..., rows, row_len]`` int32): a persistent grid of ``workers`` CTAs with
-    two list slots, or (``workers`` None, or two lists too large for ``LIST_SMEM_BYTES``) one CTA
-    per item with one slot."""
+    two list slots (``lookahead``: three, see the module docstring), or (``workers`` None, or the
+    slots too large for ``LIST_SMEM_BYTES``) one CTA per item with one slot."""
     n_items = shape[0] * shape[1] * shape[2]
     list_bytes = 4 * list_shape[-1] * list_shape[-2]
-    if workers is None or workers >= n_items or LIST_SLOTS * list_bytes > LIST_SMEM_BYTES:
+    slots = LOOKAHEAD_SLOTS if lookahead else LIST_SLOTS
+    if workers is None or workers >= n_items or slots * list_bytes > LIST_SMEM_BYTES:
         return Work(shape, n_items), 1
-    return Work(shape, workers), LIST_SLOTS
-
-
-def list_slot(i):
-    return lax.rem(i, LIST_SLOTS)
+    return Work(shape, workers, slots), slots
 
 
 def fetch_list(work, w, i, list_ref, list_s, list_bar, list_free):
     """The memory thread's copy of item ``i``'s visit list into its slot, once the compute threads
     released the item that held the slot before."""
-    slot = list_slot(i)
+    slot = work.list_slot(i)
 
-    @pl.when(i >= LIST_SLOTS)
+    @pl.when(i >= work.list_slots)
     def _():
         plgpu.barrier_wait(list_free.at[slot])
 
@@ -89,14 +97,14 @@ def item_rows(work, w, list_s, i, wg):
     """``(b, h, rows)`` of worker ``w``'s item ``i`` for compute thread ``wg``: its 64 rows of the
     resident block that the item's visit list (arrived) names."""
     b, _, h = work.item(w, i)
-    resident = list_entry(list_s.at[list_slot(i)], 1)
+    resident = list_entry(list_s.at[work.list_slot(i)], 1)
     return b, h, pl.ds(resident * BLOCK + wg * ROWS, ROWS)
 
 
 def fetch_item(work, w, list_s, list_bar, i, wg, copies):
     """A compute thread's start of item ``i``: wait for its visit list, then start the TMA copies
     ``copies(b, h, rows)`` returns, ``[(gmem, smem, barrier)]`` of the thread's resident rows."""
-    plgpu.barrier_wait(list_bar.at[list_slot(i)])
+    plgpu.barrier_wait(list_bar.at[work.list_slot(i)])
     for src, dst, bar in copies(*item_rows(work, w, list_s, i, wg)):
         plgpu.copy_gmem_to_smem(src, dst, bar)
 
@@ -112,10 +120,23 @@ def memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, issue, con
         registers(compute=False)
         n_items = work.count(w)
 
-        def item(i, step):
+        def fetch(i):
             fetch_list(work, w, i, list_ref, list_s, list_bar, list_free)
-            list_i = list_s.at[list_slot(i)]
-            plgpu.barrier_wait(list_bar.at[list_slot(i)])
+
+        if work.lookahead:
+            @pl.when(n_items > 0)
+            def _():
+                fetch(0)
+
+        def item(i, step):
+            if work.lookahead:  # item i's list is on its way: ask for the next one now
+                @pl.when(i + 1 < n_items)
+                def _():
+                    fetch(i + 1)
+            else:
+                fetch(i)
+            list_i = list_s.at[work.list_slot(i)]
+            plgpu.barrier_wait(list_bar.at[work.list_slot(i)])
             b, _, h = work.item(w, i)
             if v_consumed is not None:
                 bound = tuple(functools.partial(f, b, h, list_i) for f in issue)
@@ -129,7 +150,7 @@ def memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, issue, con
         drain(steps, consumed, stages, v_consumed=v_consumed)
 
         def drain_lists(i, carry):  # every completion of list_free is awaited too
-            plgpu.barrier_wait(list_free.at[list_slot(i)])
+            plgpu.barrier_wait(list_free.at[work.list_slot(i)])
             return carry
 
-        lax.fori_loop(jnp.maximum(n_items - LIST_SLOTS, 0), n_items, drain_lists, None)
+        lax.fori_loop(jnp.maximum(n_items - work.list_slots, 0), n_items, drain_lists, None)

@@ -147,16 +147,19 @@ def test_cudnn_lse_is_differentiable(rng):
         assert rel_err(g, ref_g) <= TOL
 
 
-@pytest.mark.parametrize("grid,workers,dq_store,dkdv_stages,delta", [
-    ("persistent", 7, "smem", None, "xla"), ("persistent", 7, "registers", None, "xla"),
-    ("blocks", None, "smem", None, "xla"), ("blocks", None, "smem", 3, "xla"), ("blocks", None, "smem", 2, "xla"),
-    ("persistent", 7, "smem", None, "kernel"), ("blocks", None, "smem", None, "kernel")])
-def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta):
+@pytest.mark.parametrize("grid,workers,dq_store,dkdv_stages,delta,forward_q", [
+    ("persistent", 7, "smem", None, "xla", "smem"), ("persistent", 7, "registers", None, "xla", "smem"),
+    ("blocks", None, "smem", None, "xla", "smem"), ("blocks", None, "smem", 3, "xla", "smem"),
+    ("blocks", None, "smem", 2, "xla", "smem"), ("persistent", 7, "smem", None, "kernel", "smem"),
+    ("blocks", None, "smem", None, "kernel", "smem"), ("persistent", 7, "smem", None, "xla", "registers"),
+    ("blocks", None, "smem", None, "xla", "registers")])
+def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, forward_q):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
     copies) and with one CTA per block, dQ leaving through SMEM or from registers; ``dkdv_stages``:
     the pipelined dK/dV loop (asynchronous wgmmas, operands from registers) with that many slots;
-    ``delta``: the backward's row sum in the dQ kernel or in XLA; packed GQA 32/8, ragged length,
+    ``delta``: the backward's row sum in the dQ kernel or in XLA; ``forward_q``: where the forward's
+    first product reads q (SMEM or registers); packed GQA 32/8, ragged length,
     empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
@@ -180,6 +183,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta):
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     saved_tuning = dict(mosaic_backend.TUNING)
     mosaic_backend.set_delta(delta)
+    mosaic_backend.set_forward_q(forward_q)
     if dkdv_stages:
         mosaic_backend.set_dkdv_loop("pipelined")
         mosaic_backend.set_tuning("dkdv", 64, dkdv_stages)
@@ -197,6 +201,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta):
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
         mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
+        mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
         mosaic_backend.TUNING.update(saved_tuning)
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)

@@ -182,6 +182,19 @@ def test_serial_forward_loop_packed_gqa(rng):
         mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
 
 
+def test_forward_q_from_registers_packed_gqa(rng):
+    """The forward with q as the register operand of ``q k^T`` (staged through SMEM when
+    interpreting) and the next item's q fetched as soon as it is loaded, on a persistent grid of 3
+    CTAs (so items follow each other in one CTA): GQA 4/2, ragged lengths, packed, empty rows."""
+    mosaic_backend.set_forward_q("registers")
+    mosaic_backend.PERSISTENT_WORKERS["count"] = 3
+    try:
+        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+    finally:
+        mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
+        mosaic_backend.PERSISTENT_WORKERS["count"] = None
+
+
 @pytest.mark.parametrize("stages", [2, 3])
 def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
     """The dK/dV loop that issues step j's s, dp with step j-1's dv, dk products (slots released a
@@ -258,6 +271,12 @@ def test_persistent_grid_only_where_two_lists_fit_smem():
     assert (work.workers, slots) == (64 * 32, 1)
     work, slots = mosaic_schedule.plan_work((1, 2, 3), 132, (1, 2, 1, 32))  # fewer items than workers
     assert (work.workers, slots) == (6, 1)
+    # lookahead (the forward with q from registers): three slots, while three fit
+    work, slots = mosaic_schedule.plan_work(shape, 132, (1, 64, 1, 96), lookahead=True)
+    assert (work.workers, slots, work.lookahead) == (132, 3, True)
+    work, slots = mosaic_schedule.plan_work(shape, 132, (1, 64, 9, 256), lookahead=True)  # 27 KiB for three
+    assert (work.workers, slots, work.lookahead) == (64 * 32, 1, False)
+    assert not mosaic_schedule.plan_work(shape, 132, (1, 64, 9, 256))[0].lookahead  # 18 KiB: two fit
 
 
 def test_bad_worker_count_is_refused():
@@ -297,6 +316,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined'., got 'fast'"),
     ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
+    ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
 ])
 def test_bad_mode_names_the_choices(setter, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -320,15 +340,17 @@ def test_dq_from_registers_lowers_for_cuda_without_a_gpu():
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
 
 
-@pytest.mark.parametrize("backward_mode,delta", [("split", "xla"), ("split", "kernel"), ("fused", "xla")],
+@pytest.mark.parametrize("backward_mode,delta,forward_q", [("split", "xla", "smem"), ("split", "kernel", "smem"),
+                                                           ("fused", "xla", "smem"), ("split", "xla", "registers")],
                          indirect=["backward_mode"])
-def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta):
+def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
     """The whole Mosaic GPU lowering (layout inference included) for an H100/H200, run on CPU by
     ``jax.export``: forward + backward at D = 128, GQA 4/2, a ragged length. Split runs three
     kernels (forward, dK/dV, dQ; delta from XLA or from the dQ kernel's GMEM loads of out); fused
     adds dQ inside the dK/dV kernel, so two."""
     seq = 300
     mosaic_backend.set_delta(delta)
+    mosaic_backend.set_forward_q(forward_q)
 
     def fwd_bwd(q, k, v, dout, seg, pos):
         _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
@@ -341,6 +363,7 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta):
         module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
     finally:
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
+        mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
     assert kernels == {"split": 3, "fused": 2}[backward_mode]
 
