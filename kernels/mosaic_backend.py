@@ -108,6 +108,19 @@ FORWARD_Q_DEFAULT = "smem"
 FORWARD_Q = {"mode": FORWARD_Q_DEFAULT}
 
 
+# Where the forward applies the softmax scale: "scores" (every score scaled before the mask and the row
+# max) or "exponent" (the scale folded into exp2's argument, one multiply-add per score).
+FORWARD_SCALE_DEFAULT = "scores"
+FORWARD_SCALE = {"mode": FORWARD_SCALE_DEFAULT}
+
+
+def set_forward_scale(mode: str):
+    """Choose where the forward applies the softmax scale (see ``mosaic_forward.SCALE_AT``)."""
+    from .mosaic_forward import SCALE_AT
+
+    _choose("forward scale", SCALE_AT, FORWARD_SCALE, mode)
+
+
 def set_forward_q(mode: str):
     """Choose where the forward's first product reads q (see ``mosaic_forward.Q_OPERANDS``)."""
     from .mosaic_forward import Q_OPERANDS
@@ -271,7 +284,8 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     q_len, q_pad, kv_pad = q.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     out, lse = kernel(_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad), q_tokens, kv_tokens, lists,
                       causal=causal, scale=scale, tuning=TUNING["forward"], pipelined=FORWARD["mode"] == "pipelined",
-                      workers=workers("forward"), q_operand=FORWARD_Q["mode"], interpret=interpret)
+                      workers=workers("forward"), q_operand=FORWARD_Q["mode"],
+                      scale_at=FORWARD_SCALE["mode"], interpret=interpret)
     return out[:, :q_len], lse[:, :, :q_len]
 
 

@@ -24,10 +24,12 @@ from . import mosaic_common as mc
 from . import mosaic_schedule as sched
 
 Q_OPERANDS = ("smem", "registers")
+SCALE_AT = ("scores", "exponent")
 
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-            pipelined: bool = True, workers: int | None = None, q_operand: str = "smem", interpret=None):
+            pipelined: bool = True, workers: int | None = None, q_operand: str = "smem", scale_at: str = "scores",
+            interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -41,7 +43,13 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     ``q_operand``: where ``s = q k^T`` reads q, ``smem`` (both operands from SMEM; the next item's q
     is fetched once the current item's last s is computed) or ``registers`` (q loaded once per item,
     so each s reads only k from SMEM, and the next item's q is fetched as soon as it is loaded).
+    ``scale_at``: ``scores`` (each score is scaled, then masked, its row max taken and subtracted) or
+    ``exponent`` (mask and row max on the raw scores, ``exp2(s * scale - max)`` one multiply-add per
+    score; the same maxima, since a positive scale keeps the order; a scale <= 0 uses ``scores``).
     """
+    if scale_at not in SCALE_AT:
+        raise ValueError(f"mosaic forward: scale_at must be one of {SCALE_AT}, got {scale_at!r}")
+    fold_scale = scale_at == "exponent" and scale > 0
     if q_operand not in Q_OPERANDS:
         raise ValueError(f"mosaic forward: q_operand must be one of {Q_OPERANDS}, got {q_operand!r}")
     q_in_registers = q_operand == "registers"
@@ -120,12 +128,17 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                 def softmax(s, m, l, j):
                     """Scores ``s`` of step ``j`` -> ``(p, m, l, alpha)``: the online softmax in base 2."""
                     _, needs_mask = mc.visited(list_i, j)
-                    s = mc.mask_tile(s * scale2, -jnp.inf, needs_mask, kt_s.at[slot_of(j)], q_seg, q_pos,
-                                     causal=causal, q_on_rows=True)
-                    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+                    if fold_scale:  # mask and row max on the raw scores; the scale rides in exp2's FMA
+                        s = mc.mask_tile(s, -jnp.inf, needs_mask, kt_s.at[slot_of(j)], q_seg, q_pos,
+                                         causal=causal, q_on_rows=True)
+                        m_new = jnp.maximum(m, jnp.max(s, axis=1) * scale2)
+                    else:
+                        s = mc.mask_tile(s * scale2, -jnp.inf, needs_mask, kt_s.at[slot_of(j)], q_seg, q_pos,
+                                         causal=causal, q_on_rows=True)
+                        m_new = jnp.maximum(m, jnp.max(s, axis=1))
                     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
                     alpha = jnp.exp2(m - m_use)
-                    p = jnp.exp2(s - mc.rows(m_use, tile))
+                    p = jnp.exp2((s * scale2 if fold_scale else s) - mc.rows(m_use, tile))
                     return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
 
                 m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)

@@ -27,7 +27,8 @@ its own row; ``backward=fused`` (or ``split``, the default) picks how the backwa
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
 ``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``) the dK/dV kernel's loop
 (give it 3 stages: ``dkdv=64,3``), ``delta=kernel`` (or ``xla``) where the backward's row sum runs,
-``forward_q=registers`` (or ``smem``) where the forward's ``q k^T`` reads q.
+``forward_q=registers`` (or ``smem``) where the forward's ``q k^T`` reads q, ``forward_scale=exponent``
+(or ``scores``) where the forward applies the softmax scale.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """
@@ -162,8 +163,10 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
     mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
+    mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
     modes = dict(backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
                  delta=mosaic_backend.set_delta, forward_q=mosaic_backend.set_forward_q,
+                 forward_scale=mosaic_backend.set_forward_scale,
                  dq_store=mosaic_backend.set_dq_store, dkdv_loop=mosaic_backend.set_dkdv_loop,
                  grid=mosaic_backend.set_grid,
                  forward_grid=lambda mode: mosaic_backend.set_grid(mode, "forward"),

@@ -152,14 +152,15 @@ def test_cudnn_lse_is_differentiable(rng):
     ("blocks", None, "smem", None, "xla", "smem"), ("blocks", None, "smem", 3, "xla", "smem"),
     ("blocks", None, "smem", 2, "xla", "smem"), ("persistent", 7, "smem", None, "kernel", "smem"),
     ("blocks", None, "smem", None, "kernel", "smem"), ("persistent", 7, "smem", None, "xla", "registers"),
-    ("blocks", None, "smem", None, "xla", "registers")])
+    ("blocks", None, "smem", None, "xla", "registers"), ("persistent", 7, "smem", None, "xla", "registers,exponent")])
 def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, forward_q):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
     copies) and with one CTA per block, dQ leaving through SMEM or from registers; ``dkdv_stages``:
     the pipelined dK/dV loop (asynchronous wgmmas, operands from registers) with that many slots;
     ``delta``: the backward's row sum in the dQ kernel or in XLA; ``forward_q``: where the forward's
-    first product reads q (SMEM or registers); packed GQA 32/8, ragged length,
+    first product reads q (SMEM or registers; ``,exponent``: the softmax scale folded into exp2's
+    argument); packed GQA 32/8, ragged length,
     empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
@@ -183,7 +184,9 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, f
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     saved_tuning = dict(mosaic_backend.TUNING)
     mosaic_backend.set_delta(delta)
+    forward_q, _, forward_scale = forward_q.partition(",")
     mosaic_backend.set_forward_q(forward_q)
+    mosaic_backend.set_forward_scale(forward_scale or mosaic_backend.FORWARD_SCALE_DEFAULT)
     if dkdv_stages:
         mosaic_backend.set_dkdv_loop("pipelined")
         mosaic_backend.set_tuning("dkdv", 64, dkdv_stages)
@@ -202,6 +205,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, f
         mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
+        mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
         mosaic_backend.TUNING.update(saved_tuning)
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)

@@ -182,16 +182,20 @@ def test_serial_forward_loop_packed_gqa(rng):
         mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
 
 
-def test_forward_q_from_registers_packed_gqa(rng):
+@pytest.mark.parametrize("scale_at", ["scores", "exponent"])
+def test_forward_q_from_registers_packed_gqa(rng, scale_at):
     """The forward with q as the register operand of ``q k^T`` (staged through SMEM when
     interpreting) and the next item's q fetched as soon as it is loaded, on a persistent grid of 3
-    CTAs (so items follow each other in one CTA): GQA 4/2, ragged lengths, packed, empty rows."""
+    CTAs (so items follow each other in one CTA): GQA 4/2, ragged lengths, packed, empty rows;
+    ``scale_at``: the softmax scale on the scores or folded into the exponent."""
     mosaic_backend.set_forward_q("registers")
+    mosaic_backend.set_forward_scale(scale_at)
     mosaic_backend.PERSISTENT_WORKERS["count"] = 3
     try:
         run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
+        mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
 
 
@@ -317,6 +321,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
+    ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
 ])
 def test_bad_mode_names_the_choices(setter, bad, message):
     with pytest.raises(ValueError, match=message):
