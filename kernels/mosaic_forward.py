@@ -28,8 +28,8 @@ SCALE_AT = ("scores", "exponent")
 
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-            pipelined: bool = True, workers: int | None = None, q_operand: str = "smem", scale_at: str = "scores",
-            interpret=None):
+            pipelined: bool = True, workers: int | None = None, q_operand: str = "registers",
+            scale_at: str = "exponent", interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -40,9 +40,9 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     runs the softmax of ``s_j`` while the second product is on the tensor cores (k and v then have
     separate SMEM slots and releases). Otherwise each product is waited for before the softmax.
     ``workers``: CTAs of a persistent grid (None: one CTA per query block and head).
-    ``q_operand``: where ``s = q k^T`` reads q, ``smem`` (both operands from SMEM; the next item's q
-    is fetched once the current item's last s is computed) or ``registers`` (q loaded once per item,
-    so each s reads only k from SMEM, and the next item's q is fetched as soon as it is loaded).
+    ``q_operand``: where ``s = q k^T`` reads q, ``registers`` (q loaded once per item, so each s reads
+    only k from SMEM, and the next item's q is fetched as soon as it is loaded) or ``smem`` (both
+    operands from SMEM; the next item's q is fetched once the current item's last s is computed).
     ``scale_at``: ``scores`` (each score is scaled, then masked, its row max taken and subtracted) or
     ``exponent`` (mask and row max on the raw scores, ``exp2(s * scale - max)`` one multiply-add per
     score; the same maxima, since a positive scale keeps the order; a scale <= 0 uses ``scores``).

@@ -147,20 +147,19 @@ def test_cudnn_lse_is_differentiable(rng):
         assert rel_err(g, ref_g) <= TOL
 
 
-@pytest.mark.parametrize("grid,workers,dq_store,dkdv_stages,delta,forward_q", [
-    ("persistent", 7, "smem", None, "xla", "smem"), ("persistent", 7, "registers", None, "xla", "smem"),
-    ("blocks", None, "smem", None, "xla", "smem"), ("blocks", None, "smem", 3, "xla", "smem"),
-    ("blocks", None, "smem", 2, "xla", "smem"), ("persistent", 7, "smem", None, "kernel", "smem"),
-    ("blocks", None, "smem", None, "kernel", "smem"), ("persistent", 7, "smem", None, "xla", "registers"),
-    ("blocks", None, "smem", None, "xla", "registers"), ("persistent", 7, "smem", None, "xla", "registers,exponent")])
-def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, forward_q):
+@pytest.mark.parametrize("grid,workers,dq_store,dkdv_stages,delta,forward", [
+    ("persistent", 7, "smem", None, "xla", ""), ("persistent", 7, "registers", None, "xla", ""),
+    ("blocks", None, "smem", None, "xla", ""), ("blocks", None, "smem", 3, "xla", ""),
+    ("blocks", None, "smem", 2, "xla", ""), ("persistent", 7, "smem", None, "kernel", ""),
+    ("blocks", None, "smem", None, "kernel", ""), ("persistent", 7, "smem", None, "xla", "smem,scores"),
+    ("blocks", None, "smem", None, "xla", "smem,exponent"), ("persistent", 7, "smem", None, "xla", "registers,scores")])
+def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, forward):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
     copies) and with one CTA per block, dQ leaving through SMEM or from registers; ``dkdv_stages``:
     the pipelined dK/dV loop (asynchronous wgmmas, operands from registers) with that many slots;
-    ``delta``: the backward's row sum in the dQ kernel or in XLA; ``forward_q``: where the forward's
-    first product reads q (SMEM or registers; ``,exponent``: the softmax scale folded into exp2's
-    argument); packed GQA 32/8, ragged length,
+    ``delta``: the backward's row sum in the dQ kernel or in XLA; ``forward``: the forward's options,
+    where ``q k^T`` reads q and where the softmax scale goes (empty: the defaults); packed GQA 32/8, ragged length,
     empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
@@ -184,8 +183,8 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, f
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     saved_tuning = dict(mosaic_backend.TUNING)
     mosaic_backend.set_delta(delta)
-    forward_q, _, forward_scale = forward_q.partition(",")
-    mosaic_backend.set_forward_q(forward_q)
+    forward_q, _, forward_scale = forward.partition(",")
+    mosaic_backend.set_forward_q(forward_q or mosaic_backend.FORWARD_Q_DEFAULT)
     mosaic_backend.set_forward_scale(forward_scale or mosaic_backend.FORWARD_SCALE_DEFAULT)
     if dkdv_stages:
         mosaic_backend.set_dkdv_loop("pipelined")

@@ -182,13 +182,13 @@ def test_serial_forward_loop_packed_gqa(rng):
         mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
 
 
-@pytest.mark.parametrize("scale_at", ["scores", "exponent"])
-def test_forward_q_from_registers_packed_gqa(rng, scale_at):
-    """The forward with q as the register operand of ``q k^T`` (staged through SMEM when
-    interpreting) and the next item's q fetched as soon as it is loaded, on a persistent grid of 3
-    CTAs (so items follow each other in one CTA): GQA 4/2, ragged lengths, packed, empty rows;
-    ``scale_at``: the softmax scale on the scores or folded into the exponent."""
-    mosaic_backend.set_forward_q("registers")
+@pytest.mark.parametrize("q_operand,scale_at", [("smem", "scores"), ("registers", "scores")])
+def test_forward_options_packed_gqa(rng, q_operand, scale_at):
+    """The forward's non-default options (the default, q from registers and the scale in the exponent,
+    runs in every other test): q read from SMEM, or the scale applied to the scores; on a persistent
+    grid of 3 CTAs (items follow each other in one CTA, so the next item's q is fetched while the
+    current one runs): GQA 4/2, ragged lengths, packed, empty rows."""
+    mosaic_backend.set_forward_q(q_operand)
     mosaic_backend.set_forward_scale(scale_at)
     mosaic_backend.PERSISTENT_WORKERS["count"] = 3
     try:
