@@ -25,9 +25,10 @@ BACKENDS = {
     "triton": triton_backend,
     "mosaic": mosaic_backend,
 }
-# Fastest first (BENCHMARKS.md). cuDNN leads where its masks suffice (plain causal or full):
-# mosaic reaches 0.96-0.99x of it at 8k causal, 0.89-0.9x at 32k. mosaic (Hopper) then serves packed segments, explicit
-# positions and a given out/lse at about 2x triton, which serves them on Ampere.
+# Fastest first (BENCHMARKS.md). cuDNN leads where its masks suffice (plain causal or full): mosaic's
+# forward+backward reaches 0.97-0.98x of it at 8k causal, 0.89-0.90x at 32k (runs AK-AL; its forward alone
+# 1.01-1.07x). mosaic (Hopper) then serves packed segments, explicit positions and a given out/lse at about
+# 1.3x triton, which serves them on Ampere.
 AUTO_PREFERENCE = {
     "gpu": ("cudnn", "mosaic", "triton", "xla"),
 }
