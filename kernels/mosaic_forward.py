@@ -3,11 +3,13 @@
 Work items ``(b, r, h)``, heads fastest so the query heads of one GQA group
 run side by side and share their K/V blocks in L2; query blocks run in the
 order of their visit lists, longest first (:mod:`.mosaic_plan`). One CTA per
-item, or a persistent grid of ``workers`` CTAs (:mod:`.mosaic_schedule`): the
-next item's query rows are fetched while the current item's last product runs.
+item, or a persistent grid of ``workers`` CTAs (:mod:`.mosaic_schedule`): by default
+q is loaded into registers as an item starts and the next item's query rows are
+fetched at once (else once the current item's last ``q k^T`` is computed).
 Threads 0/1 each own 64 query rows; thread 2 streams the key blocks of the visit lists.
 Per key block: ``s = q k^T`` (wgmma, float32), the mask only on tiles that need
-it, online softmax in base 2, ``acc += p v`` with p from registers. By default the
+it, online softmax in base 2 (the scale folded into ``exp2``'s multiply-add by
+default), ``acc += p v`` with p from registers. By default the
 loop is pipelined: ``s_j`` and ``acc += p_{j-1} v_{j-1}`` are issued together and
 the softmax of ``s_j`` runs while the second product is on the tensor cores.
 """
