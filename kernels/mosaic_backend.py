@@ -134,18 +134,34 @@ def set_forward_q(mode: str):
     _choose("forward q operand", Q_OPERANDS, FORWARD_Q, mode)
 
 
-# How the dK/dV kernel's loop runs: "serial" (the default) waits for s and dp, then for dv and dk;
-# "pipelined" issues step j-1's dk, step j's s and dp, then step j-1's dv, and computes p and ds while dv
-# runs (more registers, and a slot is held one step longer: give it 3 stages, ``set_tuning("dkdv", 64, 3)``).
-# At D = 128 it spills and ptxas serializes its wgmmas (C7512): 4,295 against 3,681 us per 8k causal step on
-# an H200 (BENCHMARKS.md, runs AA-AB); D = 64 is not measured.
-DKDV_LOOPS = ("serial", "pipelined")
-DKDV_LOOP = {"mode": "serial"}
+# How the dK/dV kernel's loop runs (``mosaic_backward.DKDV_LOOPS``): "serial" (the default) waits for s and
+# dp, then for dv and dk; "overlap" computes p while dp runs; "overlap_dv" also issues dv's product before
+# computing ds; "pipelined" issues step j-1's dk, step j's s and dp, then step j-1's dv, and computes p and
+# ds while dv runs (more registers, and a slot is held one step longer: give it 3 stages,
+# ``set_tuning("dkdv", 64, 3)``). At D = 128 "pipelined" spills and ptxas serializes its wgmmas (C7512):
+# 4,295 against 3,681 us per 8k causal step on an H200 (BENCHMARKS.md, runs AA-AB); D = 64 is not measured.
+DKDV_LOOP_DEFAULT = "serial"
+DKDV_LOOP = {"mode": DKDV_LOOP_DEFAULT}
 
 
 def set_dkdv_loop(mode: str):
-    """Choose how the dK/dV kernel's loop runs (see ``DKDV_LOOPS``)."""
+    """Choose how the dK/dV kernel's loop runs (see ``mosaic_backward.DKDV_LOOPS``)."""
+    from .mosaic_backward import DKDV_LOOPS
+
     _choose("dK/dV loop", DKDV_LOOPS, DKDV_LOOP, mode)
+
+
+# How the dQ kernel's loop waits for s and dp (``mosaic_backward.DQ_LOOPS``): "serial" (the default) for
+# both at once, "overlap" for s first, computing p while dp runs.
+DQ_LOOP_DEFAULT = "serial"
+DQ_LOOP = {"mode": DQ_LOOP_DEFAULT}
+
+
+def set_dq_loop(mode: str):
+    """Choose how the dQ kernel's loop waits (see ``mosaic_backward.DQ_LOOPS``)."""
+    from .mosaic_backward import DQ_LOOPS
+
+    _choose("dQ loop", DQ_LOOPS, DQ_LOOP, mode)
 
 
 # How many CTAs run the forward and dQ kernels: "persistent" launches one per SM, each looping over
@@ -312,7 +328,7 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     q_p, k_p, v_p = _pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad)
     dout_p = _pad_rows(dout.astype(q.dtype), q_pad)
     dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
-                     interpret=interpret)
+                     loop=DQ_LOOP["mode"], interpret=interpret)
     if fused:
         dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
         dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
@@ -325,7 +341,7 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
         else:
             dq_ = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists, **dq_kwargs)
         dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
-                      tuning=tuning, pipelined=DKDV_LOOP["mode"] == "pipelined", interpret=interpret)
+                      tuning=tuning, loop=DKDV_LOOP["mode"], interpret=interpret)
     return dq_[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
 
 

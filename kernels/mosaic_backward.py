@@ -36,14 +36,22 @@ def fuses_dq(head_dim: int, q_block: int) -> bool:
     return q_block == mc.ROWS and head_dim == 128
 
 
+# How the dK/dV loop orders one step's four products (s = k q^T, dp = v dout^T, dv += p dout, dk += ds q):
+# "serial" waits for s and dp together, then for dv and dk; "overlap" computes p while dp still runs;
+# "overlap_dv" also issues dv's product as soon as p is in 16 bits and computes ds while it runs;
+# "pipelined" carries p and ds into the next step (its s and dp issued with this step's dk and dv).
+DKDV_LOOPS = ("serial", "pipelined", "overlap", "overlap_dv")
+
+
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-         dq_acc=None, pipelined: bool = False, interpret=None):
+         dq_acc=None, loop: str = "serial", interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
     query blocks (``tuning.block``).
 
-    ``pipelined`` (not with ``dq_acc``): step j issues step j-1's ``dk``, then ``s_j``, ``dp_j``, then
-    step j-1's ``dv`` product, and computes ``p_j``, ``ds_j`` while the last one runs; a streamed
-    block's slot is then released one step later, so it wants ``tuning.stages`` of 3 or more.
+    ``loop`` (see ``DKDV_LOOPS``; only "serial" with ``dq_acc``): "pipelined" issues step j-1's ``dk``,
+    then ``s_j``, ``dp_j``, then step j-1's ``dv`` product, and computes ``p_j``, ``ds_j`` while the last
+    one runs; a streamed block's slot is then released one step later, so it wants ``tuning.stages``
+    of 3 or more. The overlap loops keep one step's tiles; interpret mode runs them as "serial".
 
     ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), each
     compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with
@@ -62,8 +70,11 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     fused = dq_acc is not None
     if fused and not fuses_dq(head_dim, q_block):
         raise ValueError(f"dQ fusion needs 64-query blocks and D = 128, got {q_block} and {head_dim}")
-    if fused and pipelined:
-        raise ValueError("the pipelined dK/dV loop does not accumulate dQ: pass dq_acc=None or pipelined=False")
+    if loop not in DKDV_LOOPS:
+        raise ValueError(f"mosaic dK/dV: loop must be one of {DKDV_LOOPS}, got {loop!r}")
+    if fused and loop != "serial":
+        raise ValueError(f"the {loop} dK/dV loop does not accumulate dQ: pass dq_acc=None or loop='serial'")
+    pipelined = loop == "pipelined"
     split = "wide" if pipelined else "default"  # two steps' tiles live at once
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
@@ -157,13 +168,52 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 for bar in (q_bar, qt_bar, st_bar, do_bar):
                     plgpu.barrier_wait(bar.at[slot])
 
-            def grads(s, dp, j):
-                """float32 ``(p, ds)`` of step ``j`` from its ``s = k q^T`` and ``dp = v dout^T``."""
+            def probs(s, j):
+                """float32 p of step ``j`` from its ``s = k q^T`` (masked)."""
                 slot = lax.rem(j, stages)
                 _, _, needs_mask = block_of(j)
                 p = jnp.exp2(s * scale2 - mc.cols(plgpu.load(st_s.at[slot, 0], layout=mc.COL), tile))
-                p = mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
-                return p, p * (dp - mc.cols(plgpu.load(st_s.at[slot, 1], layout=mc.COL), tile))
+                return mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
+
+            def dscores(p, dp, j):
+                """float32 ds of step ``j`` from its p and ``dp = v dout^T``."""
+                return p * (dp - mc.cols(plgpu.load(st_s.at[lax.rem(j, stages), 1], layout=mc.COL), tile))
+
+            def grads(s, dp, j):
+                """float32 ``(p, ds)`` of step ``j`` from its ``s = k q^T`` and ``dp = v dout^T``."""
+                p = probs(s, j)
+                return p, dscores(p, dp, j)
+
+            def overlap_step(j, carry):
+                """Step ``j`` of the overlap loops: p computed while dp runs; with "overlap_dv" also dv's
+                product issued before ds is computed. (p and ds become 16-bit only once no wgmma reads
+                registers, or (overlap_dv) while one does: the ptxas report says whether that costs.)"""
+                dk, dv = carry
+                slot = lax.rem(j, stages)
+                wait_inputs(slot)
+
+                def run(s_acc, dp_acc, dv_acc, dk_acc):
+                    dv_acc[...] = dv
+                    dk_acc[...] = dk
+                    plgpu.wgmma(s_acc, k_s.at[wg], q_s.at[slot].T)
+                    plgpu.wgmma(dp_acc, v_s.at[wg], do_s.at[slot].T)
+                    p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), j)  # dp may still run
+                    if loop == "overlap_dv":
+                        plgpu.wgmma(dv_acc, p.astype(dtype), do_s.at[slot])
+                        dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=1)  # dv may still run
+                        plgpu.wgmma(dk_acc, dscores(p, dp, j).astype(dtype), q_s.at[slot])
+                    else:
+                        dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
+                        p16, ds16 = p.astype(dtype), dscores(p, dp, j).astype(dtype)
+                        plgpu.wgmma(dv_acc, p16, do_s.at[slot])
+                        plgpu.wgmma(dk_acc, ds16, q_s.at[slot])
+                    dv_new = plgpu.wgmma_accumulator_load(dv_acc, wait_n=0)
+                    return dk_acc[...], dv_new
+
+                carry = pl.run_scoped(run, *[plgpu.ACC(shape, jnp.float32)
+                                             for shape in (tile, tile, (mc.ROWS, head_dim), (mc.ROWS, head_dim))])
+                plgpu.barrier_arrive(consumed.at[slot])
+                return carry
 
             def scores(slot):
                 return mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
@@ -232,6 +282,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                     return dk, dv
 
                 dk, dv = lax.cond(n_steps > 0, last, lambda carry: carry[:2], carry)
+            elif loop.startswith("overlap") and interpret is None:
+                dk, dv = lax.fori_loop(0, n_steps, overlap_step, zero)
             else:
                 dk, dv = lax.fori_loop(0, n_steps, step, zero)
             if fused and interpret is not None:  # thread 0 awaits thread 1's last turn
@@ -283,10 +335,13 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
 
 DQ_STORES = ("smem", "registers")
+# How the dQ loop waits for s = q k^T and dp = dout v^T: "serial" for both at once, "overlap" for s
+# first, computing p while dp still runs (interpret mode runs it as "serial").
+DQ_LOOPS = ("serial", "overlap")
 
 
 def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-       workers: int | None = None, store: str = "smem", out=None, interpret=None):
+       workers: int | None = None, store: str = "smem", loop: str = "serial", out=None, interpret=None):
     """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
     (``tuning.block``). ``workers``: CTAs of a persistent grid (None: one per query block and head);
     the next item's q, tokens and stats are fetched once the current item's last s is computed.
@@ -300,6 +355,8 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     into registers (the SMEM has no room for a third resident tile)."""
     if store not in DQ_STORES:
         raise ValueError(f"mosaic dQ: store must be one of {DQ_STORES}, got {store!r}")
+    if loop not in DQ_LOOPS:
+        raise ValueError(f"mosaic dQ: loop must be one of {DQ_LOOPS}, got {loop!r}")
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -381,9 +438,23 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                     plgpu.barrier_wait(k_bar.at[slot])
                     plgpu.barrier_wait(kt_bar.at[slot])
                     plgpu.barrier_wait(v_bar.at[slot])
-                    s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile), (do_s.at[wg], v_s.at[slot].T, tile))
-                    p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
-                    p = mc.mask_tile(p, 0.0, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal, q_on_rows=True)
+                    def probs(s):
+                        p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
+                        return mc.mask_tile(p, 0.0, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal,
+                                            q_on_rows=True)
+
+                    if loop == "overlap" and interpret is None:
+                        def overlapped(s_acc, dp_acc):
+                            plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[slot].T)
+                            plgpu.wgmma(dp_acc, do_s.at[wg], v_s.at[slot].T)
+                            p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1))  # dp may still run
+                            return p, plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
+
+                        p, dp = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32), plgpu.ACC(tile, jnp.float32))
+                    else:
+                        s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile),
+                                           (do_s.at[wg], v_s.at[slot].T, tile))
+                        p = probs(s)
                     ds = p * (dp - mc.rows(delta, tile))
                     ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
                     acc = mc.matmul(ds16, k_s.at[slot], acc.shape, init=acc, interpret=interpret)

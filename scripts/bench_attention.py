@@ -25,8 +25,9 @@ times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per k
 its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
 ``forward_loop=serial`` (or ``pipelined``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
-``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``) the dK/dV kernel's loop
-(give it 3 stages: ``dkdv=64,3``), ``delta=kernel`` (or ``xla``) where the backward's row sum runs,
+``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``, ``overlap``, ``overlap_dv``)
+the dK/dV kernel's loop (give ``pipelined`` 3 stages: ``dkdv=64,3``), ``dq_loop=overlap`` (or ``serial``)
+the dQ kernel's, ``delta=kernel`` (or ``xla``) where the backward's row sum runs,
 ``forward_q=registers`` (or ``smem``) where the forward's ``q k^T`` reads q, ``forward_scale=exponent``
 (or ``scores``) where the forward applies the softmax scale.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
@@ -160,7 +161,8 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
     mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
     mosaic_backend.set_dq_store("smem")
-    mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
+    mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
+    mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
     mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
@@ -168,6 +170,7 @@ def set_mosaic_tuning(spec: str):
                  delta=mosaic_backend.set_delta, forward_q=mosaic_backend.set_forward_q,
                  forward_scale=mosaic_backend.set_forward_scale,
                  dq_store=mosaic_backend.set_dq_store, dkdv_loop=mosaic_backend.set_dkdv_loop,
+                 dq_loop=mosaic_backend.set_dq_loop,
                  grid=mosaic_backend.set_grid,
                  forward_grid=lambda mode: mosaic_backend.set_grid(mode, "forward"),
                  dq_grid=lambda mode: mosaic_backend.set_grid(mode, "dq"))
@@ -350,7 +353,7 @@ def main():
     ceiling = matmul_ceiling_tflops(args.ceiling_size)
     print(f"# bf16 matmul {args.ceiling_size}^3: {ceiling:.0f} TFLOP/s (ceiling anchor)")
     print(f"# mosaic tuning: {mosaic_backend.TUNING}, backward {mosaic_backend.BACKWARD['mode']}, "
-          f"dK/dV loop {mosaic_backend.DKDV_LOOP['mode']}, "
+          f"dK/dV loop {mosaic_backend.DKDV_LOOP['mode']}, dQ loop {mosaic_backend.DQ_LOOP['mode']}, "
           f"grids {mosaic_backend.GRID} ({mosaic_backend.workers('forward')} forward workers)")
     print("| impl | S | mask | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN "
           "| fwd+bwd / own plain | fwd+bwd / ceiling | max rel err vs cuDNN | ms per call (fwd / fwd+bwd) "

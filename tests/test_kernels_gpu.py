@@ -147,20 +147,21 @@ def test_cudnn_lse_is_differentiable(rng):
         assert rel_err(g, ref_g) <= TOL
 
 
-@pytest.mark.parametrize("grid,workers,dq_store,dkdv_stages,delta,forward", [
-    ("persistent", 7, "smem", None, "xla", ""), ("persistent", 7, "registers", None, "xla", ""),
-    ("blocks", None, "smem", None, "xla", ""), ("blocks", None, "smem", 3, "xla", ""),
-    ("blocks", None, "smem", 2, "xla", ""), ("persistent", 7, "smem", None, "kernel", ""),
-    ("blocks", None, "smem", None, "kernel", ""), ("persistent", 7, "smem", None, "xla", "smem,scores"),
-    ("blocks", None, "smem", None, "xla", "smem,exponent"), ("persistent", 7, "smem", None, "xla", "registers,scores")])
-def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, forward):
+@pytest.mark.parametrize("grid,workers,dq_store,loops,delta,forward", [
+    ("persistent", 7, "smem", "", "xla", ""), ("persistent", 7, "registers", "", "xla", ""),
+    ("blocks", None, "smem", "", "xla", ""), ("blocks", None, "smem", "pipelined,3", "xla", ""),
+    ("blocks", None, "smem", "pipelined,2", "xla", ""), ("persistent", 7, "smem", "", "kernel", ""),
+    ("blocks", None, "smem", "", "kernel", ""), ("persistent", 7, "smem", "", "xla", "smem,scores"),
+    ("blocks", None, "smem", "", "xla", "smem,exponent"), ("persistent", 7, "smem", "", "xla", "registers,scores"),
+    ("blocks", None, "smem", "overlap,2/overlap", "xla", ""), ("blocks", None, "smem", "overlap_dv,2", "xla", "")])
+def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
-    copies) and with one CTA per block, dQ leaving through SMEM or from registers; ``dkdv_stages``:
-    the pipelined dK/dV loop (asynchronous wgmmas, operands from registers) with that many slots;
-    ``delta``: the backward's row sum in the dQ kernel or in XLA; ``forward``: the forward's options,
-    where ``q k^T`` reads q and where the softmax scale goes (empty: the defaults); packed GQA 32/8, ragged length,
-    empty rows, dlse."""
+    copies) and with one CTA per block, dQ leaving through SMEM or from registers; ``loops``: the
+    dK/dV loop and its slots, then after a slash the dQ loop (asynchronous wgmmas waited for one by
+    one, operands from registers; empty: the defaults); ``delta``: the backward's row sum in the dQ
+    kernel or in XLA; ``forward``: the forward's options, where ``q k^T`` reads q and where the softmax
+    scale goes (empty: the defaults); packed GQA 32/8, ragged length, empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 1000, 1000, 32, 8, 128))
@@ -186,9 +187,12 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, f
     forward_q, _, forward_scale = forward.partition(",")
     mosaic_backend.set_forward_q(forward_q or mosaic_backend.FORWARD_Q_DEFAULT)
     mosaic_backend.set_forward_scale(forward_scale or mosaic_backend.FORWARD_SCALE_DEFAULT)
-    if dkdv_stages:
-        mosaic_backend.set_dkdv_loop("pipelined")
-        mosaic_backend.set_tuning("dkdv", 64, dkdv_stages)
+    dkdv_loop, _, dq_loop = loops.partition("/")
+    if dkdv_loop:
+        dkdv_mode, stages = dkdv_loop.split(",")
+        mosaic_backend.set_dkdv_loop(dkdv_mode)
+        mosaic_backend.set_tuning("dkdv", 64, int(stages))
+    mosaic_backend.set_dq_loop(dq_loop or mosaic_backend.DQ_LOOP_DEFAULT)
     try:
         def attention(*qkv):
             return flash_attention(*qkv, **mask, impl="mosaic")
@@ -201,7 +205,8 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dkdv_stages, delta, f
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
         mosaic_backend.set_dq_store("smem")
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
-        mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
+        mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
+        mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
         mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)

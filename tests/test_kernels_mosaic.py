@@ -210,7 +210,7 @@ def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
     try:
         run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
     finally:
-        mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOPS[0])
+        mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
         mosaic_backend.TUNING.update(saved)
 
 
@@ -317,7 +317,9 @@ def test_bad_grid_mode_names_the_choices():
 @pytest.mark.parametrize("setter, bad, message", [
     ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
     ("set_forward", "fast", "mode must be one of .'pipelined', 'serial'., got 'fast'"),
-    ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined'., got 'fast'"),
+    ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined', 'overlap', 'overlap_dv'., "
+                              "got 'fast'"),
+    ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
     ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
@@ -373,9 +375,12 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
     assert kernels == {"split": 3, "fused": 2}[backward_mode]
 
 
-def test_pipelined_dkdv_lowers_for_cuda_without_a_gpu():
-    """The pipelined dK/dV loop's GPU form (asynchronous wgmmas, 16-bit operands from registers,
-    which interpret mode does not run): the Mosaic GPU lowering accepts it, 3 slots, GQA 4/2."""
+@pytest.mark.parametrize("kernel,loop", [("dkdv", "pipelined"), ("dkdv", "overlap"), ("dkdv", "overlap_dv"),
+                                         ("dq", "overlap")])
+def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
+    """The backward loops' GPU forms (asynchronous wgmmas waited for one by one, 16-bit operands from
+    registers, which interpret mode does not run): the Mosaic GPU lowering accepts them, 3 slots,
+    GQA 4/2."""
     from longvila_jax.kernels import mosaic_backward
 
     shapes = [jax.ShapeDtypeStruct((1, 256, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
@@ -383,11 +388,23 @@ def test_pipelined_dkdv_lowers_for_cuda_without_a_gpu():
                jax.ShapeDtypeStruct((1, 2, 256), jnp.int32), jax.ShapeDtypeStruct((1, 2, 1, 32), jnp.int32)]
 
     def run(*args):
-        return mosaic_backward.dkdv(*args, causal=True, scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3),
-                                    pipelined=True)
+        return getattr(mosaic_backward, kernel)(*args, causal=True, scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3),
+                                                loop=loop)
 
     module = jax.export.export(jax.jit(run), platforms=["cuda"])(*shapes).mlir_module()
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
+
+
+def test_fused_dq_refuses_other_dkdv_loops():
+    from longvila_jax.kernels import mosaic_backward
+
+    q = jnp.zeros((1, 128, 2, 128), jnp.bfloat16)
+    with pytest.raises(ValueError, match="the overlap dK/dV loop does not accumulate dQ"):
+        mosaic_backward.dkdv(q, q, q, q, None, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), causal=True,
+                             scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 2), dq_acc=q, loop="overlap")
+    with pytest.raises(ValueError, match="loop must be one of"):
+        mosaic_backward.dkdv(q, q, q, q, None, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), causal=True,
+                             scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 2), loop="eager")
 
 
 def test_visit_lists_are_constants_when_the_ids_are_known_at_trace_time(rng):
