@@ -55,7 +55,7 @@ def variants(seq_len, mask):
         out.append(("forward kernel", grid, 1.0, forward, (q, k, v)))
         for store in mbw.DQ_STORES:
             dq = jax.jit(lambda *t, w=mb.workers("dq"), store=store: mbw.dq(
-                *t, query_lists, tuning=mb.TUNING["dq"], workers=w, store=store, **kw))
+                *t, query_lists, tuning=mb.TUNING["dq"], workers=w, store=store, loop=mb.DQ_LOOP["mode"], **kw))
             out.append(("dQ kernel" + (", from registers" if store == "registers" else ""), grid, 1.5, dq, tensors))
     for name, (grids, store) in CONFIGS.items():  # the whole forward+backward with each pair of grids
         mb.GRID.update(grids)

@@ -181,10 +181,12 @@ def main():
                 return jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
 
             def dq_kernel(lists):
-                return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"), **kw)
+                return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"), loop=mb.DQ_LOOP["mode"],
+                              **kw)
 
             kernels = [("forward", 1.0, lambda: mb.forward(q, k, v, *masks, **kw)),
-                       ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], **kw)),
+                       ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"],
+                                                                   loop=mb.DKDV_LOOP["mode"], **kw)),
                        ("dQ (split)", 1.5, lambda: dq_kernel(query_lists))]
             if not args.no_fused:
                 kernels.append(("fused dK/dV/dQ", 2.5, fused))

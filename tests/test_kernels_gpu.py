@@ -153,7 +153,7 @@ def test_cudnn_lse_is_differentiable(rng):
     ("blocks", None, "smem", "pipelined,2", "xla", ""), ("persistent", 7, "smem", "", "kernel", ""),
     ("blocks", None, "smem", "", "kernel", ""), ("persistent", 7, "smem", "", "xla", "smem,scores"),
     ("blocks", None, "smem", "", "xla", "smem,exponent"), ("persistent", 7, "smem", "", "xla", "registers,scores"),
-    ("blocks", None, "smem", "overlap,2/overlap", "xla", ""), ("blocks", None, "smem", "overlap_dv,2", "xla", "")])
+    ("blocks", None, "smem", "serial,2/serial", "xla", ""), ("blocks", None, "smem", "overlap_dv,2", "xla", "")])
 def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
