@@ -16,6 +16,9 @@ custom VJP. ``stats`` is float32 ``[B, Hq, 2, Sq]``: row 0 the lse in base 2
 * dQ, work items ``(b, r, h)`` like the forward's (one CTA each, or a persistent
   grid: :mod:`.mosaic_schedule`): threads 0/1 own 64 query rows each; thread 2
   streams k, v and the key tokens of every visited key block.
+
+Both loops can wait for s alone and compute p while dp is still on the tensor cores
+(``loop="overlap"``, what :mod:`.mosaic_backend` runs by default).
 """
 
 from __future__ import annotations
@@ -186,8 +189,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
             def overlap_step(j, carry):
                 """Step ``j`` of the overlap loops: p computed while dp runs; with "overlap_dv" also dv's
-                product issued before ds is computed. (p and ds become 16-bit only once no wgmma reads
-                registers, or (overlap_dv) while one does: the ptxas report says whether that costs.)"""
+                product issued before ds is computed (its 16-bit p and ds are then formed while dp or dv
+                runs; neither reads registers, and ptxas did not serialize: BENCHMARKS.md, run AN)."""
                 dk, dv = carry
                 slot = lax.rem(j, stages)
                 wait_inputs(slot)
@@ -345,9 +348,9 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
     (``tuning.block``). ``workers``: CTAs of a persistent grid (None: one per query block and head);
     the next item's q, tokens and stats are fetched once the current item's last s is computed.
-    ``store``: how dq leaves, ``smem`` (staged in dout's buffer, then one TMA store; the next dout
-    is fetched once that store has read the buffer) or ``registers`` (stored to GMEM straight from
-    the wgmma accumulator layout; the next dout is fetched with q).
+    ``loop``: see ``DQ_LOOPS``. ``store``: how dq leaves, ``smem`` (staged in dout's buffer, then one
+    TMA store; the next dout is fetched once that store has read the buffer) or ``registers`` (stored
+    to GMEM straight from the wgmma accumulator layout; the next dout is fetched with q).
 
     ``out`` (padded like q): given, the kernel computes ``delta = rowsum(out * dout) + stats[:, :, 1]``
     itself (``stats`` row 1 then holds ``-dlse``, 0 on empty rows) and returns ``(dq, stats)`` with that
@@ -438,6 +441,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                     plgpu.barrier_wait(k_bar.at[slot])
                     plgpu.barrier_wait(kt_bar.at[slot])
                     plgpu.barrier_wait(v_bar.at[slot])
+
                     def probs(s):
                         p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
                         return mc.mask_tile(p, 0.0, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal,
