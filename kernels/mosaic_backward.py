@@ -44,15 +44,10 @@ def fuses_dq(head_dim: int, q_block: int) -> bool:
 # "overlap_dv" also issues dv's product as soon as p is in 16 bits and computes ds while it runs;
 # "pipelined" carries p and ds into the next step (its s and dp issued with this step's dk and dv).
 DKDV_LOOPS = ("serial", "pipelined", "overlap", "overlap_dv")
-# How the dK/dV kernel splits the dQ products between its two compute threads when it accumulates dQ:
-# "keys" (each thread ds^T k over its own 64 keys, all of D: two float32 [64, 64] reduce-adds per thread
-# and step) or "columns" (each thread over all 128 keys, half of D: one reduce-add per thread and step,
-# half the float32 traffic; the threads exchange ds through SMEM and meet on a barrier every step).
-DQ_SPLITS = ("keys", "columns")
 
 
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-         dq_acc=None, dq_split: str = "keys", loop: str = "serial", interpret=None):
+         dq_acc=None, loop: str = "serial", interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
     query blocks (``tuning.block``).
 
@@ -64,10 +59,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), each
     compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with
     TMA reduce-adds, one per half of D (no dQ kernel, s and dp computed once; the float32 sums'
-    order varies from run to run). ds goes through SMEM (the transposed wgmma operand). ``dq_split``
-    (see ``DQ_SPLITS``): with "keys" the threads never wait for each other and dV, dK and the first dQ
-    half are issued together; with "columns" each thread's ds goes to one of two SMEM buffers (by step
-    parity), dV and dK are issued, then the thread waits until the other thread's ds is there too.
+    order varies from run to run). ds goes through SMEM (the transposed wgmma operand); the threads
+    never wait for each other; dV, dK and the first dQ half are issued together.
     """
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
@@ -80,9 +73,6 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     fused = dq_acc is not None
     if fused and not fuses_dq(head_dim, q_block):
         raise ValueError(f"dQ fusion needs 64-query blocks and D = 128, got {q_block} and {head_dim}")
-    if dq_split not in DQ_SPLITS:
-        raise ValueError(f"mosaic dK/dV: dq_split must be one of {DQ_SPLITS}, got {dq_split!r}")
-    columns = fused and dq_split == "columns"
     if loop not in DKDV_LOOPS:
         raise ValueError(f"mosaic dK/dV: loop must be one of {DKDV_LOOPS}, got {loop!r}")
     if fused and loop != "serial":
@@ -93,7 +83,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
         if fused:
             (dq_ref, dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
-             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed, dq_bar, turn, ds_ready) = refs
+             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed, dq_bar, turn) = refs
         else:
             (dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
              list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed) = refs
@@ -132,23 +122,6 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                                              wait_for=turn.at[1 - w], then_signal=turn.at[w],
                                              skip_wait=(j == 0) & (half == 0) & (w == 0))
 
-        def add_dq_columns(j, ds_buffers):
-            """This thread's half of D of step ``j``'s dQ, ``ds^T k`` over both threads' keys (their ds in
-            ``ds_buffers``), added to ``dq_ref``; thread w takes columns w (static halves in each branch)."""
-            h, qb, _ = block_of(j)
-            for w in range(mc.COMPUTE):
-                @pl.when(wg == w)
-                def _():
-                    half = pl.ds(w * half_d, half_d)
-                    dq_part = mc.chain((q_block, half_d),
-                                       [(ds_buffers.at[t].T, k_s.at[t, :, half]) for t in range(mc.COMPUTE)],
-                                       interpret=interpret)
-                    cols = dq_ref.at[b, pl.ds(qb * q_block, q_block), h, half]
-                    if interpret is None:  # the previous step's reduce-add has long read dq_s
-                        mc.add_to_gmem(dq_part * scale, dq_s.at[w], cols)
-                    else:  # read-modify-write; the threads' columns are disjoint
-                        mc.add_to_gmem_interpret(dq_part * scale, dq_s.at[w], cols, dq_bar.at[w])
-
         @pl.when(wg < mc.MEMORY)
         def _():
             mc.registers(compute=True, split=split)
@@ -174,18 +147,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
                 ds16 = (p * (dp - mc.cols(delta, tile))).astype(dtype)
-                if columns:
-                    ds_now = ds_s.at[lax.rem(j, 2)]  # [COMPUTE, keys, queries]: both threads' ds of step j
-                    ds_now.at[wg][...] = ds16
-                    plgpu.commit_smem()
-                    plgpu.barrier_arrive(ds_ready.at[lax.rem(j, 2)])
-                    ds_a = ds_now.at[wg] if interpret is not None else ds16  # dk's operand from registers
-                    dv, dk = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds_a, q_s.at[slot]), interpret=interpret)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    # the other thread's ds is in SMEM (and it is done with the step-(j-2) buffer: it reached j)
-                    plgpu.barrier_wait(ds_ready.at[lax.rem(j, 2)])
-                    add_dq_columns(j, ds_now)
-                elif fused:
+                if fused:
                     ds_s.at[wg][...] = ds16
                     plgpu.commit_smem()
                     # dQ in two column halves: one float32 [64, 64] tile at a time besides dk and dv
@@ -327,10 +289,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 dk, dv = lax.fori_loop(0, n_steps, overlap_step, zero)
             else:
                 dk, dv = lax.fori_loop(0, n_steps, step, zero)
-            if columns:  # the other thread's last dQ products read this thread's k tile: meet first
-                plgpu.barrier_arrive(ds_ready.at[lax.rem(n_steps, 2)])
-                plgpu.barrier_wait(ds_ready.at[lax.rem(n_steps, 2)])
-            elif fused and interpret is not None:  # thread 0 awaits thread 1's last turn
+            if fused and interpret is not None:  # thread 0 awaits thread 1's last turn
                 @pl.when((wg == 0) & (count > 0))
                 def _():
                     plgpu.barrier_wait(turn.at[1])
@@ -354,13 +313,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
     ]
-    if columns:
-        scratch += [
-            plgpu.SMEM((2, mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread, by step parity
-            plgpu.SMEM((mc.COMPUTE, q_block, head_dim // 2), jnp.float32,
-                       transforms=mc.mma_transforms(jnp.float32)),  # each thread's dQ half on its way out
-        ]
-    elif fused:
+    if fused:
         scratch += [
             plgpu.SMEM((mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread
             plgpu.SMEM((mc.COMPUTE, 2, q_block, head_dim // 2), jnp.float32,
@@ -374,12 +327,10 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         *[plgpu.Barrier(num_barriers=stages)] * 4,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
-    if fused:  # interpret mode only: the read-modify-writes of dQ (read-back, then turn taking); then
-        # "columns": both threads' ds of a step are in SMEM (two arrivals; one barrier per step parity)
-        scratch += [plgpu.Barrier(num_barriers=mc.COMPUTE), plgpu.Barrier(num_barriers=mc.COMPUTE),
-                    plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=2)]
+    if fused:  # interpret mode only: the read-modify-writes of dQ (read-back, then turn taking)
+        scratch += [plgpu.Barrier(num_barriers=mc.COMPUTE), plgpu.Barrier(num_barriers=mc.COMPUTE)]
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
-    run = mc.kernel(body, name=("attention_dkdv_dq_columns" if columns else "attention_dkdv_dq") if fused else "attention_dkdv", out_type=out_type,
+    run = mc.kernel(body, name="attention_dkdv_dq" if fused else "attention_dkdv", out_type=out_type,
                     scratch_types=scratch, grid=(batch, n_k, kv_heads),
                     interpret=interpret)
     operands = (q, k, v, dout, stats, q_tokens, kv_tokens, lists)
