@@ -181,8 +181,8 @@ def main():
                 return jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
 
             def dq_kernel(lists):
-                return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"), loop=mb.DQ_LOOP["mode"],
-                              **kw)
+                return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"),
+                              loop=mb.DQ_LOOP["mode"], **kw)
 
             kernels = [("forward", 1.0, lambda: mb.forward(q, k, v, *masks, **kw)),
                        ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"],
