@@ -92,9 +92,8 @@ def set_tuning(kernel: str, block: int, stages: int):
 # kernel (TMA reduce-add into a float32 buffer; s and dp computed once). Fused needs D = 128 and
 # 64-query dK/dV blocks (mosaic_backward.fuses_dq), else split runs. On an H200 the fused dK/dV/dQ
 # kernel took 62.86 ms against split's 47.27 at 32k causal, its float32 dQ write being the cost
-# (kernels/NOTES.md); it stays as the base for that work. "fused_columns" halves that write: each compute
-# thread adds dQ for half of D over both threads' keys (mosaic_backward.DQ_SPLITS); not yet run on a GPU.
-BACKWARD_MODES = ("split", "fused", "fused_columns")
+# (kernels/NOTES.md); it stays as the base for that work.
+BACKWARD_MODES = ("split", "fused")
 BACKWARD = {"mode": "split"}
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
@@ -324,7 +323,7 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     q_len, kv_len, q_pad, kv_pad = q.shape[1], k.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     lse = lse.astype(jnp.float32)
     tuning = TUNING["dkdv"]
-    fused = BACKWARD["mode"] != "split" and fuses_dq(q.shape[-1], tuning.block)
+    fused = BACKWARD["mode"] == "fused" and fuses_dq(q.shape[-1], tuning.block)
     in_kernel = DELTA["mode"] == "kernel" and not fused and delta is None
     # row 1: delta, or (computed in the dQ kernel) the part of it that does not need out
     delta = minus_dlse(lse, dlse) if in_kernel else backward_delta(out, dout, lse, dlse, delta)
@@ -336,8 +335,7 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     if fused:
         dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
         dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
-                      tuning=tuning, dq_acc=dq_acc, interpret=interpret,
-                      dq_split="columns" if BACKWARD["mode"] == "fused_columns" else "keys")
+                      tuning=tuning, dq_acc=dq_acc, interpret=interpret)
         dq_ = dq_acc[...].astype(q.dtype)
     else:
         if in_kernel:  # dQ first: it computes delta for the dK/dV kernel

@@ -23,8 +23,6 @@ Both loops can wait for s alone and compute p while dp is still on the tensor co
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -46,15 +44,10 @@ def fuses_dq(head_dim: int, q_block: int) -> bool:
 # "overlap_dv" also issues dv's product as soon as p is in 16 bits and computes ds while it runs;
 # "pipelined" carries p and ds into the next step (its s and dp issued with this step's dk and dv).
 DKDV_LOOPS = ("serial", "pipelined", "overlap", "overlap_dv")
-# How the dK/dV kernel splits the dQ products between its two compute threads when it accumulates dQ:
-# "keys" (each thread ds^T k over its own 64 keys, all of D: two float32 [64, 64] reduce-adds per thread
-# and step) or "columns" (each thread over all 128 keys, half of D: one reduce-add per thread and step,
-# half the float32 traffic; the threads exchange ds through SMEM and meet on a barrier every step).
-DQ_SPLITS = ("keys", "columns")
 
 
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-         dq_acc=None, dq_split: str = "keys", loop: str = "serial", interpret=None):
+         dq_acc=None, loop: str = "serial", interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
     query blocks (``tuning.block``).
 
@@ -66,10 +59,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), each
     compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with
     TMA reduce-adds, one per half of D (no dQ kernel, s and dp computed once; the float32 sums'
-    order varies from run to run). ds goes through SMEM (the transposed wgmma operand). ``dq_split``
-    (see ``DQ_SPLITS``): with "keys" the threads never wait for each other and dV, dK and the first dQ
-    half are issued together; with "columns" each thread's ds goes to one of two SMEM buffers (by step
-    parity), dV and dK are issued, then the thread waits until the other thread's ds is there too.
+    order varies from run to run). ds goes through SMEM (the transposed wgmma operand); the threads
+    never wait for each other; dV, dK and the first dQ half are issued together.
     """
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
@@ -82,9 +73,6 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     fused = dq_acc is not None
     if fused and not fuses_dq(head_dim, q_block):
         raise ValueError(f"dQ fusion needs 64-query blocks and D = 128, got {q_block} and {head_dim}")
-    if dq_split not in DQ_SPLITS:
-        raise ValueError(f"mosaic dK/dV: dq_split must be one of {DQ_SPLITS}, got {dq_split!r}")
-    columns = fused and dq_split == "columns"
     if loop not in DKDV_LOOPS:
         raise ValueError(f"mosaic dK/dV: loop must be one of {DKDV_LOOPS}, got {loop!r}")
     if fused and loop != "serial":
@@ -95,7 +83,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
         if fused:
             (dq_ref, dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
-             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed, dq_bar, turn, ds_ready) = refs
+             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed, dq_bar, turn) = refs
         else:
             (dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
              list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed) = refs
@@ -134,41 +122,6 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                                              wait_for=turn.at[1 - w], then_signal=turn.at[w],
                                              skip_wait=(j == 0) & (half == 0) & (w == 0))
 
-        def add_dq_columns(j, ds_buffers):
-            """This thread's half of D of step ``j``'s dQ, ``ds^T k`` over both threads' keys (their ds in
-            ``ds_buffers``), added to ``dq_ref``; thread w takes columns w (static halves in each branch)."""
-            h, qb, _ = block_of(j)
-            for w in range(mc.COMPUTE):
-                @pl.when(wg == w)
-                def _():
-                    half = pl.ds(w * half_d, half_d)
-                    dq_part = mc.chain((q_block, half_d),
-                                       [(ds_buffers.at[t].T, k_s.at[t, :, half]) for t in range(mc.COMPUTE)],
-                                       interpret=interpret)
-                    cols = dq_ref.at[b, pl.ds(qb * q_block, q_block), h, half]
-                    if interpret is None:  # the previous step's reduce-add has long read dq_s
-                        mc.add_to_gmem(dq_part * scale, dq_s.at[w], cols)
-                    else:  # read-modify-write; the threads' columns are disjoint
-                        mc.add_to_gmem_interpret(dq_part * scale, dq_s.at[w], cols, dq_bar.at[w])
-
-        def finish(dk, dv):
-            """A compute thread's epilogue: its dk and dv rows out through the k and v tiles."""
-            k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
-            if columns:  # the other thread's last dQ products read this thread's k tile: meet first
-                plgpu.barrier_arrive(ds_ready.at[lax.rem(group * count, 2)])
-                plgpu.barrier_wait(ds_ready.at[lax.rem(group * count, 2)])
-            elif fused and interpret is not None:  # thread 0 awaits thread 1's last turn
-                @pl.when((wg == 0) & (count > 0))
-                def _():
-                    plgpu.barrier_wait(turn.at[1])
-
-            v_s.at[wg][...] = dv.astype(dtype)
-            k_s.at[wg][...] = (dk * scale).astype(dtype)
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(k_s.at[wg], dk_ref.at[b, k_rows, hkv])
-            plgpu.copy_smem_to_gmem(v_s.at[wg], dv_ref.at[b, k_rows, hkv])
-            plgpu.wait_smem_to_gmem(0)
-
         @pl.when(wg < mc.MEMORY)
         def _():
             mc.registers(compute=True, split=split)
@@ -194,18 +147,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
                 ds16 = (p * (dp - mc.cols(delta, tile))).astype(dtype)
-                if columns:
-                    ds_now = ds_s.at[lax.rem(j, 2)]  # [COMPUTE, keys, queries]: both threads' ds of step j
-                    ds_now.at[wg][...] = ds16
-                    plgpu.commit_smem()
-                    plgpu.barrier_arrive(ds_ready.at[lax.rem(j, 2)])
-                    ds_a = ds_now.at[wg] if interpret is not None else ds16  # dk's operand from registers
-                    dv, dk = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds_a, q_s.at[slot]), interpret=interpret)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    # the other thread's ds is in SMEM (and it is done with the step-(j-2) buffer: it reached j)
-                    plgpu.barrier_wait(ds_ready.at[lax.rem(j, 2)])
-                    add_dq_columns(j, ds_now)
-                elif fused:
+                if fused:
                     ds_s.at[wg][...] = ds16
                     plgpu.commit_smem()
                     # dQ in two column halves: one float32 [64, 64] tile at a time besides dk and dv
@@ -320,48 +262,6 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 plgpu.barrier_arrive(consumed.at[prev])
                 return carry
 
-            def columns_step(w, j, carry):
-                """Step ``j`` of compute thread ``w`` (static) with dQ split over D's columns, on the GPU:
-                p computed while dp runs; this thread's ds into SMEM; dv and dk issued; then, once the
-                other thread's ds is there too, this thread's dQ columns over both threads' keys, issued
-                behind dv and dk (the tensor cores run those while the thread waits for the other's ds).
-                The slot goes back once dv and dk are done; the dQ half leaves by a TMA reduce-add."""
-                dk, dv = carry
-                slot = lax.rem(j, stages)
-                wait_inputs(slot)
-                ds_now = ds_s.at[lax.rem(j, 2)]  # [COMPUTE, keys, queries]: both threads' ds of step j
-                half = pl.ds(w * half_d, half_d)
-
-                def run(s_acc, dp_acc, dv_acc, dk_acc, dq_acc):
-                    dv_acc[...] = dv
-                    dk_acc[...] = dk
-                    plgpu.wgmma(s_acc, k_s.at[w], q_s.at[slot].T)
-                    plgpu.wgmma(dp_acc, v_s.at[w], do_s.at[slot].T)
-                    p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), j)  # dp may still run
-                    dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
-                    p16, ds16 = p.astype(dtype), dscores(p, dp, j).astype(dtype)
-                    ds_now.at[w][...] = ds16
-                    plgpu.commit_smem()
-                    plgpu.barrier_arrive(ds_ready.at[lax.rem(j, 2)])
-                    plgpu.wgmma(dv_acc, p16, do_s.at[slot])
-                    plgpu.wgmma(dk_acc, ds16, q_s.at[slot])
-                    plgpu.barrier_wait(ds_ready.at[lax.rem(j, 2)])
-                    for t in range(mc.COMPUTE):
-                        plgpu.wgmma(dq_acc, ds_now.at[t].T, k_s.at[t, :, half])
-                    dv_new = plgpu.wgmma_accumulator_load(dv_acc, wait_n=2)  # dq's two may still run
-                    dk_new = plgpu.wgmma_accumulator_load(dk_acc, wait_n=2)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return dk_new, dv_new, plgpu.wgmma_accumulator_load(dq_acc, wait_n=0)
-
-                dk, dv, dq_part = pl.run_scoped(run, plgpu.ACC(tile, jnp.float32), plgpu.ACC(tile, jnp.float32),
-                                                plgpu.ACC((mc.ROWS, head_dim), jnp.float32),
-                                                plgpu.ACC((mc.ROWS, head_dim), jnp.float32),
-                                                plgpu.ACC((q_block, half_d), jnp.float32))
-                h, qb, _ = block_of(j)
-                # the previous step's reduce-add has had a whole step to read dq_s
-                mc.add_to_gmem(dq_part * scale, dq_s.at[w], dq_ref.at[b, pl.ds(qb * q_block, q_block), h, half])
-                return dk, dv
-
             zero = (mc.zeros((mc.ROWS, head_dim)),) * 2
             n_steps = group * count
             if pipelined and not fused:
@@ -387,17 +287,19 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 dk, dv = lax.cond(n_steps > 0, last, lambda carry: carry[:2], carry)
             elif loop.startswith("overlap") and interpret is None:
                 dk, dv = lax.fori_loop(0, n_steps, overlap_step, zero)
-            elif columns and interpret is None:  # dq's columns are static halves: one loop per thread
-                for w in range(mc.COMPUTE):
-                    @pl.when(wg == w)
-                    def _():
-                        dk, dv = lax.fori_loop(0, n_steps, functools.partial(columns_step, w), zero)
-                        finish(dk, dv)
-                return
             else:
                 dk, dv = lax.fori_loop(0, n_steps, step, zero)
-            finish(dk, dv)
+            if fused and interpret is not None:  # thread 0 awaits thread 1's last turn
+                @pl.when((wg == 0) & (count > 0))
+                def _():
+                    plgpu.barrier_wait(turn.at[1])
 
+            v_s.at[wg][...] = dv.astype(dtype)
+            k_s.at[wg][...] = (dk * scale).astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(k_s.at[wg], dk_ref.at[b, k_rows, hkv])
+            plgpu.copy_smem_to_gmem(v_s.at[wg], dv_ref.at[b, k_rows, hkv])
+            plgpu.wait_smem_to_gmem(0)
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
@@ -411,13 +313,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
     ]
-    if columns:
-        scratch += [
-            plgpu.SMEM((2, mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread, by step parity
-            plgpu.SMEM((mc.COMPUTE, q_block, head_dim // 2), jnp.float32,
-                       transforms=mc.mma_transforms(jnp.float32)),  # each thread's dQ half on its way out
-        ]
-    elif fused:
+    if fused:
         scratch += [
             plgpu.SMEM((mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread
             plgpu.SMEM((mc.COMPUTE, 2, q_block, head_dim // 2), jnp.float32,
@@ -431,12 +327,10 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         *[plgpu.Barrier(num_barriers=stages)] * 4,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
-    if fused:  # interpret mode only: the read-modify-writes of dQ (read-back, then turn taking); then
-        # "columns": both threads' ds of a step are in SMEM (two arrivals; one barrier per step parity)
-        scratch += [plgpu.Barrier(num_barriers=mc.COMPUTE), plgpu.Barrier(num_barriers=mc.COMPUTE),
-                    plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=2)]
+    if fused:  # interpret mode only: the read-modify-writes of dQ (read-back, then turn taking)
+        scratch += [plgpu.Barrier(num_barriers=mc.COMPUTE), plgpu.Barrier(num_barriers=mc.COMPUTE)]
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
-    run = mc.kernel(body, name=("attention_dkdv_dq_columns" if columns else "attention_dkdv_dq") if fused else "attention_dkdv", out_type=out_type,
+    run = mc.kernel(body, name="attention_dkdv_dq" if fused else "attention_dkdv", out_type=out_type,
                     scratch_types=scratch, grid=(batch, n_k, kv_heads),
                     interpret=interpret)
     operands = (q, k, v, dout, stats, q_tokens, kv_tokens, lists)

@@ -22,8 +22,7 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed).
         --mosaic-tuning "forward=128,2;dkdv=64,2;dq=128,2|forward=64,4;dkdv=64,4;dq=64,4"
 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
-its own row; ``backward=fused`` (or ``fused_columns``, or ``split``, the default) picks how the backward
-gets dQ,
+its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
 ``forward_loop=serial`` (or ``pipelined``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
 ``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``, ``overlap``, ``overlap_dv``)

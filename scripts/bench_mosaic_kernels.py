@@ -5,8 +5,8 @@
 
 Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, mask): the forward,
 the dK/dV and dQ kernels of the split backward, and the fused backward (dQ added inside the dK/dV
-kernel, its products split over keys or over D's columns: ``mosaic_backward.DQ_SPLITS``), in ms and in TFLOP/s of the kernel's own work (forward 1x, dK/dV 2x, dQ 1.5x, fused 2.5x the
-forward's FLOPs). ``--dq-write-variants`` also times both fused kernels with their dQ write replaced:
+kernel), in ms and in TFLOP/s of the kernel's own work (forward 1x, dK/dV 2x, dQ 1.5x, fused 2.5x the
+forward's FLOPs). ``--dq-write-variants`` also times the fused kernel with its dQ write replaced:
 stored to SMEM only, nothing, a plain TMA store instead of the reduce-add (these three give wrong
 results: an experiment on where the fused kernel's time goes), and atomic adds straight from
 registers (``red.global.add.f32``, no SMEM staging; right results). ``--fused-ablations`` times
@@ -104,7 +104,7 @@ def case(seq_len, causal, n_segments, key):
     dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
     seg, pos = packed_tokens(seq_len, n_segments)
     masks = (seg, seg, pos, pos)
-    out, lse = jax.jit(lambda q, k, v: mb.forward(q, k, v, *masks, causal=causal, scale=HEAD_DIM ** -0.5))(q, k, v)
+    out, lse = jax.jit(lambda q, k, v: mb.attention(q, k, v, *masks, causal=causal, scale=HEAD_DIM ** -0.5))(q, k, v)
     lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)
     stats = jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
     plan = mb._Plan(*masks, causal)
@@ -159,14 +159,10 @@ def main():
             query_lists = plan.per_query_block(mb.TUNING["dq"].block)
             forward_lists = plan.per_query_block(mb.TUNING["forward"].block)
 
-            def fused(dq_split="keys"):
+            def fused():
                 dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
-                dk, dv = mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], dq_acc=dq_acc, dq_split=dq_split,
-                                  **kw)
+                dk, dv = mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], dq_acc=dq_acc, **kw)
                 return dq_acc[...].astype(q.dtype), dk, dv
-
-            def fused_columns():
-                return fused("columns")
 
             def forward_kernel():
                 return mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, forward_lists,
@@ -188,12 +184,12 @@ def main():
                 return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"),
                               loop=mb.DQ_LOOP["mode"], **kw)
 
-            kernels = [("forward", 1.0, lambda: mb.forward(q, k, v, *masks, **kw)),
+            kernels = [("forward", 1.0, lambda: mb.attention(q, k, v, *masks, **kw)),
                        ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"],
                                                                    loop=mb.DKDV_LOOP["mode"], **kw)),
                        ("dQ (split)", 1.5, lambda: dq_kernel(query_lists))]
             if not args.no_fused:
-                kernels += [("fused dK/dV/dQ", 2.5, fused), ("fused dK/dV/dQ, dQ by columns", 2.5, fused_columns)]
+                kernels.append(("fused dK/dV/dQ", 2.5, fused))
             if args.overheads:
                 # XLA work timed with its inputs as arguments (as constants XLA would fold it at compile time)
                 kernels += [("forward kernel alone", 1.0, forward_kernel), ("visit lists (3)", 0.0, (lists, masks)),
@@ -212,8 +208,7 @@ def main():
             split_grads = (jax.jit(kernels[2][2])(), *jax.jit(kernels[1][2])())  # dq, dk, dv
             variants = [(name, None, work, fn) for name, work, fn in kernels]  # fn, or (fn, its arguments)
             if args.dq_write_variants:
-                variants += [(f"fused{by}, {name}", ("add_to_gmem", write), 2.5, fn)
-                             for by, fn in (("", fused), (" by columns", fused_columns))
+                variants += [(f"fused, {name}", ("add_to_gmem", write), 2.5, fused)
                              for name, write in DQ_WRITE_VARIANTS.items()]
             if args.fused_ablations:
                 variants += [(f"fused, {name}", patch, 2.5, fused) for name, patch in ABLATIONS.items()]
@@ -227,7 +222,7 @@ def main():
                         jitted = jax.jit(lambda *a, fn=fn: fn(*a))
                         seconds = time_call(jitted, *fn_args, budget_s=args.budget_s)
                         err = "-"
-                        if fn in (fused, fused_columns):
+                        if fn is fused:
                             err = f"{max(rel_err(a, b) for a, b in zip(jitted(), split_grads)):.1e}"
                         rate = f"{work * flops / seconds / 1e12:.1f}" if work else "-"
                         rows.append((seq_len, mask, name, f"{seconds * 1e3:.3f}", rate, err))

@@ -164,11 +164,11 @@ def test_plain_causal_head_dim_128(rng, backward_mode):
     run_case(rng, 256, 256, 2, 2, 128, layout="plain", causal=True)
 
 
-@pytest.mark.parametrize("backward_mode", ["fused", "fused_columns"], indirect=True)
+@pytest.mark.parametrize("backward_mode", ["fused"], indirect=True)
 def test_fused_dq_packed_gqa_head_dim_128(rng, backward_mode):
-    """dQ accumulated inside the dK/dV kernel, split over keys or over D's columns: GQA 4/2 (each CTA
-    adds to two heads' dQ), ragged lengths, packed segments, empty rows, dlse."""
-    assert mosaic_backend.BACKWARD["mode"] == backward_mode
+    """dQ accumulated inside the dK/dV kernel: GQA 4/2 (each CTA adds to two heads' dQ), ragged
+    lengths, packed segments, empty rows, dlse."""
+    assert mosaic_backend.BACKWARD["mode"] == "fused"
     run_case(rng, 200, 300, 4, 2, 128, layout="packed", causal=True)
 
 
@@ -320,7 +320,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined', 'overlap', 'overlap_dv'., "
                               "got 'fast'"),
     ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
-    ("set_backward", "atomic", "mode must be one of .'split', 'fused', 'fused_columns'., got 'atomic'"),
+    ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
     ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
@@ -348,8 +348,7 @@ def test_dq_from_registers_lowers_for_cuda_without_a_gpu():
 
 
 @pytest.mark.parametrize("backward_mode,delta,forward_q", [("split", "xla", "smem"), ("split", "kernel", "smem"),
-                                                           ("fused", "xla", "smem"), ("fused_columns", "xla", "smem"),
-                                                           ("split", "xla", "registers")],
+                                                           ("fused", "xla", "smem"), ("split", "xla", "registers")],
                          indirect=["backward_mode"])
 def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
     """The whole Mosaic GPU lowering (layout inference included) for an H100/H200, run on CPU by
@@ -373,7 +372,7 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
-    assert kernels == {"split": 3, "fused": 2, "fused_columns": 2}[backward_mode]
+    assert kernels == {"split": 3, "fused": 2}[backward_mode]
 
 
 @pytest.mark.parametrize("kernel,loop", [("dkdv", "pipelined"), ("dkdv", "overlap"), ("dkdv", "overlap_dv"),
