@@ -75,18 +75,30 @@ def tile_table(q_seg, q_pos, kv_seg, kv_pos, *, causal: bool, block_q: int, bloc
 
 def visit_lists(visit, whole):
     """int32 ``[B, n_resident, rows, row_len]`` from boolean ``[B, n_resident, n_streamed]`` tables
-    (see the module docstring); read flat entry i at ``[i // row_len, i % row_len]``."""
+    (see the module docstring); read flat entry i at ``[i // row_len, i % row_len]``. Entries past a
+    list's count are 0.
+
+    Built without sorting (XLA's sorts and gathers were most of the ops of a packed mask's plan on
+    the GPU): a list's place is the number of lists longer than it (or as long and earlier), a
+    visited block's place in its list the number of visited blocks before it, and one scatter writes
+    every entry to its place."""
     batch, n_resident, n_streamed = visit.shape
-    # visited blocks first, each group in increasing block order (the sort is stable)
-    order = jnp.argsort(~visit, axis=-1, stable=True).astype(jnp.int32)
-    needs_mask = (~jnp.take_along_axis(whole, order, axis=-1)).astype(jnp.int32)
-    entries = 2 * order + needs_mask
-    count = visit.sum(-1, dtype=jnp.int32)
-    resident = jnp.broadcast_to(jnp.arange(n_resident, dtype=jnp.int32), count.shape)
     row_len = min(round_up(HEADER + n_streamed, LIST_ALIGN), LIST_ROW)
     width = round_up(HEADER + n_streamed, row_len)
-    lists = jnp.concatenate([count[..., None], resident[..., None], entries], axis=-1)
-    lists = jnp.pad(lists, ((0, 0), (0, 0), (0, width - HEADER - n_streamed)))
-    longest_first = jnp.argsort(-count, axis=-1, stable=True)
-    lists = jnp.take_along_axis(lists, longest_first[..., None], axis=1)
+    count = visit.sum(-1, dtype=jnp.int32)  # [B, n_resident]
+    resident = jnp.arange(n_resident, dtype=jnp.int32)
+    ahead = (count[:, None, :] > count[:, :, None]) | (
+        (count[:, None, :] == count[:, :, None]) & (resident[None, :] < resident[:, None]))
+    rank = ahead.sum(-1, dtype=jnp.int32)  # [B, n_resident]: the list's row in the result
+    streamed = jnp.arange(n_streamed, dtype=jnp.int32)
+    place = HEADER + jnp.cumsum(visit, axis=-1, dtype=jnp.int32) - 1
+    # blocks not visited go past the end (each to its own place, so every index stays unique) and are dropped
+    place = jnp.where(visit, place, width + streamed)
+    entries = 2 * streamed + (~whole).astype(jnp.int32)
+    values = jnp.concatenate([count[..., None], jnp.broadcast_to(resident, count.shape)[..., None], entries], axis=-1)
+    places = jnp.concatenate([jnp.zeros_like(count)[..., None], jnp.ones_like(count)[..., None], place], axis=-1)
+    rows = jnp.broadcast_to(rank[..., None], places.shape)
+    batches = jnp.broadcast_to(jnp.arange(batch, dtype=jnp.int32)[:, None, None], places.shape)
+    lists = jnp.zeros((batch, n_resident, width), jnp.int32).at[batches, rows, places].set(
+        values, mode="drop", unique_indices=True)
     return lists.reshape(batch, n_resident, width // row_len, row_len)
