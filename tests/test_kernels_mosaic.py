@@ -42,6 +42,7 @@ def test_visit_lists_match_the_mask(rng):
             for row in lists[b]:
                 count, i = row[0], row[1]
                 entries = row[mosaic_plan.HEADER:mosaic_plan.HEADER + count]
+                assert (row[mosaic_plan.HEADER + count:] == 0).all()  # nothing past the count
                 blocks, needs_mask = entries // 2, entries % 2
                 assert (np.diff(blocks) > 0).all()
                 nonempty = {j for j in range(n_k) if tile[b, i, j].any()}
