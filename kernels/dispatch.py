@@ -26,8 +26,8 @@ BACKENDS = {
     "mosaic": mosaic_backend,
 }
 # Fastest first (BENCHMARKS.md). cuDNN leads where its masks suffice (plain causal or full): mosaic's
-# forward+backward reaches 1.00-1.03x of it at 8k causal (within the runs' spread) but 0.92-0.93x at 32k and
-# 0.91-0.95x on the full mask (runs AO-AP; its forward alone 0.94-1.08x). mosaic (Hopper) then serves packed
+# forward+backward reaches 1.00-1.03x of it at 8k causal (within the runs' spread) but 0.88-0.93x at 32k and
+# 0.91-0.95x on the full mask (runs AO-AP, AV; its forward alone 0.94-1.08x). mosaic (Hopper) then serves packed
 # segments, explicit positions and a given out/lse at about 1.4x triton (runs AH, AO), which serves them on Ampere.
 AUTO_PREFERENCE = {
     "gpu": ("cudnn", "mosaic", "triton", "xla"),
