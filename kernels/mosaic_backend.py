@@ -92,8 +92,10 @@ def set_tuning(kernel: str, block: int, stages: int):
 # kernel (TMA reduce-add into a float32 buffer; s and dp computed once). Fused needs D = 128 and
 # 64-query dK/dV blocks (mosaic_backward.fuses_dq), else split runs. On an H200 the fused dK/dV/dQ
 # kernel took 62.86 ms against split's 47.27 at 32k causal, its float32 dQ write being the cost
-# (kernels/NOTES.md); it stays as the base for that work.
-BACKWARD_MODES = ("split", "fused")
+# (kernels/NOTES.md); it stays as the base for that work. "dq_thread" (:mod:`.mosaic_fused`) fuses
+# dQ too, but gives its products, SMEM staging and reduce-adds to the memory thread, off the compute
+# threads' path (64-query dK/dV blocks, at most 2 slots, else split runs).
+BACKWARD_MODES = ("split", "fused", "dq_thread")
 BACKWARD = {"mode": "split"}
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
@@ -317,6 +319,7 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
 def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta=None, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None); ``delta``:
     rowsum(dout * out) - dlse when the caller computed it, else None."""
+    from . import mosaic_fused
     from .mosaic_backward import dkdv, dq, fuses_dq
 
     q_tokens, kv_tokens, _, key_lists, query_lists = plan_arrays
@@ -324,7 +327,8 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     lse = lse.astype(jnp.float32)
     tuning = TUNING["dkdv"]
     fused = BACKWARD["mode"] == "fused" and fuses_dq(q.shape[-1], tuning.block)
-    in_kernel = DELTA["mode"] == "kernel" and not fused and delta is None
+    dq_thread = BACKWARD["mode"] == "dq_thread" and mosaic_fused.supports(q.shape[-1], *tuning)
+    in_kernel = DELTA["mode"] == "kernel" and not (fused or dq_thread) and delta is None
     # row 1: delta, or (computed in the dQ kernel) the part of it that does not need out
     delta = minus_dlse(lse, dlse) if in_kernel else backward_delta(out, dout, lse, dlse, delta)
     stats = jnp.pad(jnp.stack([lse_base2(lse), delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, q_pad - q_len)))
@@ -332,7 +336,12 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     dout_p = _pad_rows(dout.astype(q.dtype), q_pad)
     dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
                      loop=DQ_LOOP["mode"], interpret=interpret)
-    if fused:
+    if dq_thread:
+        dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
+        dk, dv = mosaic_fused.dkdv_dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, dq_acc,
+                                      causal=causal, scale=scale, tuning=tuning, interpret=interpret)
+        dq_ = dq_acc[...].astype(q.dtype)
+    elif fused:
         dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
         dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
                       tuning=tuning, dq_acc=dq_acc, interpret=interpret)

@@ -107,6 +107,23 @@ def matmul(a, b, shape, init=None, *, interpret=None):
     return pl.run_state(accumulate)(plgpu.ACC.init(init))
 
 
+def chain(shape, pairs, *, interpret=None):
+    """``sum(a @ b for a, b in pairs)``, float32 ``shape``, in one accumulator: the products issued back
+    to back, then waited for once; ``a``, ``b`` SMEM refs as in :func:`matmul`."""
+    if interpret is not None:
+        total = matmul(*pairs[0], shape)
+        for a, b in pairs[1:]:
+            total = matmul(a, b, shape, init=total, interpret=interpret)
+        return total
+
+    def run(acc):
+        for a, b in pairs:
+            plgpu.wgmma(acc, a, b)
+        return acc[...]
+
+    return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
+
+
 def zeros(shape):
     """A float32 zero tile in the wgmma accumulator layout."""
     return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
@@ -137,15 +154,16 @@ def add_to_gmem(value, smem, gmem, *, in_flight=0):
     plgpu.copy_smem_to_gmem(smem, gmem, reduction_op="add")
 
 
-def add_to_gmem_interpret(value, smem, gmem, loaded, *, wait_for, then_signal, skip_wait=False):
+def add_to_gmem_interpret(value, smem, gmem, loaded, *, wait_for=None, then_signal=None, skip_wait=False):
     """:func:`add_to_gmem` for GPU interpret mode: a read-modify-write through ``smem`` (``loaded``:
     its copy barrier). Threads adding to the same rows take turns: the caller waits on the barrier
     ``wait_for`` first (unless ``skip_wait``, a traced bool) and arrives on ``then_signal`` after
-    its write."""
+    its write (None for both: one thread writes these rows)."""
 
-    @pl.when(jnp.logical_not(skip_wait))
-    def _():
-        plgpu.barrier_wait(wait_for)
+    if wait_for is not None:
+        @pl.when(jnp.logical_not(skip_wait))
+        def _():
+            plgpu.barrier_wait(wait_for)
 
     plgpu.copy_gmem_to_smem(gmem, smem, loaded)
     plgpu.barrier_wait(loaded)
@@ -153,7 +171,8 @@ def add_to_gmem_interpret(value, smem, gmem, loaded, *, wait_for, then_signal, s
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(smem, gmem)
     plgpu.wait_smem_to_gmem(0)
-    plgpu.barrier_arrive(then_signal)
+    if then_signal is not None:
+        plgpu.barrier_arrive(then_signal)
 
 
 def list_entry(list_s, i):
@@ -302,8 +321,9 @@ def thread_index():
 
 
 # Registers per thread (compute, memory): 2 x 128 x compute + 128 x memory fits the 64Ki of an SM.
-# "wide" gives the compute threads 8 more (the pipelined dK/dV loop holds two steps' tiles).
-REGISTER_SPLITS = {"default": (232, 40), "wide": (240, 24)}
+# "wide" gives the compute threads 8 more (the pipelined dK/dV loop holds two steps' tiles);
+# "dq_thread" gives the memory thread room for a float32 [64, 64] accumulator (:mod:`.mosaic_fused`).
+REGISTER_SPLITS = {"default": (232, 40), "wide": (240, 24), "dq_thread": (224, 56)}
 
 
 def registers(compute: bool, split: str = "default"):

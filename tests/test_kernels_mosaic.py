@@ -165,12 +165,28 @@ def test_plain_causal_head_dim_128(rng, backward_mode):
     run_case(rng, 256, 256, 2, 2, 128, layout="plain", causal=True)
 
 
-@pytest.mark.parametrize("backward_mode", ["fused"], indirect=True)
+@pytest.mark.parametrize("backward_mode", ["fused", "dq_thread"], indirect=True)
 def test_fused_dq_packed_gqa_head_dim_128(rng, backward_mode):
     """dQ accumulated inside the dK/dV kernel: GQA 4/2 (each CTA adds to two heads' dQ), ragged
     lengths, packed segments, empty rows, dlse."""
-    assert mosaic_backend.BACKWARD["mode"] == "fused"
+    assert mosaic_backend.BACKWARD["mode"] == backward_mode
     run_case(rng, 200, 300, 4, 2, 128, layout="packed", causal=True)
+
+
+@pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
+def test_dq_thread_head_dim_64_packed_gqa(rng, backward_mode):
+    """The dQ-thread kernel at D = 64 (one dQ chunk per step, so its two staging buffers alternate
+    across steps): GQA 4/2, ragged lengths, packed segments, empty rows."""
+    run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+
+
+def test_dq_thread_refuses_tunings_it_cannot_hold():
+    from longvila_jax.kernels import mosaic_fused
+
+    q = jnp.zeros((1, 128, 2, 128), jnp.bfloat16)
+    with pytest.raises(ValueError, match="needs 64-query blocks, D of 64 or 128 and at most 2 slots, got block=64"):
+        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), q, causal=True,
+                             scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3))
 
 
 def test_serial_forward_loop_packed_gqa(rng):
@@ -321,7 +337,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined', 'overlap', 'overlap_dv'., "
                               "got 'fast'"),
     ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
-    ("set_backward", "atomic", "mode must be one of .'split', 'fused'., got 'atomic'"),
+    ("set_backward", "atomic", "mode must be one of .'split', 'fused', 'dq_thread'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
     ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
@@ -349,7 +365,8 @@ def test_dq_from_registers_lowers_for_cuda_without_a_gpu():
 
 
 @pytest.mark.parametrize("backward_mode,delta,forward_q", [("split", "xla", "smem"), ("split", "kernel", "smem"),
-                                                           ("fused", "xla", "smem"), ("split", "xla", "registers")],
+                                                           ("fused", "xla", "smem"), ("dq_thread", "xla", "registers"),
+                                                           ("split", "xla", "registers")],
                          indirect=["backward_mode"])
 def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
     """The whole Mosaic GPU lowering (layout inference included) for an H100/H200, run on CPU by
@@ -373,7 +390,7 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
-    assert kernels == {"split": 3, "fused": 2}[backward_mode]
+    assert kernels == {"split": 3, "fused": 2, "dq_thread": 2}[backward_mode]
 
 
 @pytest.mark.parametrize("kernel,loop", [("dkdv", "pipelined"), ("dkdv", "overlap"), ("dkdv", "overlap_dv"),

@@ -1,0 +1,223 @@
+"""The Mosaic GPU fused backward with a dQ warpgroup: dK, dV and dQ in one kernel, s and dp computed once.
+
+Grid and visit lists as :func:`.mosaic_backward.dkdv` (one CTA per key block of 128 and kv head, the
+GQA group's query heads in turn, 64-query blocks). Threads 0 and 1 own 64 keys each and run the
+dK/dV loop (p computed while dp is on the tensor cores); each also puts its 16-bit ds tile
+``[keys, queries]`` into SMEM, one buffer per step parity. Thread 2 streams q, dout, the query tokens
+and stats as the split kernel's memory thread does, and between those copies computes each step's dQ
+share over the CTA's 128 keys, ``scale * ds^T @ k``, in column chunks of D (one float32
+``[64, 64]`` accumulator), and adds it to a float32 dQ buffer in GMEM by TMA reduce-adds. The dQ
+products, their SMEM staging and the reduce-adds so stay off the compute threads' path (they only
+wait, two steps later, for thread 2 to be done reading a ds buffer): the column-split kernel of
+runs AR-AS lost 1.1 us per step to them.
+
+dQ's float32 sums come in a different order each run (not bit-reproducible; the split backward is).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from . import mosaic_common as mc
+
+DQ_CHUNK = 64  # columns of D per dQ product (a [64, 64] float32 accumulator: 32 registers a thread)
+# SMEM slots for q/dout: with ds by parity (32 KiB) and the dQ staging (32 KiB) beside k, v and two
+# slots the CTA holds about 197 KiB of the 227 KiB it may have; a third slot does not fit at D = 128.
+MAX_STAGES = 2
+
+
+def supports(head_dim: int, q_block: int, stages: int) -> bool:
+    """Whether :func:`dkdv_dq` runs this tuning: 64-query blocks (one wgmma M for dQ), D of 64 or 128,
+    at most ``MAX_STAGES`` slots."""
+    return q_block == mc.ROWS and head_dim in (64, 128) and stages <= MAX_STAGES
+
+
+def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
+            tuning: mc.Tuning, interpret=None):
+    """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
+    ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
+    blocks."""
+    q_block, stages = tuning
+    batch, q_len, q_heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    group = q_heads // kv_heads
+    n_k = k.shape[1] // mc.BLOCK
+    dtype = q.dtype
+    scale2 = scale * mc.LOG2E
+    tile = (mc.ROWS, q_block)  # keys x queries
+    chunk = min(DQ_CHUNK, head_dim)
+    n_chunks = head_dim // chunk
+    if not supports(head_dim, q_block, stages):
+        raise ValueError(f"the fused dK/dV/dQ kernel needs 64-query blocks, D of 64 or 128 and at most "
+                         f"{MAX_STAGES} slots, got block={q_block}, D={head_dim}, stages={stages}")
+
+    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, dk_ref, dv_ref,
+             k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
+             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed,
+             ds_ready, ds_free, dq_loaded):
+        b, r, hkv = mc.program_ids()
+        wg = mc.thread_index()
+        count, kb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
+        n_steps = group * count
+
+        def block_of(j):  # the j-th streamed (head in group, query block, needs_mask)
+            g, e = j // jnp.maximum(count, 1), lax.rem(j, jnp.maximum(count, 1))
+            return (hkv * group + g, *mc.visited(list_s, e))
+
+        def issue(j, slot):
+            h, qb, _ = block_of(j)
+            q_rows = pl.ds(qb * q_block, q_block)
+            plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[slot], q_bar.at[slot])
+            plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[slot], qt_bar.at[slot])
+            plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
+            plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
+
+        def add_dq(j):
+            """Step ``j``'s dQ share, ``scale * ds^T k`` over both threads' keys, added to ``dq_ref``."""
+            parity = lax.rem(j, 2)
+            h, qb, _ = block_of(j)
+            plgpu.barrier_wait(ds_ready.at[parity])
+            for c in range(n_chunks):
+                cols = pl.ds(c * chunk, chunk)
+                part = mc.chain((q_block, chunk), [(ds_s.at[parity, t].T, k_s.at[t, :, cols])
+                                                   for t in range(mc.COMPUTE)], interpret=interpret)
+                if c == n_chunks - 1:  # every product that reads this parity's ds is done
+                    plgpu.barrier_arrive(ds_free.at[parity])
+                target = dq_ref.at[b, pl.ds(qb * q_block, q_block), h, cols]
+                staging = dq_s.at[lax.rem(j * n_chunks + c, 2)]  # the two buffers alternate
+                if interpret is None:  # the other staging buffer's reduce-add may stay in flight
+                    mc.add_to_gmem(part * scale, staging, target, in_flight=1)
+                else:  # one thread writes dQ in a CTA, and interpret mode runs CTAs one at a time
+                    mc.add_to_gmem_interpret(part * scale, staging, target, dq_loaded.at[0])
+
+        @pl.when(wg == mc.MEMORY)
+        def _():
+            mc.registers(compute=False, split="dq_thread")
+            for j in range(stages):  # the first slots are free
+                @pl.when(j < n_steps)
+                def _():
+                    issue(j, j)
+
+            def step(j, carry):
+                add_dq(j)
+                slot = lax.rem(j, stages)
+                plgpu.barrier_wait(consumed.at[slot])  # every release is awaited, the last ones too
+
+                @pl.when(j + stages < n_steps)
+                def _():
+                    issue(j + stages, slot)
+
+                return carry
+
+            lax.fori_loop(0, n_steps, step, None)
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg < mc.MEMORY)
+        def _():
+            mc.registers(compute=True, split="dq_thread")
+            k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
+            mc.copy_in([(k_ref.at[b, k_rows, hkv], k_s.at[wg], k_bar.at[wg]),
+                        (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
+                        (kt_ref.at[b, :, k_rows], kt_s.at[wg], kt_bar.at[wg])])
+            kv_seg = plgpu.load(kt_s.at[wg, 0], layout=mc.ROW)
+            kv_pos = plgpu.load(kt_s.at[wg, 1], layout=mc.ROW)
+
+            def probs(s, slot, needs_mask):
+                p = jnp.exp2(s * scale2 - mc.cols(plgpu.load(st_s.at[slot, 0], layout=mc.COL), tile))
+                return mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
+
+            def dscores(p, dp, slot):
+                return p * (dp - mc.cols(plgpu.load(st_s.at[slot, 1], layout=mc.COL), tile))
+
+            def publish(ds16, j):
+                """This thread's ds of step ``j`` into its SMEM buffer for thread 2 (once thread 2 is done
+                with step j - 2's, which used the same buffer)."""
+                parity = lax.rem(j, 2)
+
+                @pl.when(j >= 2)
+                def _():
+                    plgpu.barrier_wait(ds_free.at[parity])
+
+                ds_s.at[parity, wg][...] = ds16
+                plgpu.commit_smem()
+                plgpu.barrier_arrive(ds_ready.at[parity])
+                return ds_s.at[parity, wg]
+
+            def step(j, carry):
+                dk, dv = carry
+                slot = lax.rem(j, stages)
+                _, _, needs_mask = block_of(j)
+                for bar in (q_bar, qt_bar, st_bar, do_bar):
+                    plgpu.barrier_wait(bar.at[slot])
+                if interpret is not None:  # one product at a time, 16-bit operands from SMEM
+                    s, dp = mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
+                    p = probs(s, slot, needs_mask)
+                    ds_a = publish(dscores(p, dp, slot).astype(dtype), j)
+                    p_a = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
+                    dv, dk = mc.accumulate((dv, p_a, do_s.at[slot]), (dk, ds_a, q_s.at[slot]), interpret=interpret)
+                    plgpu.barrier_arrive(consumed.at[slot])
+                    return dk, dv
+
+                def run(s_acc, dp_acc, dv_acc, dk_acc):
+                    dv_acc[...] = dv
+                    dk_acc[...] = dk
+                    plgpu.wgmma(s_acc, k_s.at[wg], q_s.at[slot].T)
+                    plgpu.wgmma(dp_acc, v_s.at[wg], do_s.at[slot].T)
+                    p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), slot, needs_mask)  # dp may still run
+                    dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
+                    p16, ds16 = p.astype(dtype), dscores(p, dp, slot).astype(dtype)
+                    plgpu.wgmma(dv_acc, p16, do_s.at[slot])
+                    plgpu.wgmma(dk_acc, ds16, q_s.at[slot])
+                    publish(ds16, j)  # while dv and dk run
+                    dv_new = plgpu.wgmma_accumulator_load(dv_acc, wait_n=0)
+                    return dk_acc[...], dv_new
+
+                carry = pl.run_scoped(run, *[plgpu.ACC(shape, jnp.float32)
+                                             for shape in (tile, tile, (mc.ROWS, head_dim), (mc.ROWS, head_dim))])
+                plgpu.barrier_arrive(consumed.at[slot])
+                return carry
+
+            zero = (mc.zeros((mc.ROWS, head_dim)),) * 2
+            dk, dv = lax.fori_loop(0, n_steps, step, zero)
+
+            def await_free(j, carry):  # the last two steps' ds_free: thread 2's dQ products are done with k_s
+                plgpu.barrier_wait(ds_free.at[lax.rem(j, 2)])
+                return carry
+
+            lax.fori_loop(jnp.maximum(n_steps - 2, 0), n_steps, await_free, None)
+            v_s.at[wg][...] = dv.astype(dtype)
+            k_s.at[wg][...] = (dk * scale).astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(k_s.at[wg], dk_ref.at[b, k_rows, hkv])
+            plgpu.copy_smem_to_gmem(v_s.at[wg], dv_ref.at[b, k_rows, hkv])
+            plgpu.wait_smem_to_gmem(0)
+
+    transforms = mc.mma_transforms(dtype)
+    resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
+    streamed = plgpu.SMEM((stages, q_block, head_dim), dtype, transforms=transforms)
+    scratch = [
+        resident, resident,  # k, v (then dk, dv)
+        plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # key tokens
+        streamed, streamed,  # q, dout
+        plgpu.SMEM((stages, 2, q_block), jnp.int32),  # query tokens
+        plgpu.SMEM((stages, 2, q_block), jnp.float32),  # lse2, delta
+        plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
+        mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
+        plgpu.SMEM((2, mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread, by step parity
+        plgpu.SMEM((2, q_block, chunk), jnp.float32, transforms=mc.mma_transforms(jnp.float32)),  # dQ staging
+        plgpu.Barrier(num_barriers=1),  # list
+        *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 3,  # k, v, key tokens
+        *[plgpu.Barrier(num_barriers=stages)] * 4,  # q, dout, query tokens, stats
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # consumed
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=2),  # ds_ready, by parity
+        plgpu.Barrier(num_barriers=2),  # ds_free, by parity
+        plgpu.Barrier(num_barriers=1),  # dq_loaded (interpret mode's read-modify-writes)
+    ]
+    out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
+    run = mc.kernel(body, name="attention_dkdv_dq_thread", out_type=out_type, scratch_types=scratch,
+                    grid=(batch, n_k, kv_heads), interpret=interpret)
+    return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc)
