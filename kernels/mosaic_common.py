@@ -321,9 +321,8 @@ def thread_index():
 
 
 # Registers per thread (compute, memory): 2 x 128 x compute + 128 x memory fits the 64Ki of an SM.
-# "wide" gives the compute threads 8 more (the pipelined dK/dV loop holds two steps' tiles);
-# "dq_thread" gives the memory thread room for a float32 [64, 64] accumulator (:mod:`.mosaic_fused`).
-REGISTER_SPLITS = {"default": (232, 40), "wide": (240, 24), "dq_thread": (224, 56)}
+# "wide" gives the compute threads 8 more (the pipelined dK/dV loop holds two steps' tiles).
+REGISTER_SPLITS = {"default": (232, 40), "wide": (240, 24)}
 
 
 def registers(compute: bool, split: str = "default"):

@@ -24,7 +24,14 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
 
-DQ_CHUNK = 64  # columns of D per dQ product (a [64, 64] float32 accumulator: 32 registers a thread)
+# columns of D per dQ product (a [64, 64] float32 accumulator: 32 registers a thread); k's SMEM tile has
+# 64-column (128-byte) swizzle tiles, so a wgmma cannot read 32 of them
+DQ_CHUNK = 64
+# registers per thread (compute threads, thread 2): 2 x compute + thread 2 at most 504 (168 x 3 threads)
+REGISTERS = (224, 56)
+# dk's ``ds`` operand: "registers" (the 16-bit tile the thread just computed) or "smem" (the copy it put
+# there for thread 2; its registers are then free while dv and dk run)
+DS_OPERANDS = ("registers", "smem")
 # SMEM slots for q/dout: with ds by parity (32 KiB) and the dQ staging (32 KiB) beside k, v and two
 # slots the CTA holds about 197 KiB of the 227 KiB it may have; a third slot does not fit at D = 128.
 MAX_STAGES = 2
@@ -37,10 +44,11 @@ def supports(head_dim: int, q_block: int, stages: int) -> bool:
 
 
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
-            tuning: mc.Tuning, interpret=None):
+            tuning: mc.Tuning, registers: tuple[int, int] = REGISTERS,
+            ds_operand: str = "registers", interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
-    blocks."""
+    blocks. ``registers``: see ``REGISTERS``; ``ds_operand``: see ``DS_OPERANDS``."""
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -49,11 +57,17 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, q_block)  # keys x queries
-    chunk = min(DQ_CHUNK, head_dim)
-    n_chunks = head_dim // chunk
     if not supports(head_dim, q_block, stages):
         raise ValueError(f"the fused dK/dV/dQ kernel needs 64-query blocks, D of 64 or 128 and at most "
                          f"{MAX_STAGES} slots, got block={q_block}, D={head_dim}, stages={stages}")
+    if ds_operand not in DS_OPERANDS:
+        raise ValueError(f"the fused dK/dV/dQ kernel: ds_operand must be one of {DS_OPERANDS}, got {ds_operand!r}")
+    compute_regs, dq_regs = registers
+    if 2 * compute_regs + dq_regs > 504 or min(registers) < 24 or any(n % 8 for n in registers):
+        raise ValueError(f"the fused dK/dV/dQ kernel: registers (compute, thread 2) must be multiples of 8, "
+                         f"at least 24, with 2 x compute + thread 2 <= 504, got {registers}")
+    chunk = min(DQ_CHUNK, head_dim)
+    n_chunks = head_dim // chunk
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, dk_ref, dv_ref,
              k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
@@ -96,7 +110,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
 
         @pl.when(wg == mc.MEMORY)
         def _():
-            mc.registers(compute=False, split="dq_thread")
+            plgpu.set_max_registers(dq_regs, action="decrease")
             for j in range(stages):  # the first slots are free
                 @pl.when(j < n_steps)
                 def _():
@@ -118,7 +132,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
 
         @pl.when(wg < mc.MEMORY)
         def _():
-            mc.registers(compute=True, split="dq_thread")
+            plgpu.set_max_registers(compute_regs, action="increase")
             k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
             mc.copy_in([(k_ref.at[b, k_rows, hkv], k_s.at[wg], k_bar.at[wg]),
                         (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
@@ -170,9 +184,14 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), slot, needs_mask)  # dp may still run
                     dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
                     p16, ds16 = p.astype(dtype), dscores(p, dp, slot).astype(dtype)
-                    plgpu.wgmma(dv_acc, p16, do_s.at[slot])
-                    plgpu.wgmma(dk_acc, ds16, q_s.at[slot])
-                    publish(ds16, j)  # while dv and dk run
+                    if ds_operand == "smem":  # ds in SMEM first, then dk reads it there
+                        ds_a = publish(ds16, j)
+                        plgpu.wgmma(dv_acc, p16, do_s.at[slot])
+                        plgpu.wgmma(dk_acc, ds_a, q_s.at[slot])
+                    else:
+                        plgpu.wgmma(dv_acc, p16, do_s.at[slot])
+                        plgpu.wgmma(dk_acc, ds16, q_s.at[slot])
+                        publish(ds16, j)  # while dv and dk run
                     dv_new = plgpu.wgmma_accumulator_load(dv_acc, wait_n=0)
                     return dk_acc[...], dv_new
 
