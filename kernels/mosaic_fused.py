@@ -28,7 +28,7 @@ from . import mosaic_common as mc
 # 64-column (128-byte) swizzle tiles, so a wgmma cannot read 32 of them
 DQ_CHUNK = 64
 # registers per thread (compute threads, thread 2): 2 x compute + thread 2 at most 504 (168 x 3 threads)
-REGISTERS = (224, 56)
+REGISTERS = (216, 72)
 # dk's ``ds`` operand: "registers" (the 16-bit tile the thread just computed) or "smem" (the copy it put
 # there for thread 2; its registers are then free while dv and dk run)
 DS_OPERANDS = ("registers", "smem")
