@@ -97,24 +97,24 @@ def set_tuning(kernel: str, block: int, stages: int):
 # threads' path (64-query dK/dV blocks, at most 2 slots, else split runs).
 BACKWARD_MODES = ("split", "fused", "dq_thread")
 BACKWARD = {"mode": "split"}
-# The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): registers per thread (compute, thread 2) and
-# where dk reads ds from.
-DQ_THREAD_DEFAULT = dict(registers=(216, 72), ds_operand="registers")
+# The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
+# thread (compute, thread 2) and where dk reads ds from.
+DQ_THREAD_DEFAULT = dict(chunk=32, registers=(224, 56), ds_operand="registers")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 
 
 def set_dq_thread(spec: str):
-    """``"COMPUTE_REGS,THREAD2_REGS,DS_OPERAND"`` (e.g. ``"208,88,smem"``; empty: the defaults)
+    """``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND"`` (e.g. ``"64,216,72,smem"``; empty: the defaults)
     -> the "dq_thread" kernel's options, checked when it is traced."""
     if not spec:
         DQ_THREAD.update(DQ_THREAD_DEFAULT)
         return
     try:
-        compute_regs, thread_regs, ds_operand = spec.split(",")
-        DQ_THREAD.update(registers=(int(compute_regs), int(thread_regs)), ds_operand=ds_operand)
+        chunk, compute_regs, thread_regs, ds_operand = spec.split(",")
+        DQ_THREAD.update(chunk=int(chunk), registers=(int(compute_regs), int(thread_regs)), ds_operand=ds_operand)
     except ValueError:
-        raise ValueError(f"mosaic dq_thread options must be COMPUTE_REGS,THREAD2_REGS,DS_OPERAND "
-                         f"(e.g. 216,72,registers), got {spec!r}") from None
+        raise ValueError(f"mosaic dq_thread options must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND "
+                         f"(e.g. 32,224,56,registers), got {spec!r}") from None
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
 # step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product.

@@ -24,11 +24,12 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
 
-# columns of D per dQ product (a [64, 64] float32 accumulator: 32 registers a thread); k's SMEM tile has
-# 64-column (128-byte) swizzle tiles, so a wgmma cannot read 32 of them
-DQ_CHUNK = 64
-# registers per thread (compute threads, thread 2): 2 x compute + thread 2 at most 504 (168 x 3 threads)
-REGISTERS = (216, 72)
+# columns of D per dQ product: 32 (a [64, 32] float32 accumulator, 16 registers a thread) or 64 (32)
+DQ_CHUNK = 32
+# registers per thread (compute threads, thread 2): 2 x compute + thread 2 at most 504 (168 x 3 threads).
+# The compute threads' loop needs 224 (at 216 ptxas serializes every wgmma of the kernel, C7512), so
+# thread 2 has 56: room for a 16-register dQ accumulator, not a 32-register one (ptxas, PTX of run 4).
+REGISTERS = (224, 56)
 # dk's ``ds`` operand: "registers" (the 16-bit tile the thread just computed) or "smem" (the copy it put
 # there for thread 2; its registers are then free while dv and dk run)
 DS_OPERANDS = ("registers", "smem")
@@ -39,16 +40,21 @@ MAX_STAGES = 2
 
 def supports(head_dim: int, q_block: int, stages: int) -> bool:
     """Whether :func:`dkdv_dq` runs this tuning: 64-query blocks (one wgmma M for dQ), D of 64 or 128,
-    at most ``MAX_STAGES`` slots."""
-    return q_block == mc.ROWS and head_dim in (64, 128) and stages <= MAX_STAGES
+    ``MAX_STAGES`` slots (dk leaves through q's, one per compute thread)."""
+    return q_block == mc.ROWS and head_dim in (64, 128) and stages == MAX_STAGES
 
 
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
-            tuning: mc.Tuning, registers: tuple[int, int] = REGISTERS,
+            tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
             ds_operand: str = "registers", interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
-    blocks. ``registers``: see ``REGISTERS``; ``ds_operand``: see ``DS_OPERANDS``."""
+    blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
+    ``DS_OPERANDS``.
+
+    k sits in SMEM transposed (``[D, keys]``, from an XLA transpose of k), so that a dQ product can read
+    any 32 rows of D as its K-major ``b`` operand; the compute threads read it as the transposed ``a`` of
+    ``s = k q^T``."""
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -58,18 +64,19 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, q_block)  # keys x queries
     if not supports(head_dim, q_block, stages):
-        raise ValueError(f"the fused dK/dV/dQ kernel needs 64-query blocks, D of 64 or 128 and at most "
+        raise ValueError(f"the fused dK/dV/dQ kernel needs 64-query blocks, D of 64 or 128 and "
                          f"{MAX_STAGES} slots, got block={q_block}, D={head_dim}, stages={stages}")
-    if ds_operand not in DS_OPERANDS:
-        raise ValueError(f"the fused dK/dV/dQ kernel: ds_operand must be one of {DS_OPERANDS}, got {ds_operand!r}")
+    if chunk not in (32, 64) or ds_operand not in DS_OPERANDS:
+        raise ValueError(f"the fused dK/dV/dQ kernel: chunk must be 32 or 64 and ds_operand one of {DS_OPERANDS}, "
+                         f"got {chunk} and {ds_operand!r}")
     compute_regs, dq_regs = registers
     if 2 * compute_regs + dq_regs > 504 or min(registers) < 24 or any(n % 8 for n in registers):
         raise ValueError(f"the fused dK/dV/dQ kernel: registers (compute, thread 2) must be multiples of 8, "
                          f"at least 24, with 2 x compute + thread 2 <= 504, got {registers}")
-    chunk = min(DQ_CHUNK, head_dim)
+    chunk = min(chunk, head_dim)
     n_chunks = head_dim // chunk
 
-    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, dk_ref, dv_ref,
+    def body(q_ref, k_t_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, dk_ref, dv_ref,
              k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
              list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed,
              ds_ready, ds_free, dq_loaded):
@@ -97,7 +104,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             plgpu.barrier_wait(ds_ready.at[parity])
             for c in range(n_chunks):
                 cols = pl.ds(c * chunk, chunk)
-                part = mc.chain((q_block, chunk), [(ds_s.at[parity, t].T, k_s.at[t, :, cols])
+                part = mc.chain((q_block, chunk), [(ds_s.at[parity, t].T, k_s.at[t, cols, :].T)
                                                    for t in range(mc.COMPUTE)], interpret=interpret)
                 if c == n_chunks - 1:  # every product that reads this parity's ds is done
                     plgpu.barrier_arrive(ds_free.at[parity])
@@ -134,7 +141,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         def _():
             plgpu.set_max_registers(compute_regs, action="increase")
             k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
-            mc.copy_in([(k_ref.at[b, k_rows, hkv], k_s.at[wg], k_bar.at[wg]),
+            mc.copy_in([(k_t_ref.at[b, hkv, :, k_rows], k_s.at[wg], k_bar.at[wg]),
                         (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
                         (kt_ref.at[b, :, k_rows], kt_s.at[wg], kt_bar.at[wg])])
             kv_seg = plgpu.load(kt_s.at[wg, 0], layout=mc.ROW)
@@ -168,7 +175,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 for bar in (q_bar, qt_bar, st_bar, do_bar):
                     plgpu.barrier_wait(bar.at[slot])
                 if interpret is not None:  # one product at a time, 16-bit operands from SMEM
-                    s, dp = mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
+                    s, dp = mc.matmuls((k_s.at[wg].T, q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
                     p = probs(s, slot, needs_mask)
                     ds_a = publish(dscores(p, dp, slot).astype(dtype), j)
                     p_a = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
@@ -179,7 +186,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 def run(s_acc, dp_acc, dv_acc, dk_acc):
                     dv_acc[...] = dv
                     dk_acc[...] = dk
-                    plgpu.wgmma(s_acc, k_s.at[wg], q_s.at[slot].T)
+                    plgpu.wgmma(s_acc, k_s.at[wg].T, q_s.at[slot].T)
                     plgpu.wgmma(dp_acc, v_s.at[wg], do_s.at[slot].T)
                     p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), slot, needs_mask)  # dp may still run
                     dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
@@ -208,18 +215,20 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 return carry
 
             lax.fori_loop(jnp.maximum(n_steps - 2, 0), n_steps, await_free, None)
+            dk_s = q_s.at[wg]  # q's slot ``wg``, free now (k's tile is transposed)
             v_s.at[wg][...] = dv.astype(dtype)
-            k_s.at[wg][...] = (dk * scale).astype(dtype)
+            dk_s[...] = (dk * scale).astype(dtype)
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(k_s.at[wg], dk_ref.at[b, k_rows, hkv])
+            plgpu.copy_smem_to_gmem(dk_s, dk_ref.at[b, k_rows, hkv])
             plgpu.copy_smem_to_gmem(v_s.at[wg], dv_ref.at[b, k_rows, hkv])
             plgpu.wait_smem_to_gmem(0)
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
+    keys_t = plgpu.SMEM((mc.COMPUTE, head_dim, mc.ROWS), dtype, transforms=transforms)  # k transposed
     streamed = plgpu.SMEM((stages, q_block, head_dim), dtype, transforms=transforms)
     scratch = [
-        resident, resident,  # k, v (then dk, dv)
+        keys_t, resident,  # k (transposed), v (then dv)
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # key tokens
         streamed, streamed,  # q, dout
         plgpu.SMEM((stages, 2, q_block), jnp.int32),  # query tokens
@@ -239,4 +248,5 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
     run = mc.kernel(body, name="attention_dkdv_dq_thread", out_type=out_type, scratch_types=scratch,
                     grid=(batch, n_k, kv_heads), interpret=interpret)
-    return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc)
+    k_t = jnp.transpose(k, (0, 2, 3, 1))  # [B, Hkv, D, S]
+    return run(q, k_t, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc)

@@ -184,7 +184,7 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
     from longvila_jax.kernels import mosaic_fused
 
     q = jnp.zeros((1, 128, 2, 128), jnp.bfloat16)
-    with pytest.raises(ValueError, match="needs 64-query blocks, D of 64 or 128 and at most 2 slots, got block=64"):
+    with pytest.raises(ValueError, match="needs 64-query blocks, D of 64 or 128 and 2 slots, got block=64"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), q, causal=True,
                              scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3))
 
