@@ -102,18 +102,28 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             parity = lax.rem(j, 2)
             h, qb, _ = block_of(j)
             plgpu.barrier_wait(ds_ready.at[parity])
-            for c in range(n_chunks):
-                cols = pl.ds(c * chunk, chunk)
+
+            # a loop, not unrolled: the operand descriptors of every chunk, hoisted out of the step
+            # loop, would take more registers than thread 2 has (ptxas, PTX of run 5: 180 bytes of spills)
+            def chunk_step(c, carry):
+                cols = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
                 part = mc.chain((q_block, chunk), [(ds_s.at[parity, t].T, k_s.at[t, cols, :].T)
                                                    for t in range(mc.COMPUTE)], interpret=interpret)
-                if c == n_chunks - 1:  # every product that reads this parity's ds is done
+
+                @pl.when(c == n_chunks - 1)  # every product that reads this parity's ds is done
+                def _():
                     plgpu.barrier_arrive(ds_free.at[parity])
+
                 target = dq_ref.at[b, pl.ds(qb * q_block, q_block), h, cols]
                 staging = dq_s.at[lax.rem(j * n_chunks + c, 2)]  # the two buffers alternate
                 if interpret is None:  # the other staging buffer's reduce-add may stay in flight
                     mc.add_to_gmem(part * scale, staging, target, in_flight=1)
                 else:  # one thread writes dQ in a CTA, and interpret mode runs CTAs one at a time
                     mc.add_to_gmem_interpret(part * scale, staging, target, dq_loaded.at[0])
+                return carry
+
+            # (a bound the compiler cannot see is constant, so that it does not unroll the loop either)
+            lax.fori_loop(0, n_chunks + jnp.minimum(count, 0), chunk_step, None)
 
         @pl.when(wg == mc.MEMORY)
         def _():
