@@ -99,7 +99,7 @@ BACKWARD_MODES = ("split", "fused", "dq_thread")
 BACKWARD = {"mode": "split"}
 # The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
 # thread (compute, thread 2) and where dk reads ds from.
-DQ_THREAD_DEFAULT = dict(chunk=32, registers=(224, 56), ds_operand="registers")
+DQ_THREAD_DEFAULT = dict(chunk=64, registers=(216, 72), ds_operand="registers")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 
 
