@@ -79,7 +79,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
     def body(q_ref, k_t_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, dk_ref, dv_ref,
              k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
              list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed,
-             ds_ready, ds_free, dq_loaded):
+             ds_ready, ds_free, loops_done, dq_loaded):
         b, r, hkv = mc.program_ids()
         wg = mc.thread_index()
         count, kb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
@@ -220,12 +220,16 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             zero = (mc.zeros((mc.ROWS, head_dim)),) * 2
             dk, dv = lax.fori_loop(0, n_steps, step, zero)
 
-            def await_free(j, carry):  # the last two steps' ds_free: thread 2's dQ products are done with k_s
+            def await_free(j, carry):  # the last two steps' ds_free too: every completion a thread waits on is awaited
                 plgpu.barrier_wait(ds_free.at[lax.rem(j, 2)])
                 return carry
 
             lax.fori_loop(jnp.maximum(n_steps - 2, 0), n_steps, await_free, None)
-            dk_s = q_s.at[wg]  # q's slot ``wg``, free now (k's tile is transposed)
+            # dk leaves through q's slot ``wg`` (k's tile is transposed), once the other thread's last
+            # products are done reading q too
+            plgpu.barrier_arrive(loops_done.at[0])
+            plgpu.barrier_wait(loops_done.at[0])
+            dk_s = q_s.at[wg]
             v_s.at[wg][...] = dv.astype(dtype)
             dk_s[...] = (dk * scale).astype(dtype)
             plgpu.commit_smem()
@@ -253,6 +257,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # consumed
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=2),  # ds_ready, by parity
         plgpu.Barrier(num_barriers=2),  # ds_free, by parity
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=1),  # both compute threads' loops are done
         plgpu.Barrier(num_barriers=1),  # dq_loaded (interpret mode's read-modify-writes)
     ]
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
