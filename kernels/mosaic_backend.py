@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from . import mosaic_common as mc
+from . import mosaic_fused
 from . import mosaic_plan as plan
 from . import trace_time
 from .row_stats import backward_delta, lse_base2, minus_dlse
@@ -94,12 +95,14 @@ def set_tuning(kernel: str, block: int, stages: int):
 # kernel took 62.86 ms against split's 47.27 at 32k causal, its float32 dQ write being the cost
 # (kernels/NOTES.md); it stays as the base for that work. "dq_thread" (:mod:`.mosaic_fused`) fuses
 # dQ too, but gives its products, SMEM staging and reduce-adds to the memory thread, off the compute
-# threads' path (64-query dK/dV blocks, at most 2 slots, else split runs).
+# threads' path (64-query dK/dV blocks, 2 slots, else split runs). On an H200 (BENCHMARKS.md, run BC)
+# its fwd+bwd is 1.04x split's at 32k causal (525.3 vs 507.1 TFLOP/s; 0.96x JAX cuDNN against 0.93x)
+# and 0.98x at 8k; an opt-in for long sequences (its dQ is not bit-reproducible), not the default.
 BACKWARD_MODES = ("split", "fused", "dq_thread")
 BACKWARD = {"mode": "split"}
 # The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
 # thread (compute, thread 2) and where dk reads ds from.
-DQ_THREAD_DEFAULT = dict(chunk=64, registers=(216, 72), ds_operand="registers")
+DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 
 
@@ -337,7 +340,6 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
 def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta=None, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None); ``delta``:
     rowsum(dout * out) - dlse when the caller computed it, else None."""
-    from . import mosaic_fused
     from .mosaic_backward import dkdv, dq, fuses_dq
 
     q_tokens, kv_tokens, _, key_lists, query_lists = plan_arrays

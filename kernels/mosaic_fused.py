@@ -6,12 +6,14 @@ dK/dV loop (p computed while dp is on the tensor cores); each also puts its 16-b
 ``[keys, queries]`` into SMEM, one buffer per step parity. Thread 2 streams q, dout, the query tokens
 and stats as the split kernel's memory thread does, and between those copies computes each step's dQ
 share over the CTA's 128 keys, ``scale * ds^T @ k``, in column chunks of D (one float32
-``[64, 64]`` accumulator), and adds it to a float32 dQ buffer in GMEM by TMA reduce-adds. The dQ
-products, their SMEM staging and the reduce-adds so stay off the compute threads' path (they only
-wait, two steps later, for thread 2 to be done reading a ds buffer): the column-split kernel of
-runs AR-AS lost 1.1 us per step to them.
+accumulator), and adds it to a float32 dQ buffer in GMEM by TMA reduce-adds. The dQ products, their
+SMEM staging and the reduce-adds so stay off the compute threads' path (they only wait, two steps
+later, for thread 2 to be done reading a ds buffer): the column-split kernel of runs AR-AS lost 1.1 us
+per step to them.
 
-dQ's float32 sums come in a different order each run (not bit-reproducible; the split backward is).
+Measured on an H200 (BENCHMARKS.md, runs AW-BC): 1.04x the split backward's fwd+bwd at 32k causal,
+0.98x at 8k. Registers bound it (see ``REGISTERS``). dQ's float32 sums come in a different order each
+run (not bit-reproducible; the split backward is).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
 
-# columns of D per dQ product: 32 (a [64, 32] float32 accumulator, 16 registers a thread) or 64 (32)
-DQ_CHUNK = 32
+# columns of D per dQ product: 64 (a [64, 64] float32 accumulator, 32 registers a thread) or 32 (16)
+DQ_CHUNK = 64
 # registers per thread (compute threads, thread 2): 2 x compute + thread 2 at most 504 (168 x 3 threads).
-# The compute threads' loop needs 224 (at 216 ptxas serializes every wgmma of the kernel, C7512), so
-# thread 2 has 56: room for a 16-register dQ accumulator, not a 32-register one (ptxas, PTX of run 4).
-REGISTERS = (224, 56)
+# The compute threads' loop needs 224 before ptxas stops serializing every wgmma of the kernel (C7512);
+# thread 2 needs about 64 for 64-column chunks, 48 for 32-column ones (ptxas on run AZ's and BB's PTX).
+# Neither pair fits: 216/72 with 64 columns runs serialized, 224/56 with 32 columns runs four chunks in
+# series per step; the first was faster (run BC: 525 vs 454 TFLOP/s at 32k causal).
+REGISTERS = (216, 72)
 # dk's ``ds`` operand: "registers" (the 16-bit tile the thread just computed) or "smem" (the copy it put
 # there for thread 2; its registers are then free while dv and dk run)
 DS_OPERANDS = ("registers", "smem")
@@ -104,7 +108,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             plgpu.barrier_wait(ds_ready.at[parity])
 
             # a loop, not unrolled: the operand descriptors of every chunk, hoisted out of the step
-            # loop, would take more registers than thread 2 has (ptxas, PTX of run 5: 180 bytes of spills)
+            # loop, would take more registers than thread 2 has (run BA: 180 bytes of thread 2's spills)
             def chunk_step(c, carry):
                 cols = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
                 part = mc.chain((q_block, chunk), [(ds_s.at[parity, t].T, k_s.at[t, cols, :].T)
