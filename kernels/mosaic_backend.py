@@ -117,7 +117,7 @@ def set_dq_thread(spec: str):
         DQ_THREAD.update(chunk=int(chunk), registers=(int(compute_regs), int(thread_regs)), ds_operand=ds_operand)
     except ValueError:
         raise ValueError(f"mosaic dq_thread options must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND "
-                         f"(e.g. 32,224,56,registers), got {spec!r}") from None
+                         f"(e.g. 64,216,72,registers), got {spec!r}") from None
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
 # step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product.

@@ -184,9 +184,20 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
     from longvila_jax.kernels import mosaic_fused
 
     q = jnp.zeros((1, 128, 2, 128), jnp.bfloat16)
+    lists = jnp.zeros((1, 1, 1, 32), jnp.int32)
     with pytest.raises(ValueError, match="needs 64-query blocks, D of 64 or 128 and 2 slots, got block=64"):
-        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), q, causal=True,
-                             scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3))
+        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
+                             tuning=mosaic_backend.mc.Tuning(64, 3))
+    with pytest.raises(ValueError, match=r"2 x compute \+ thread 2 <= 504, got \(232, 56\)"):
+        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
+                             tuning=mosaic_backend.mc.Tuning(64, 2), registers=(232, 56))
+    with pytest.raises(ValueError, match="chunk must be 32 or 64 and ds_operand one of .'registers', 'smem'., got 16"):
+        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
+                             tuning=mosaic_backend.mc.Tuning(64, 2), chunk=16)
+    with pytest.raises(ValueError, match="must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND .e.g. 64,216,72,registers., "
+                                         "got '216,72'"):
+        mosaic_backend.set_dq_thread("216,72")
+    assert mosaic_backend.DQ_THREAD == mosaic_backend.DQ_THREAD_DEFAULT
 
 
 def test_serial_forward_loop_packed_gqa(rng):
