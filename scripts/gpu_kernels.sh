@@ -13,7 +13,8 @@
 #     kernels: scripts/bench_mosaic_kernels.py; ptxas: each Mosaic kernel's ptxas report (registers,
 #     spills, wgmma serialization), compiled once at S = 1024; PTXAS_SCRIPT="scripts/bench_attention.py
 #     --seqs 1024 --impls mosaic --masks causal --mosaic-tuning=dkdv_loop=pipelined;dkdv=64,3" compiles
-#     what that script runs instead
+#     what that script runs instead; PTX_KEEP=dkdv also brings back those kernels' PTX (offline register
+#     splits: scripts/ptxas_registers.py)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -66,4 +67,7 @@ if [[ " $STEPS " == *" ptxas "* ]]; then
     echo "== $(basename "$f")"; grep -E "registers|spill|serializ" "$f" | sort | uniq -c | cut -c1-240
   done > "$OUT/ptxas_summary.txt" 2>&1
   head -80 "$OUT/ptxas_summary.txt"  # (a pipe into head would cut the file short)
+  if [[ -n "${PTX_KEEP:-}" ]]; then  # the PTX of kernels whose name holds PTX_KEEP, for scripts/ptxas_registers.py
+    cp "$dump"/*"${PTX_KEEP}"*.ptx "$OUT"/ 2>/dev/null || echo "no PTX matching $PTX_KEEP"
+  fi
 fi
