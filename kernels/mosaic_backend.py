@@ -356,15 +356,14 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     dout_p = _pad_rows(dout.astype(q.dtype), q_pad)
     dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
                      loop=DQ_LOOP["mode"], interpret=interpret)
-    if dq_thread:
+    if dq_thread or fused:  # dQ added up in float32 inside the dK/dV kernel
         dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
-        dk, dv = mosaic_fused.dkdv_dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, dq_acc,
-                                      causal=causal, scale=scale, tuning=tuning, interpret=interpret, **DQ_THREAD)
-        dq_ = dq_acc[...].astype(q.dtype)
-    elif fused:
-        dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
-        dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
-                      tuning=tuning, dq_acc=dq_acc, interpret=interpret)
+        operands = (q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists)
+        if dq_thread:
+            dk, dv = mosaic_fused.dkdv_dq(*operands, dq_acc, causal=causal, scale=scale, tuning=tuning,
+                                          interpret=interpret, **DQ_THREAD)
+        else:
+            dk, dv = dkdv(*operands, causal=causal, scale=scale, tuning=tuning, dq_acc=dq_acc, interpret=interpret)
         dq_ = dq_acc[...].astype(q.dtype)
     else:
         if in_kernel:  # dQ first: it computes delta for the dK/dV kernel
