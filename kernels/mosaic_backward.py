@@ -39,6 +39,27 @@ def fuses_dq(head_dim: int, q_block: int) -> bool:
     return q_block == mc.ROWS and head_dim == 128
 
 
+def query_blocks(b, hkv, group, count, q_block, list_s, gmem, smem, bars):
+    """``(block_of, issue)`` for a dK/dV kernel's streamed query blocks: the visited blocks of ``list_s``
+    (``count`` of them) for each query head of kv head ``hkv``'s GQA group in turn. ``block_of(j)``:
+    the j-th one's ``(query head, query block, needs_mask)``; ``issue(j, slot)``: its q, query tokens,
+    stats and dout into ``slot``. ``gmem``/``smem``/``bars``: those four each."""
+    q_ref, qt_ref, st_ref, do_ref = gmem
+
+    def block_of(j):
+        g, e = j // jnp.maximum(count, 1), lax.rem(j, jnp.maximum(count, 1))
+        return (hkv * group + g, *mc.visited(list_s, e))
+
+    def issue(j, slot):
+        h, qb, _ = block_of(j)
+        q_rows = pl.ds(qb * q_block, q_block)
+        sources = (q_ref.at[b, q_rows, h], qt_ref.at[b, :, q_rows], st_ref.at[b, h, :, q_rows], do_ref.at[b, q_rows, h])
+        for source, dst, bar in zip(sources, smem, bars):
+            plgpu.copy_gmem_to_smem(source, dst.at[slot], bar.at[slot])
+
+    return block_of, issue
+
+
 # How the dK/dV loop orders one step's four products (s = k q^T, dp = v dout^T, dv += p dout, dk += ds q):
 # "serial" waits for s and dp together, then for dv and dk; "overlap" computes p while dp still runs;
 # "overlap_dv" also issues dv's product as soon as p is in 16 bits and computes ds while it runs;
@@ -91,17 +112,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         wg = mc.thread_index()
         count, kb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
 
-        def block_of(j):  # the j-th streamed (head in group, query block, needs_mask)
-            g, e = j // jnp.maximum(count, 1), lax.rem(j, jnp.maximum(count, 1))
-            return (hkv * group + g, *mc.visited(list_s, e))
-
-        def issue(j, slot):
-            h, qb, _ = block_of(j)
-            q_rows = pl.ds(qb * q_block, q_block)
-            plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[slot], q_bar.at[slot])
-            plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[slot], qt_bar.at[slot])
-            plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
-            plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
+        block_of, issue = query_blocks(b, hkv, group, count, q_block, list_s, (q_ref, qt_ref, st_ref, do_ref),
+                                       (q_s, qt_s, st_s, do_s), (q_bar, qt_bar, st_bar, do_bar))
 
         mc.memory_thread(wg, group * count, issue, consumed, stages, split=split)
 

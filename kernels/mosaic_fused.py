@@ -25,6 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
+from .mosaic_backward import query_blocks
 
 # columns of D per dQ product: 64 (a [64, 64] float32 accumulator, 32 registers a thread) or 32 (16)
 DQ_CHUNK = 64
@@ -89,17 +90,8 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         count, kb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
         n_steps = group * count
 
-        def block_of(j):  # the j-th streamed (head in group, query block, needs_mask)
-            g, e = j // jnp.maximum(count, 1), lax.rem(j, jnp.maximum(count, 1))
-            return (hkv * group + g, *mc.visited(list_s, e))
-
-        def issue(j, slot):
-            h, qb, _ = block_of(j)
-            q_rows = pl.ds(qb * q_block, q_block)
-            plgpu.copy_gmem_to_smem(q_ref.at[b, q_rows, h], q_s.at[slot], q_bar.at[slot])
-            plgpu.copy_gmem_to_smem(qt_ref.at[b, :, q_rows], qt_s.at[slot], qt_bar.at[slot])
-            plgpu.copy_gmem_to_smem(st_ref.at[b, h, :, q_rows], st_s.at[slot], st_bar.at[slot])
-            plgpu.copy_gmem_to_smem(do_ref.at[b, q_rows, h], do_s.at[slot], do_bar.at[slot])
+        block_of, issue = query_blocks(b, hkv, group, count, q_block, list_s, (q_ref, qt_ref, st_ref, do_ref),
+                                       (q_s, qt_s, st_s, do_s), (q_bar, qt_bar, st_bar, do_bar))
 
         def add_dq(j):
             """Step ``j``'s dQ share, ``scale * ds^T k`` over both threads' keys, added to ``dq_ref``."""
