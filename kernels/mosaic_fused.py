@@ -38,15 +38,16 @@ REGISTERS = (216, 72)
 # dk's ``ds`` operand: "registers" (the 16-bit tile the thread just computed) or "smem" (the copy it put
 # there for thread 2; its registers are then free while dv and dk run)
 DS_OPERANDS = ("registers", "smem")
-# SMEM slots for q/dout: with ds by parity (32 KiB) and the dQ staging (32 KiB) beside k, v and two
-# slots the CTA holds about 197 KiB of the 227 KiB it may have; a third slot does not fit at D = 128.
-MAX_STAGES = 2
+# SMEM slots for q/dout, exactly (dk leaves through slots 0 and 1): with ds by parity (32 KiB) and the dQ
+# staging (32 KiB) beside k, v and two slots the CTA holds about 197 KiB of the 227 KiB it may have; a
+# third slot does not fit at D = 128.
+STAGES = 2
 
 
 def supports(head_dim: int, q_block: int, stages: int) -> bool:
     """Whether :func:`dkdv_dq` runs this tuning: 64-query blocks (one wgmma M for dQ), D of 64 or 128,
-    ``MAX_STAGES`` slots (dk leaves through q's, one per compute thread)."""
-    return q_block == mc.ROWS and head_dim in (64, 128) and stages == MAX_STAGES
+    ``STAGES`` slots (dk leaves through q's, one per compute thread)."""
+    return q_block == mc.ROWS and head_dim in (64, 128) and stages == STAGES
 
 
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
@@ -70,7 +71,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
     tile = (mc.ROWS, q_block)  # keys x queries
     if not supports(head_dim, q_block, stages):
         raise ValueError(f"the fused dK/dV/dQ kernel needs 64-query blocks, D of 64 or 128 and "
-                         f"{MAX_STAGES} slots, got block={q_block}, D={head_dim}, stages={stages}")
+                         f"{STAGES} slots, got block={q_block}, D={head_dim}, stages={stages}")
     if chunk not in (32, 64) or ds_operand not in DS_OPERANDS:
         raise ValueError(f"the fused dK/dV/dQ kernel: chunk must be 32 or 64 and ds_operand one of {DS_OPERANDS}, "
                          f"got {chunk} and {ds_operand!r}")
