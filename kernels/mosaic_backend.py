@@ -101,23 +101,30 @@ def set_tuning(kernel: str, block: int, stages: int):
 BACKWARD_MODES = ("split", "fused", "dq_thread")
 BACKWARD = {"mode": "split"}
 # The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
-# thread (compute, thread 2) and where dk reads ds from.
-DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers")
+# thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout and a diagnostic probe.
+DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers",
+                         tile_rows="keys", probe="none")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 
 
 def set_dq_thread(spec: str):
-    """``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND"`` (e.g. ``"64,216,72,smem"``; empty: the defaults)
-    -> the "dq_thread" kernel's options, checked when it is traced."""
+    """``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE]]"`` (e.g. ``"64,216,72,smem,queries"``;
+    empty: the defaults) -> the "dq_thread" kernel's options, checked when it is traced."""
     if not spec:
         DQ_THREAD.update(DQ_THREAD_DEFAULT)
         return
+    fields = spec.split(",")
     try:
-        chunk, compute_regs, thread_regs, ds_operand = spec.split(",")
-        DQ_THREAD.update(chunk=int(chunk), registers=(int(compute_regs), int(thread_regs)), ds_operand=ds_operand)
+        if not 4 <= len(fields) <= 6:
+            raise ValueError
+        chunk, compute_regs, thread_regs, ds_operand = fields[:4]
+        options = dict(DQ_THREAD_DEFAULT, chunk=int(chunk), registers=(int(compute_regs), int(thread_regs)),
+                       ds_operand=ds_operand)
     except ValueError:
-        raise ValueError(f"mosaic dq_thread options must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND "
-                         f"(e.g. 64,216,72,registers), got {spec!r}") from None
+        raise ValueError(f"mosaic dq_thread options must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS"
+                         f"[,PROBE]] (e.g. 64,216,72,registers), got {spec!r}") from None
+    options.update(zip(("tile_rows", "probe"), fields[4:]))
+    DQ_THREAD.update(options)
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
 # step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product.

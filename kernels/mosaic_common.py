@@ -85,6 +85,21 @@ def mask_tile(x, fill, needs_mask, streamed_tokens, resident_seg, resident_pos, 
     return lax.cond(needs_mask == 1, masked, lambda x: x, x)
 
 
+def mask_tile_from_smem(x, fill, needs_mask, row_tokens, col_tokens, *, causal: bool, q_on_rows: bool):
+    """:func:`mask_tile` with both sides' tokens in SMEM (``[2, n]`` each: segment ids, positions, of the
+    tile's rows and of its columns), loaded only inside the masked branch, so no token vector stays in
+    registers across a loop."""
+
+    def masked(x):
+        row_side = [plgpu.load(row_tokens.at[i], layout=ROW) for i in range(2)]
+        col_side = [plgpu.load(col_tokens.at[i], layout=COL) for i in range(2)]
+        q_side, kv_side = (row_side, col_side) if q_on_rows else (col_side, row_side)
+        keep = visible(*q_side, *kv_side, x.shape, causal=causal, q_on_rows=q_on_rows)
+        return jnp.where(keep, x, fill)
+
+    return lax.cond(needs_mask == 1, masked, lambda x: x, x)
+
+
 def matmul(a, b, shape, init=None, *, interpret=None):
     """``a @ b`` (+ ``init``) on the tensor cores: float32 ``shape``, waited for.
 

@@ -38,6 +38,14 @@ REGISTERS = (216, 72)
 # dk's ``ds`` operand: "registers" (the 16-bit tile the thread just computed) or "smem" (the copy it put
 # there for thread 2; its registers are then free while dv and dk run)
 DS_OPERANDS = ("registers", "smem")
+# The compute threads' tiles: "keys" (``s^T = k q^T``, keys on the rows: p and ds are register operands
+# of dv and dk, lse and delta per column, 16 registers each) or "queries" (``s = q k^T`` as FlashAttention-3
+# lays it out: lse and delta per row, 2 registers each; p and ds go through SMEM, dv and dk read them
+# there transposed, so no 16-bit tile stays in registers while those products run).
+TILE_ROWS = ("keys", "queries")
+# Diagnostics for the bench (dQ is then wrong): "no_add" skips thread 2's reduce-adds, "no_dq" all of
+# its dQ work (it only hands the ds buffers back).
+PROBES = ("none", "no_add", "no_dq")
 # SMEM slots for q/dout, exactly (dk leaves through slots 0 and 1): with ds by parity (32 KiB) and the dQ
 # staging (32 KiB) beside k, v and two slots the CTA holds about 197 KiB of the 227 KiB it may have; a
 # third slot does not fit at D = 128.
@@ -52,11 +60,12 @@ def supports(head_dim: int, q_block: int, stages: int) -> bool:
 
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
-            ds_operand: str = "registers", interpret=None):
+            ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none", interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
-    ``DS_OPERANDS``.
+    ``DS_OPERANDS`` ("smem" only with ``tile_rows`` "queries"); ``tile_rows``: see ``TILE_ROWS``;
+    ``probe``: see ``PROBES``.
 
     k sits in SMEM transposed (``[D, keys]``, from an XLA transpose of k), so that a dQ product can read
     any 32 rows of D as its K-major ``b`` operand; the compute threads read it as the transposed ``a`` of
@@ -68,13 +77,18 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
     n_k = k.shape[1] // mc.BLOCK
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
-    tile = (mc.ROWS, q_block)  # keys x queries
+    by_queries = tile_rows == "queries"
+    tile = (q_block, mc.ROWS) if by_queries else (mc.ROWS, q_block)  # queries x keys, or keys x queries
     if not supports(head_dim, q_block, stages):
         raise ValueError(f"the fused dK/dV/dQ kernel needs 64-query blocks, D of 64 or 128 and "
                          f"{STAGES} slots, got block={q_block}, D={head_dim}, stages={stages}")
     if chunk not in (32, 64) or ds_operand not in DS_OPERANDS:
         raise ValueError(f"the fused dK/dV/dQ kernel: chunk must be 32 or 64 and ds_operand one of {DS_OPERANDS}, "
                          f"got {chunk} and {ds_operand!r}")
+    if tile_rows not in TILE_ROWS or probe not in PROBES or (by_queries and ds_operand != "smem"):
+        raise ValueError(f"the fused dK/dV/dQ kernel: tile_rows must be one of {TILE_ROWS} (\"queries\" reads ds "
+                         f"from SMEM: ds_operand 'smem') and probe one of {PROBES}, got {tile_rows!r}, "
+                         f"{ds_operand!r}, {probe!r}")
     compute_regs, dq_regs = registers
     if 2 * compute_regs + dq_regs > 504 or min(registers) < 24 or any(n % 8 for n in registers):
         raise ValueError(f"the fused dK/dV/dQ kernel: registers (compute, thread 2) must be multiples of 8, "
@@ -99,13 +113,17 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             parity = lax.rem(j, 2)
             h, qb, _ = block_of(j)
             plgpu.barrier_wait(ds_ready.at[parity])
+            if probe == "no_dq":
+                plgpu.barrier_arrive(ds_free.at[parity])
+                return
 
             # a loop, not unrolled: the operand descriptors of every chunk, hoisted out of the step
             # loop, would take more registers than thread 2 has (run BA: 180 bytes of thread 2's spills)
             def chunk_step(c, carry):
                 cols = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
-                part = mc.chain((q_block, chunk), [(ds_s.at[parity, t].T, k_s.at[t, cols, :].T)
-                                                   for t in range(mc.COMPUTE)], interpret=interpret)
+                ds_tiles = [ds_s.at[parity, t] if by_queries else ds_s.at[parity, t].T for t in range(mc.COMPUTE)]
+                part = mc.chain((q_block, chunk), [(ds_t, k_s.at[t, cols, :].T) for t, ds_t in enumerate(ds_tiles)],
+                                interpret=interpret)
 
                 @pl.when(c == n_chunks - 1)  # every product that reads this parity's ds is done
                 def _():
@@ -113,7 +131,10 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
 
                 target = dq_ref.at[b, pl.ds(qb * q_block, q_block), h, cols]
                 staging = dq_s.at[lax.rem(j * n_chunks + c, 2)]  # the two buffers alternate
-                if interpret is None:  # the other staging buffer's reduce-add may stay in flight
+                if probe == "no_add":  # staged, not added
+                    staging[...] = part * scale
+                    plgpu.commit_smem()
+                elif interpret is None:  # the other staging buffer's reduce-add may stay in flight
                     mc.add_to_gmem(part * scale, staging, target, in_flight=1)
                 else:  # one thread writes dQ in a CTA, and interpret mode runs CTAs one at a time
                     mc.add_to_gmem_interpret(part * scale, staging, target, dq_loaded.at[0])
@@ -151,19 +172,22 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             mc.copy_in([(k_t_ref.at[b, hkv, :, k_rows], k_s.at[wg], k_bar.at[wg]),
                         (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
                         (kt_ref.at[b, :, k_rows], kt_s.at[wg], kt_bar.at[wg])])
-            kv_seg = plgpu.load(kt_s.at[wg, 0], layout=mc.ROW)
-            kv_pos = plgpu.load(kt_s.at[wg, 1], layout=mc.ROW)
 
             def probs(s, slot, needs_mask):
-                p = jnp.exp2(s * scale2 - mc.cols(plgpu.load(st_s.at[slot, 0], layout=mc.COL), tile))
-                return mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
+                """``exp2(s * scale2 - lse2)``, masked: lse2 per row (queries on rows) or per column."""
+                lse2 = plgpu.load(st_s.at[slot, 0], layout=mc.ROW if by_queries else mc.COL)
+                p = jnp.exp2(s * scale2 - (mc.rows if by_queries else mc.cols)(lse2, tile))
+                tokens = (qt_s.at[slot], kt_s.at[wg])  # the tile's rows' and columns' (ids, positions)
+                return mc.mask_tile_from_smem(p, 0.0, needs_mask, *(tokens if by_queries else tokens[::-1]),
+                                              causal=causal, q_on_rows=by_queries)
 
             def dscores(p, dp, slot):
-                return p * (dp - mc.cols(plgpu.load(st_s.at[slot, 1], layout=mc.COL), tile))
+                delta = plgpu.load(st_s.at[slot, 1], layout=mc.ROW if by_queries else mc.COL)
+                return p * (dp - (mc.rows if by_queries else mc.cols)(delta, tile))
 
-            def publish(ds16, j):
+            def publish(ds16, j, p16=None):
                 """This thread's ds of step ``j`` into its SMEM buffer for thread 2 (once thread 2 is done
-                with step j - 2's, which used the same buffer)."""
+                with step j - 2's, which used the same buffer), and ``p16`` (if given) into ``p_s``."""
                 parity = lax.rem(j, 2)
 
                 @pl.when(j >= 2)
@@ -171,9 +195,17 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     plgpu.barrier_wait(ds_free.at[parity])
 
                 ds_s.at[parity, wg][...] = ds16
+                if p16 is not None:
+                    p_s.at[wg][...] = p16
                 plgpu.commit_smem()
                 plgpu.barrier_arrive(ds_ready.at[parity])
                 return ds_s.at[parity, wg]
+
+            def products(slot):
+                """``(s, dp)``'s operands: ``q k^T, dout v^T`` (queries on rows) or ``k q^T, v dout^T``."""
+                if by_queries:
+                    return (q_s.at[slot], k_s.at[wg]), (do_s.at[slot], v_s.at[wg].T)
+                return (k_s.at[wg].T, q_s.at[slot].T), (v_s.at[wg], do_s.at[slot].T)
 
             def step(j, carry):
                 dk, dv = carry
@@ -181,11 +213,17 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 _, _, needs_mask = block_of(j)
                 for bar in (q_bar, qt_bar, st_bar, do_bar):
                     plgpu.barrier_wait(bar.at[slot])
+                s_operands, dp_operands = products(slot)
                 if interpret is not None:  # one product at a time, 16-bit operands from SMEM
-                    s, dp = mc.matmuls((k_s.at[wg].T, q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
+                    s, dp = mc.matmuls((*s_operands, tile), (*dp_operands, tile))
                     p = probs(s, slot, needs_mask)
-                    ds_a = publish(dscores(p, dp, slot).astype(dtype), j)
-                    p_a = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
+                    ds16 = dscores(p, dp, slot).astype(dtype)
+                    if by_queries:
+                        ds_a = publish(ds16, j, p.astype(dtype)).T
+                        p_a = p_s.at[wg].T
+                    else:
+                        ds_a = publish(ds16, j)
+                        p_a = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                     dv, dk = mc.accumulate((dv, p_a, do_s.at[slot]), (dk, ds_a, q_s.at[slot]), interpret=interpret)
                     plgpu.barrier_arrive(consumed.at[slot])
                     return dk, dv
@@ -193,12 +231,16 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 def run(s_acc, dp_acc, dv_acc, dk_acc):
                     dv_acc[...] = dv
                     dk_acc[...] = dk
-                    plgpu.wgmma(s_acc, k_s.at[wg].T, q_s.at[slot].T)
-                    plgpu.wgmma(dp_acc, v_s.at[wg], do_s.at[slot].T)
+                    plgpu.wgmma(s_acc, *s_operands)
+                    plgpu.wgmma(dp_acc, *dp_operands)
                     p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), slot, needs_mask)  # dp may still run
                     dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
                     p16, ds16 = p.astype(dtype), dscores(p, dp, slot).astype(dtype)
-                    if ds_operand == "smem":  # ds in SMEM first, then dk reads it there
+                    if by_queries:  # p and ds through SMEM, read there transposed
+                        ds_a = publish(ds16, j, p16)
+                        plgpu.wgmma(dv_acc, p_s.at[wg].T, do_s.at[slot])
+                        plgpu.wgmma(dk_acc, ds_a.T, q_s.at[slot])
+                    elif ds_operand == "smem":  # ds in SMEM first, then dk reads it there
                         ds_a = publish(ds16, j)
                         plgpu.wgmma(dv_acc, p16, do_s.at[slot])
                         plgpu.wgmma(dk_acc, ds_a, q_s.at[slot])
@@ -245,7 +287,9 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         plgpu.SMEM((stages, 2, q_block), jnp.int32),  # query tokens
         plgpu.SMEM((stages, 2, q_block), jnp.float32),  # lse2, delta
         plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
-        mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
+        # p: through SMEM with queries on the rows, else only when interpreting
+        plgpu.SMEM((mc.COMPUTE, *tile), dtype, transforms=transforms) if by_queries
+        else mc.staging_scratch(tile, dtype, interpret=interpret),
         plgpu.SMEM((2, mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread, by step parity
         plgpu.SMEM((2, q_block, chunk), jnp.float32, transforms=mc.mma_transforms(jnp.float32)),  # dQ staging
         plgpu.Barrier(num_barriers=1),  # list

@@ -109,7 +109,8 @@ def test_backends_match_reference(rng, q_len, kv_len, q_heads, kv_heads, layout,
 
 def mosaic_backward_modes(impl, head_dim):
     """The backward variants to check: for mosaic every way of getting dQ that serves this D (each
-    set before its trace; "fused" needs D = 128), otherwise just the default (None)."""
+    set before its trace; "fused" needs D = 128; "dq_thread" also with queries on the rows), otherwise just
+    the default (None)."""
     if impl != "mosaic":
         yield None
         return
@@ -118,6 +119,12 @@ def mosaic_backward_modes(impl, head_dim):
             continue
         mosaic_backend.set_backward(mode)
         yield mode
+    # the dQ-thread kernel with queries on its tiles' rows (p and ds through SMEM)
+    mosaic_backend.set_dq_thread("64,216,72,smem,queries")
+    try:
+        yield "dq_thread, queries on the rows"
+    finally:
+        mosaic_backend.set_dq_thread("")
 
 
 def test_given_lse_backward_on_gpu(rng):

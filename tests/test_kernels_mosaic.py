@@ -180,6 +180,42 @@ def test_dq_thread_head_dim_64_packed_gqa(rng, backward_mode):
     run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
 
 
+@pytest.fixture
+def dq_thread_options(request):
+    """The dq_thread kernel's options (``set_dq_thread``), back to the defaults afterwards."""
+    mosaic_backend.set_dq_thread(request.param)
+    yield request.param
+    mosaic_backend.set_dq_thread("")
+
+
+@pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries"], indirect=True)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_dq_thread_with_queries_on_the_rows_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
+    """The dQ-thread kernel with FlashAttention-3's tile layout (s = q k^T; p and ds through SMEM, read
+    transposed by dv and dk): GQA 4/2, ragged lengths, packed segments, empty rows, dlse."""
+    assert mosaic_backend.DQ_THREAD["tile_rows"] == "queries"
+    run_case(rng, 200, 300, 4, 2, head_dim, layout="packed", causal=True)
+
+
+@pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["64,216,72,registers,keys,no_dq"], indirect=True)
+def test_dq_thread_probe_without_dq_work_keeps_dk_and_dv(rng, backward_mode, dq_thread_options):
+    """The bench's "no_dq" probe: thread 2 does no dQ work, so dQ stays zero, while dK and dV are
+    still right (the probe times the rest of the kernel)."""
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 256, 256, 4, 2, 128))
+    seg = jnp.ones((1, 256), jnp.int32)
+    pos = jnp.arange(256, dtype=jnp.int32)[None]
+    dout = jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    (ref_out, ref_lse), vjp = jax.vjp(lambda *a: reference_attention(*a, causal=True), *f32)
+    _, ref_dk, ref_dv = vjp((dout.astype(jnp.float32), jnp.zeros_like(ref_lse)))
+    dq, dk, dv = mosaic_backend.attention_bwd(q, k, v, ref_out.astype(jnp.bfloat16), ref_lse, dout, None, seg, seg,
+                                              pos, pos, causal=True, scale=128 ** -0.5, interpret=INTERPRET)
+    assert not np.asarray(dq, np.float32).any()
+    assert rel_err(dk, ref_dk) <= TOL and rel_err(dv, ref_dv) <= TOL, (rel_err(dk, ref_dk), rel_err(dv, ref_dv))
+
+
 def test_dq_thread_refuses_tunings_it_cannot_hold():
     from longvila_jax.kernels import mosaic_fused
 
@@ -194,10 +230,19 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
     with pytest.raises(ValueError, match="chunk must be 32 or 64 and ds_operand one of .'registers', 'smem'., got 16"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), chunk=16)
-    with pytest.raises(ValueError, match="must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND .e.g. 64,216,72,registers., "
-                                         "got '216,72'"):
+    with pytest.raises(ValueError, match=r"must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND\[,TILE_ROWS\[,PROBE\]\] "
+                                         r"\(e.g. 64,216,72,registers\), got '216,72'"):
         mosaic_backend.set_dq_thread("216,72")
+    with pytest.raises(ValueError, match="tile_rows must be one of .'keys', 'queries'. .* got 'queries', 'registers'"):
+        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
+                             tuning=mosaic_backend.mc.Tuning(64, 2), tile_rows="queries")
     assert mosaic_backend.DQ_THREAD == mosaic_backend.DQ_THREAD_DEFAULT
+    mosaic_backend.set_dq_thread("32,224,56,smem,queries,no_add")
+    try:
+        assert mosaic_backend.DQ_THREAD == dict(chunk=32, registers=(224, 56), ds_operand="smem", tile_rows="queries",
+                                                probe="no_add")
+    finally:
+        mosaic_backend.set_dq_thread("")
 
 
 def test_serial_forward_loop_packed_gqa(rng):
@@ -422,6 +467,25 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
 
     module = jax.export.export(jax.jit(run), platforms=["cuda"])(*shapes).mlir_module()
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
+
+
+@pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add"],
+                         indirect=True)
+def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread_options):
+    """The dQ-thread kernel's GPU forms that interpret mode does not run as on a GPU (queries on the rows:
+    asynchronous products reading p and ds transposed from SMEM; the probe without reduce-adds): the Mosaic
+    GPU lowering accepts them, GQA 4/2."""
+    shapes = [jax.ShapeDtypeStruct((1, 300, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+    shapes += [jax.ShapeDtypeStruct((1, 300), jnp.int32)] * 2
+
+    def fwd_bwd(q, k, v, dout, seg, pos):
+        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
+                                                               scale=0.1)[0], q, k, v)
+        return vjp(dout)
+
+    module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
+    assert module.count("stablehlo.custom_call @mosaic_gpu") == 2
 
 
 def test_fused_dq_refuses_other_dkdv_loops():
