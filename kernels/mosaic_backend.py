@@ -101,29 +101,31 @@ def set_tuning(kernel: str, block: int, stages: int):
 BACKWARD_MODES = ("split", "fused", "dq_thread")
 BACKWARD = {"mode": "split"}
 # The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
-# thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout and a diagnostic probe.
+# thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout, a diagnostic probe
+# and where the loop's invariant wgmma descriptors come from.
 DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers",
-                         tile_rows="keys", probe="none")
+                         tile_rows="keys", probe="none", descriptors="hoisted")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 
 
 def set_dq_thread(spec: str):
-    """``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE]]"`` (e.g. ``"64,216,72,smem,queries"``;
-    empty: the defaults) -> the "dq_thread" kernel's options, checked when it is traced."""
+    """``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE[,DESCRIPTORS]]]"`` (e.g.
+    ``"64,216,72,smem,queries"``; empty: the defaults) -> the "dq_thread" kernel's options, checked when
+    it is traced."""
     if not spec:
         DQ_THREAD.update(DQ_THREAD_DEFAULT)
         return
     fields = spec.split(",")
     try:
-        if not 4 <= len(fields) <= 6:
+        if not 4 <= len(fields) <= 7:
             raise ValueError
         chunk, compute_regs, thread_regs, ds_operand = fields[:4]
         options = dict(DQ_THREAD_DEFAULT, chunk=int(chunk), registers=(int(compute_regs), int(thread_regs)),
                        ds_operand=ds_operand)
     except ValueError:
         raise ValueError(f"mosaic dq_thread options must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS"
-                         f"[,PROBE]] (e.g. 64,216,72,registers), got {spec!r}") from None
-    options.update(zip(("tile_rows", "probe"), fields[4:]))
+                         f"[,PROBE[,DESCRIPTORS]]] (e.g. 64,216,72,registers), got {spec!r}") from None
+    options.update(zip(("tile_rows", "probe", "descriptors"), fields[4:]))
     DQ_THREAD.update(options)
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous

@@ -43,6 +43,11 @@ DS_OPERANDS = ("registers", "smem")
 # lays it out: lse and delta per row, 2 registers each; p and ds go through SMEM, dv and dk read them
 # there transposed, so no 16-bit tile stays in registers while those products run).
 TILE_ROWS = ("keys", "queries")
+# Where the compute threads' loop-invariant wgmma descriptors (k's, v's, p's tiles) come from: "hoisted"
+# (the compilers compute them once; ptxas then keeps up to 20 64-bit descriptors live across the loop, in
+# registers or spilled, run BD) or "per_step" (recomputed each step from an index the compilers cannot
+# prove constant: a few integer operations a step, no live range across the loop).
+DESCRIPTORS = ("hoisted", "per_step")
 # Diagnostics for the bench (dQ is then wrong): "no_add" skips thread 2's reduce-adds, "no_dq" all of
 # its dQ work (it only hands the ds buffers back).
 PROBES = ("none", "no_add", "no_dq")
@@ -60,12 +65,13 @@ def supports(head_dim: int, q_block: int, stages: int) -> bool:
 
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
-            ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none", interpret=None):
+            ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none",
+            descriptors: str = "hoisted", interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
     ``DS_OPERANDS`` ("smem" only with ``tile_rows`` "queries"); ``tile_rows``: see ``TILE_ROWS``;
-    ``probe``: see ``PROBES``.
+    ``probe``: see ``PROBES``; ``descriptors``: see ``DESCRIPTORS``.
 
     k sits in SMEM transposed (``[D, keys]``, from an XLA transpose of k), so that a dQ product can read
     any 32 rows of D as its K-major ``b`` operand; the compute threads read it as the transposed ``a`` of
@@ -89,6 +95,8 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         raise ValueError(f"the fused dK/dV/dQ kernel: tile_rows must be one of {TILE_ROWS} (\"queries\" reads ds "
                          f"from SMEM: ds_operand 'smem') and probe one of {PROBES}, got {tile_rows!r}, "
                          f"{ds_operand!r}, {probe!r}")
+    if descriptors not in DESCRIPTORS:
+        raise ValueError(f"the fused dK/dV/dQ kernel: descriptors must be one of {DESCRIPTORS}, got {descriptors!r}")
     compute_regs, dq_regs = registers
     if 2 * compute_regs + dq_regs > 504 or min(registers) < 24 or any(n % 8 for n in registers):
         raise ValueError(f"the fused dK/dV/dQ kernel: registers (compute, thread 2) must be multiples of 8, "
@@ -201,11 +209,12 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 plgpu.barrier_arrive(ds_ready.at[parity])
                 return ds_s.at[parity, wg]
 
-            def products(slot):
-                """``(s, dp)``'s operands: ``q k^T, dout v^T`` (queries on rows) or ``k q^T, v dout^T``."""
+            def products(slot, own):
+                """``(s, dp)``'s operands: ``q k^T, dout v^T`` (queries on rows) or ``k q^T, v dout^T``;
+                ``own``: this thread's index into k_s and v_s (see ``DESCRIPTORS``)."""
                 if by_queries:
-                    return (q_s.at[slot], k_s.at[wg]), (do_s.at[slot], v_s.at[wg].T)
-                return (k_s.at[wg].T, q_s.at[slot].T), (v_s.at[wg], do_s.at[slot].T)
+                    return (q_s.at[slot], k_s.at[own]), (do_s.at[slot], v_s.at[own].T)
+                return (k_s.at[own].T, q_s.at[slot].T), (v_s.at[own], do_s.at[slot].T)
 
             def step(j, carry):
                 dk, dv = carry
@@ -213,14 +222,17 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 _, _, needs_mask = block_of(j)
                 for bar in (q_bar, qt_bar, st_bar, do_bar):
                     plgpu.barrier_wait(bar.at[slot])
-                s_operands, dp_operands = products(slot)
+                # per step: wg plus a zero the compilers cannot see through (the list's count loaded again,
+                # after the barrier waits, minus its first load), so no descriptor is loop-invariant
+                own = wg + (mc.list_entry(list_s, 0) - count) if descriptors == "per_step" else wg
+                s_operands, dp_operands = products(slot, own)
                 if interpret is not None:  # one product at a time, 16-bit operands from SMEM
                     s, dp = mc.matmuls((*s_operands, tile), (*dp_operands, tile))
                     p = probs(s, slot, needs_mask)
                     ds16 = dscores(p, dp, slot).astype(dtype)
                     if by_queries:
                         ds_a = publish(ds16, j, p.astype(dtype)).T
-                        p_a = p_s.at[wg].T
+                        p_a = p_s.at[own].T
                     else:
                         ds_a = publish(ds16, j)
                         p_a = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
@@ -238,7 +250,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     p16, ds16 = p.astype(dtype), dscores(p, dp, slot).astype(dtype)
                     if by_queries:  # p and ds through SMEM, read there transposed
                         ds_a = publish(ds16, j, p16)
-                        plgpu.wgmma(dv_acc, p_s.at[wg].T, do_s.at[slot])
+                        plgpu.wgmma(dv_acc, p_s.at[own].T, do_s.at[slot])
                         plgpu.wgmma(dk_acc, ds_a.T, q_s.at[slot])
                     elif ds_operand == "smem":  # ds in SMEM first, then dk reads it there
                         ds_a = publish(ds16, j)

@@ -189,7 +189,8 @@ def dq_thread_options(request):
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
-@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries"], indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,smem,queries,none,per_step"],
+                         indirect=True)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_dq_thread_with_queries_on_the_rows_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
     """The dQ-thread kernel with FlashAttention-3's tile layout (s = q k^T; p and ds through SMEM, read
@@ -230,17 +231,17 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
     with pytest.raises(ValueError, match="chunk must be 32 or 64 and ds_operand one of .'registers', 'smem'., got 16"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), chunk=16)
-    with pytest.raises(ValueError, match=r"must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND\[,TILE_ROWS\[,PROBE\]\] "
+    with pytest.raises(ValueError, match=r"must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND\[,TILE_ROWS\[,PROBE\[,DESCRIPTORS\]\]\] "
                                          r"\(e.g. 64,216,72,registers\), got '216,72'"):
         mosaic_backend.set_dq_thread("216,72")
     with pytest.raises(ValueError, match="tile_rows must be one of .'keys', 'queries'. .* got 'queries', 'registers'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), tile_rows="queries")
     assert mosaic_backend.DQ_THREAD == mosaic_backend.DQ_THREAD_DEFAULT
-    mosaic_backend.set_dq_thread("32,224,56,smem,queries,no_add")
+    mosaic_backend.set_dq_thread("32,224,56,smem,queries,no_add,per_step")
     try:
         assert mosaic_backend.DQ_THREAD == dict(chunk=32, registers=(224, 56), ds_operand="smem", tile_rows="queries",
-                                                probe="no_add")
+                                                probe="no_add", descriptors="per_step")
     finally:
         mosaic_backend.set_dq_thread("")
 
@@ -470,7 +471,7 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
-@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add"],
+@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add,per_step"],
                          indirect=True)
 def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread_options):
     """The dQ-thread kernel's GPU forms that interpret mode does not run as on a GPU (queries on the rows:
