@@ -101,31 +101,44 @@ def set_tuning(kernel: str, block: int, stages: int):
 BACKWARD_MODES = ("split", "fused", "dq_thread")
 BACKWARD = {"mode": "split"}
 # The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
-# thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout, a diagnostic probe
-# and where the loop's invariant wgmma descriptors come from.
+# thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout, a diagnostic probe,
+# where the loop's invariant wgmma descriptors come from, the dQ staging's layout and where dQ is scaled.
 DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers",
-                         tile_rows="keys", probe="none", descriptors="hoisted")
+                         tile_rows="keys", probe="none", descriptors="hoisted", staging="swizzled",
+                         dq_scale="thread2")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
+_DQ_THREAD_POSITIONAL = ("chunk", "compute", "thread2", "ds_operand", "tile_rows", "probe", "descriptors")
 
 
 def set_dq_thread(spec: str):
-    """``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE[,DESCRIPTORS]]]"`` (e.g.
-    ``"64,216,72,smem,queries"``; empty: the defaults) -> the "dq_thread" kernel's options, checked when
-    it is traced."""
+    """The "dq_thread" kernel's options, checked when it is traced; empty: the defaults. Either by name,
+    ``"chunk:64,compute:224,thread2:56,descriptors:per_step"`` (names: chunk, compute, thread2 (registers),
+    ds_operand, tile_rows, probe, descriptors, staging, dq_scale; see mosaic_fused), or by position,
+    ``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE[,DESCRIPTORS]]]"``."""
     if not spec:
         DQ_THREAD.update(DQ_THREAD_DEFAULT)
         return
     fields = spec.split(",")
+    keyword = ":" in spec
     try:
-        if not 4 <= len(fields) <= 7:
+        if keyword:
+            given = dict(field.split(":") for field in fields)
+        elif 4 <= len(fields) <= len(_DQ_THREAD_POSITIONAL):
+            given = dict(zip(_DQ_THREAD_POSITIONAL, fields))
+        else:
             raise ValueError
-        chunk, compute_regs, thread_regs, ds_operand = fields[:4]
-        options = dict(DQ_THREAD_DEFAULT, chunk=int(chunk), registers=(int(compute_regs), int(thread_regs)),
-                       ds_operand=ds_operand)
+        names = set(_DQ_THREAD_POSITIONAL) | set(DQ_THREAD_DEFAULT) - {"registers"}
+        if set(given) - names:
+            raise ValueError
+        options = dict(DQ_THREAD_DEFAULT, **{k: v for k, v in given.items() if k not in ("chunk", "compute", "thread2")})
+        compute, thread2 = DQ_THREAD_DEFAULT["registers"]
+        options.update(chunk=int(given.get("chunk", options["chunk"])),
+                       registers=(int(given.get("compute", compute)), int(given.get("thread2", thread2))))
     except ValueError:
-        raise ValueError(f"mosaic dq_thread options must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS"
-                         f"[,PROBE[,DESCRIPTORS]]] (e.g. 64,216,72,registers), got {spec!r}") from None
-    options.update(zip(("tile_rows", "probe", "descriptors"), fields[4:]))
+        raise ValueError(f"mosaic dq_thread options must be NAME:VALUE pairs (e.g. chunk:64,compute:216,thread2:72; "
+                         f"names: {', '.join(_DQ_THREAD_POSITIONAL + ('staging', 'dq_scale'))}) or "
+                         f"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE[,DESCRIPTORS]]] "
+                         f"(e.g. 64,216,72,registers), got {spec!r}") from None
     DQ_THREAD.update(options)
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
@@ -373,7 +386,10 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
                                           interpret=interpret, **DQ_THREAD)
         else:
             dk, dv = dkdv(*operands, causal=causal, scale=scale, tuning=tuning, dq_acc=dq_acc, interpret=interpret)
-        dq_ = dq_acc[...].astype(q.dtype)
+        dq_sum = dq_acc[...]
+        if dq_thread and DQ_THREAD["dq_scale"] == "after":  # the kernel added ds^T k unscaled
+            dq_sum = dq_sum * scale
+        dq_ = dq_sum.astype(q.dtype)
     else:
         if in_kernel:  # dQ first: it computes delta for the dK/dV kernel
             dq_, stats = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists,

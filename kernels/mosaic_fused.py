@@ -48,6 +48,12 @@ TILE_ROWS = ("keys", "queries")
 # registers or spilled, run BD) or "per_step" (recomputed each step from an index the compilers cannot
 # prove constant: a few integer operations a step, no live range across the loop).
 DESCRIPTORS = ("hoisted", "per_step")
+# Thread 2's float32 dQ staging in SMEM: "swizzled" (the 128-byte swizzle) or "plain" (row-major: the
+# register-to-SMEM store needs no lane exchange, at the price of bank conflicts).
+STAGINGS = ("swizzled", "plain")
+# Where dQ gets its softmax scale: "thread2" (each chunk multiplied before it is staged) or "after" (the
+# caller multiplies the float32 sum as it casts it: 32 fewer multiplies and registers a chunk for thread 2).
+DQ_SCALES = ("thread2", "after")
 # Diagnostics for the bench (dQ is then wrong): "no_add" skips thread 2's reduce-adds, "no_dq" all of
 # its dQ work (it only hands the ds buffers back).
 PROBES = ("none", "no_add", "no_dq")
@@ -66,12 +72,13 @@ def supports(head_dim: int, q_block: int, stages: int) -> bool:
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
             ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none",
-            descriptors: str = "hoisted", interpret=None):
+            descriptors: str = "hoisted", staging: str = "swizzled", dq_scale: str = "thread2", interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
     ``DS_OPERANDS`` ("smem" only with ``tile_rows`` "queries"); ``tile_rows``: see ``TILE_ROWS``;
-    ``probe``: see ``PROBES``; ``descriptors``: see ``DESCRIPTORS``.
+    ``probe``: see ``PROBES``; ``descriptors``: see ``DESCRIPTORS``; ``staging``: see ``STAGINGS``;
+    ``dq_scale``: see ``DQ_SCALES`` (with "after", ``dq_acc`` receives ``ds^T @ k`` unscaled).
 
     k sits in SMEM transposed (``[D, keys]``, from an XLA transpose of k), so that a dQ product can read
     any 32 rows of D as its K-major ``b`` operand; the compute threads read it as the transposed ``a`` of
@@ -95,8 +102,10 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         raise ValueError(f"the fused dK/dV/dQ kernel: tile_rows must be one of {TILE_ROWS} (\"queries\" reads ds "
                          f"from SMEM: ds_operand 'smem') and probe one of {PROBES}, got {tile_rows!r}, "
                          f"{ds_operand!r}, {probe!r}")
-    if descriptors not in DESCRIPTORS:
-        raise ValueError(f"the fused dK/dV/dQ kernel: descriptors must be one of {DESCRIPTORS}, got {descriptors!r}")
+    for name, value, allowed in (("descriptors", descriptors, DESCRIPTORS), ("staging", staging, STAGINGS),
+                                 ("dq_scale", dq_scale, DQ_SCALES)):
+        if value not in allowed:
+            raise ValueError(f"the fused dK/dV/dQ kernel: {name} must be one of {allowed}, got {value!r}")
     compute_regs, dq_regs = registers
     if 2 * compute_regs + dq_regs > 504 or min(registers) < 24 or any(n % 8 for n in registers):
         raise ValueError(f"the fused dK/dV/dQ kernel: registers (compute, thread 2) must be multiples of 8, "
@@ -139,13 +148,15 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
 
                 target = dq_ref.at[b, pl.ds(qb * q_block, q_block), h, cols]
                 staging = dq_s.at[lax.rem(j * n_chunks + c, 2)]  # the two buffers alternate
+                if dq_scale == "thread2":
+                    part = part * scale
                 if probe == "no_add":  # staged, not added
-                    staging[...] = part * scale
+                    staging[...] = part
                     plgpu.commit_smem()
                 elif interpret is None:  # the other staging buffer's reduce-add may stay in flight
-                    mc.add_to_gmem(part * scale, staging, target, in_flight=1)
+                    mc.add_to_gmem(part, staging, target, in_flight=1)
                 else:  # one thread writes dQ in a CTA, and interpret mode runs CTAs one at a time
-                    mc.add_to_gmem_interpret(part * scale, staging, target, dq_loaded.at[0])
+                    mc.add_to_gmem_interpret(part, staging, target, dq_loaded.at[0])
                 return carry
 
             # (a bound the compiler cannot see is constant, so that it does not unroll the loop either)
@@ -303,7 +314,8 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         plgpu.SMEM((mc.COMPUTE, *tile), dtype, transforms=transforms) if by_queries
         else mc.staging_scratch(tile, dtype, interpret=interpret),
         plgpu.SMEM((2, mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread, by step parity
-        plgpu.SMEM((2, q_block, chunk), jnp.float32, transforms=mc.mma_transforms(jnp.float32)),  # dQ staging
+        plgpu.SMEM((2, q_block, chunk), jnp.float32,  # dQ staging
+                   transforms=mc.mma_transforms(jnp.float32) if staging == "swizzled" else ()),
         plgpu.Barrier(num_barriers=1),  # list
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 3,  # k, v, key tokens
         *[plgpu.Barrier(num_barriers=stages)] * 4,  # q, dout, query tokens, stats

@@ -189,13 +189,14 @@ def dq_thread_options(request):
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
-@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,smem,queries,none,per_step"],
-                         indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,smem,queries,none,per_step",
+                                               "descriptors:per_step,staging:plain,dq_scale:after"], indirect=True)
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_dq_thread_with_queries_on_the_rows_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
-    """The dQ-thread kernel with FlashAttention-3's tile layout (s = q k^T; p and ds through SMEM, read
-    transposed by dv and dk): GQA 4/2, ragged lengths, packed segments, empty rows, dlse."""
-    assert mosaic_backend.DQ_THREAD["tile_rows"] == "queries"
+def test_dq_thread_options_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
+    """The dQ-thread kernel's other forms: FlashAttention-3's tile layout (s = q k^T; p and ds through
+    SMEM, read transposed by dv and dk), descriptors recomputed each step, a row-major dQ staging with
+    dQ scaled after the kernel: GQA 4/2, ragged lengths, packed segments, empty rows, dlse."""
+    assert mosaic_backend.DQ_THREAD != mosaic_backend.DQ_THREAD_DEFAULT
     run_case(rng, 200, 300, 4, 2, head_dim, layout="packed", causal=True)
 
 
@@ -231,17 +232,28 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
     with pytest.raises(ValueError, match="chunk must be 32 or 64 and ds_operand one of .'registers', 'smem'., got 16"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), chunk=16)
-    with pytest.raises(ValueError, match=r"must be CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND\[,TILE_ROWS\[,PROBE\[,DESCRIPTORS\]\]\] "
-                                         r"\(e.g. 64,216,72,registers\), got '216,72'"):
+    with pytest.raises(ValueError, match=r"must be NAME:VALUE pairs .* or CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND"
+                                         r"\[,TILE_ROWS\[,PROBE\[,DESCRIPTORS\]\]\] \(e.g. 64,216,72,registers\), got '216,72'"):
         mosaic_backend.set_dq_thread("216,72")
+    with pytest.raises(ValueError, match="names: chunk, compute, thread2, .*got 'chunk:64,stages:3'"):
+        mosaic_backend.set_dq_thread("chunk:64,stages:3")
+    with pytest.raises(ValueError, match="staging must be one of .'swizzled', 'plain'., got 'padded'"):
+        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
+                             tuning=mosaic_backend.mc.Tuning(64, 2), staging="padded")
     with pytest.raises(ValueError, match="tile_rows must be one of .'keys', 'queries'. .* got 'queries', 'registers'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), tile_rows="queries")
     assert mosaic_backend.DQ_THREAD == mosaic_backend.DQ_THREAD_DEFAULT
     mosaic_backend.set_dq_thread("32,224,56,smem,queries,no_add,per_step")
     try:
-        assert mosaic_backend.DQ_THREAD == dict(chunk=32, registers=(224, 56), ds_operand="smem", tile_rows="queries",
-                                                probe="no_add", descriptors="per_step")
+        assert mosaic_backend.DQ_THREAD == dict(mosaic_backend.DQ_THREAD_DEFAULT, chunk=32, registers=(224, 56),
+                                                ds_operand="smem", tile_rows="queries", probe="no_add",
+                                                descriptors="per_step")
+    finally:
+        mosaic_backend.set_dq_thread("")
+    mosaic_backend.set_dq_thread("thread2:56,compute:224,dq_scale:after")
+    try:
+        assert mosaic_backend.DQ_THREAD == dict(mosaic_backend.DQ_THREAD_DEFAULT, registers=(224, 56), dq_scale="after")
     finally:
         mosaic_backend.set_dq_thread("")
 
@@ -471,8 +483,8 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
-@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add,per_step"],
-                         indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add,per_step",
+                                               "staging:plain,dq_scale:after"], indirect=True)
 def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread_options):
     """The dQ-thread kernel's GPU forms that interpret mode does not run as on a GPU (queries on the rows:
     asynchronous products reading p and ds transposed from SMEM; the probe without reduce-adds): the Mosaic
