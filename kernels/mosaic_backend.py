@@ -104,8 +104,8 @@ BACKWARD = {"mode": "split"}
 # thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout, a diagnostic probe,
 # where the loop's invariant wgmma descriptors come from, the dQ staging's layout and where dQ is scaled.
 DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers",
-                         tile_rows="keys", probe="none", descriptors="hoisted", staging="swizzled",
-                         dq_scale="thread2")
+                         tile_rows="keys", probe="none", descriptors="per_step", staging="swizzled",
+                         dq_scale="after")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 _DQ_THREAD_POSITIONAL = ("chunk", "compute", "thread2", "ds_operand", "tile_rows", "probe", "descriptors")
 

@@ -44,12 +44,13 @@ DS_OPERANDS = ("registers", "smem")
 # there transposed, so no 16-bit tile stays in registers while those products run).
 TILE_ROWS = ("keys", "queries")
 # Where the compute threads' loop-invariant wgmma descriptors (k's, v's, p's tiles) come from: "hoisted"
-# (the compilers compute them once; ptxas then keeps up to 20 64-bit descriptors live across the loop, in
-# registers or spilled, run BD) or "per_step" (recomputed each step from an index the compilers cannot
-# prove constant: a few integer operations a step, no live range across the loop).
+# (ptxas computes them once and keeps up to 20 64-bit descriptors live across the loop: 64-104 B of spills
+# at 216-224 registers, runs BD-BE) or "per_step" (recomputed each step from an index the compilers cannot
+# prove constant: a few integer operations a step; no spills at 216 or 224). Neither moves the 224 below
+# which ptxas serializes the compute threads' wgmmas (C7512), in either tile layout.
 DESCRIPTORS = ("hoisted", "per_step")
-# Thread 2's float32 dQ staging in SMEM: "swizzled" (the 128-byte swizzle) or "plain" (row-major: the
-# register-to-SMEM store needs no lane exchange, at the price of bank conflicts).
+# Thread 2's float32 dQ staging in SMEM: "swizzled" (the 128-byte swizzle) or "plain" (row-major; 8-way
+# bank conflicts on the store, and the same lane exchange before it in the SASS of run BF).
 STAGINGS = ("swizzled", "plain")
 # Where dQ gets its softmax scale: "thread2" (each chunk multiplied before it is staged) or "after" (the
 # caller multiplies the float32 sum as it casts it: 32 fewer multiplies and registers a chunk for thread 2).
@@ -72,7 +73,7 @@ def supports(head_dim: int, q_block: int, stages: int) -> bool:
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
             ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none",
-            descriptors: str = "hoisted", staging: str = "swizzled", dq_scale: str = "thread2", interpret=None):
+            descriptors: str = "per_step", staging: str = "swizzled", dq_scale: str = "thread2", interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see

@@ -189,13 +189,14 @@ def dq_thread_options(request):
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
-@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,smem,queries,none,per_step",
-                                               "descriptors:per_step,staging:plain,dq_scale:after"], indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries",
+                                               "ds_operand:smem,tile_rows:queries,descriptors:hoisted,dq_scale:thread2",
+                                               "staging:plain,dq_scale:thread2"], indirect=True)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_dq_thread_options_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
     """The dQ-thread kernel's other forms: FlashAttention-3's tile layout (s = q k^T; p and ds through
-    SMEM, read transposed by dv and dk), descriptors recomputed each step, a row-major dQ staging with
-    dQ scaled after the kernel: GQA 4/2, ragged lengths, packed segments, empty rows, dlse."""
+    SMEM, read transposed by dv and dk), loop-invariant descriptors, a row-major dQ staging, dQ scaled
+    inside the kernel: GQA 4/2, ragged lengths, packed segments, empty rows, dlse."""
     assert mosaic_backend.DQ_THREAD != mosaic_backend.DQ_THREAD_DEFAULT
     run_case(rng, 200, 300, 4, 2, head_dim, layout="packed", causal=True)
 
