@@ -13,6 +13,7 @@ mode; there the ``p``/``ds`` wgmma operands go through SMEM instead of registers
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -88,18 +89,43 @@ def set_tuning(kernel: str, block: int, stages: int):
     TUNING[kernel] = mc.Tuning(block=block, stages=stages)
 
 
-# How the backward gets dQ: "split" (the default) runs a dQ kernel that recomputes s and dp (two
-# more matmuls per tile, dQ bit-reproducible); "fused" adds each tile's share inside the dK/dV
-# kernel (TMA reduce-add into a float32 buffer; s and dp computed once). Fused needs D = 128 and
-# 64-query dK/dV blocks (mosaic_backward.fuses_dq), else split runs. On an H200 the fused dK/dV/dQ
-# kernel took 62.86 ms against split's 47.27 at 32k causal, its float32 dQ write being the cost
-# (kernels/NOTES.md); it stays as the base for that work. "dq_thread" (:mod:`.mosaic_fused`) fuses
-# dQ too, but gives its products, SMEM staging and reduce-adds to the memory thread, off the compute
-# threads' path (64-query dK/dV blocks, 2 slots, else split runs). On an H200 (BENCHMARKS.md, run BC)
-# its fwd+bwd is 1.04x split's at 32k causal (525.3 vs 507.1 TFLOP/s; 0.96x JAX cuDNN against 0.93x)
-# and 0.98x at 8k; an opt-in for long sequences (its dQ is not bit-reproducible), not the default.
-BACKWARD_MODES = ("split", "fused", "dq_thread")
-BACKWARD = {"mode": "split"}
+# How the backward gets dQ: "split" runs a dQ kernel that recomputes s and dp (two more matmuls per
+# tile, dQ bit-reproducible); "fused" adds each tile's share inside the dK/dV kernel (TMA reduce-add into
+# a float32 buffer; s and dp computed once). Fused needs D = 128 and 64-query dK/dV blocks
+# (mosaic_backward.fuses_dq), else split runs. On an H200 the fused dK/dV/dQ kernel took 62.86 ms against
+# split's 47.27 at 32k causal, its float32 dQ write being the cost (kernels/NOTES.md); it stays as the base
+# for that work. "dq_thread" (:mod:`.mosaic_fused`) fuses dQ too, but gives its products, SMEM staging and
+# reduce-adds to the memory thread, off the compute threads' path (64-query dK/dV blocks, 2 slots, else
+# split runs); its dQ sums come in a different order each run. "auto" (the default) runs dq_thread from
+# ``DQ_THREAD_FROM`` keys on and split below, or split everywhere when XLA is asked for deterministic ops
+# (``--xla_gpu_deterministic_ops`` in XLA_FLAGS). On an H200 (BENCHMARKS.md, run BG) dq_thread's fwd+bwd
+# is 1.035x split's at 32k causal (524.0 vs 506.3 TFLOP/s; 0.97x JAX cuDNN against 0.94x), 1.02x with
+# 4 packed samples, 1.00x at 8k causal and 0.97x at 8k packed.
+BACKWARD_MODES = ("auto", "split", "fused", "dq_thread")
+BACKWARD = {"mode": "auto"}
+DQ_THREAD_FROM = 16384
+
+
+def deterministic_requested() -> bool:
+    """Whether XLA_FLAGS asks XLA for deterministic GPU ops (``--xla_gpu_deterministic_ops[=true]``)."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return any(flag in ("--xla_gpu_deterministic_ops", "--xla_gpu_deterministic_ops=true") for flag in flags)
+
+
+def backward_mode(head_dim: int, kv_len: int) -> str:
+    """The backward that runs for this call: the chosen mode (see ``BACKWARD_MODES``) with "auto" resolved,
+    and "split" where the chosen fused kernel cannot serve the call (head dim, dK/dV tuning)."""
+    from .mosaic_backward import fuses_dq
+
+    mode, tuning = BACKWARD["mode"], TUNING["dkdv"]
+    if mode == "auto":
+        mode = "dq_thread" if kv_len >= DQ_THREAD_FROM and not deterministic_requested() else "split"
+    if mode == "fused" and not fuses_dq(head_dim, tuning.block):
+        return "split"
+    if mode == "dq_thread" and not mosaic_fused.supports(head_dim, *tuning):
+        return "split"
+    return mode
+
 # The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
 # thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout, a diagnostic probe,
 # where the loop's invariant wgmma descriptors come from, the dQ staging's layout and where dQ is scaled.
@@ -362,14 +388,14 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
 def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta=None, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None); ``delta``:
     rowsum(dout * out) - dlse when the caller computed it, else None."""
-    from .mosaic_backward import dkdv, dq, fuses_dq
+    from .mosaic_backward import dkdv, dq
 
     q_tokens, kv_tokens, _, key_lists, query_lists = plan_arrays
     q_len, kv_len, q_pad, kv_pad = q.shape[1], k.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     lse = lse.astype(jnp.float32)
     tuning = TUNING["dkdv"]
-    fused = BACKWARD["mode"] == "fused" and fuses_dq(q.shape[-1], tuning.block)
-    dq_thread = BACKWARD["mode"] == "dq_thread" and mosaic_fused.supports(q.shape[-1], *tuning)
+    mode = backward_mode(q.shape[-1], kv_len)
+    fused, dq_thread = mode == "fused", mode == "dq_thread"
     in_kernel = DELTA["mode"] == "kernel" and not (fused or dq_thread) and delta is None
     # row 1: delta, or (computed in the dQ kernel) the part of it that does not need out
     delta = minus_dlse(lse, dlse) if in_kernel else backward_delta(out, dout, lse, dlse, delta)

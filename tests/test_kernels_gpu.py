@@ -115,7 +115,7 @@ def mosaic_backward_modes(impl, head_dim):
         yield None
         return
     for mode in mosaic_backend.BACKWARD_MODES:
-        if mode == "fused" and head_dim != 128:
+        if mode == "auto" or mode == "fused" and head_dim != 128:  # auto: split at these lengths
             continue
         mosaic_backend.set_backward(mode)
         yield mode

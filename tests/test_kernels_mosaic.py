@@ -153,12 +153,46 @@ def test_shuffled_full_mask_and_given_lse(rng):
         assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
 
 
-@pytest.fixture(params=mosaic_backend.BACKWARD_MODES)
+@pytest.fixture(params=[mode for mode in mosaic_backend.BACKWARD_MODES if mode != "auto"])
 def backward_mode(request):
-    """Each way the backward gets dQ (D = 128 fuses it into the dK/dV kernel unless split)."""
+    """Each way the backward gets dQ (D = 128 fuses it into the dK/dV kernel unless split); "auto" picks
+    one of them (test_auto_backward_picks_by_length_and_determinism)."""
     mosaic_backend.set_backward(request.param)
     yield request.param
     mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
+
+
+def test_auto_backward_picks_by_length_and_determinism(monkeypatch):
+    """The default "auto" backward: the dQ-thread kernel from DQ_THREAD_FROM keys on (D 64 or 128, its
+    dK/dV tuning), split below it, and split everywhere when XLA_FLAGS asks for deterministic ops; the
+    lowered backward then holds two Mosaic kernels (forward, dK/dV/dQ) or three (forward, dK/dV, dQ)."""
+    assert mosaic_backend.BACKWARD["mode"] == "auto"
+    start = mosaic_backend.DQ_THREAD_FROM
+    assert mosaic_backend.backward_mode(128, start) == "dq_thread"
+    assert mosaic_backend.backward_mode(64, 4 * start) == "dq_thread"
+    assert mosaic_backend.backward_mode(128, start - 1) == "split"
+
+    def kernels(seq):
+        shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+        seg, pos = jnp.ones((1, seq), jnp.int32), jnp.arange(seq, dtype=jnp.int32)[None]
+
+        def fwd_bwd(q, k, v, dout):
+            _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
+                                                                   scale=0.1)[0], q, k, v)
+            return vjp(dout)
+
+        module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
+        return module.count("stablehlo.custom_call @mosaic_gpu")
+
+    assert kernels(start) == 2 and kernels(300) == 3
+    saved = dict(mosaic_backend.TUNING)
+    mosaic_backend.set_tuning("dkdv", 128, 2)  # 128-query dK/dV blocks: the dQ-thread kernel cannot run
+    try:
+        assert mosaic_backend.backward_mode(128, start) == "split"
+    finally:
+        mosaic_backend.TUNING.update(saved)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_gpu_deterministic_ops=true")
+    assert mosaic_backend.backward_mode(128, start) == "split"
 
 
 def test_plain_causal_head_dim_128(rng, backward_mode):
@@ -407,7 +441,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined', 'overlap', 'overlap_dv'., "
                               "got 'fast'"),
     ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
-    ("set_backward", "atomic", "mode must be one of .'split', 'fused', 'dq_thread'., got 'atomic'"),
+    ("set_backward", "atomic", "mode must be one of .'auto', 'split', 'fused', 'dq_thread'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
     ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
