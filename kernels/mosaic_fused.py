@@ -11,9 +11,11 @@ SMEM staging and the reduce-adds so stay off the compute threads' path (they onl
 later, for thread 2 to be done reading a ds buffer): the column-split kernel of runs AR-AS lost 1.1 us
 per step to them.
 
-Measured on an H200 (BENCHMARKS.md, runs AW-BC): 1.04x the split backward's fwd+bwd at 32k causal,
-0.98x at 8k. Registers bound it (see ``REGISTERS``). dQ's float32 sums come in a different order each
-run (not bit-reproducible; the split backward is).
+Measured on an H200 (BENCHMARKS.md, runs AW-BG): 1.035x the split backward's fwd+bwd at 32k causal,
+1.00x at 8k (run BG); the ``mosaic`` backend's default from 16,384 keys on. Registers bound it (see
+``REGISTERS``; runs BD-BF: 1.96 us per CTA step at 32k if the compute threads were not serialized, 2.74
+as they are). dQ's float32 sums come in a different order each run (not bit-reproducible; the split
+backward is).
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ DQ_SCALES = ("thread2", "after")
 # its dQ work (it only hands the ds buffers back).
 PROBES = ("none", "no_add", "no_dq")
 # SMEM slots for q/dout, exactly (dk leaves through slots 0 and 1): with ds by parity (32 KiB) and the dQ
-# staging (32 KiB) beside k, v and two slots the CTA holds about 197 KiB of the 227 KiB it may have; a
-# third slot does not fit at D = 128.
+# staging (32 KiB) beside k, v and two slots the CTA holds about 197 KiB of the 227 KiB it may have (213
+# with queries on the rows, whose p tiles take 16 more); a third slot does not fit at D = 128.
 STAGES = 2
 
 

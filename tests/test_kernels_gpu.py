@@ -120,6 +120,7 @@ def mosaic_backward_modes(impl, head_dim):
         mosaic_backend.set_backward(mode)
         yield mode
     # the dQ-thread kernel with queries on its tiles' rows (p and ds through SMEM)
+    mosaic_backend.set_backward("dq_thread")
     mosaic_backend.set_dq_thread("64,216,72,smem,queries")
     try:
         yield "dq_thread, queries on the rows"
