@@ -134,35 +134,33 @@ DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REG
                          dq_scale="after")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 _DQ_THREAD_POSITIONAL = ("chunk", "compute", "thread2", "ds_operand", "tile_rows", "probe", "descriptors")
+_DQ_THREAD_NAMES = _DQ_THREAD_POSITIONAL + ("staging", "dq_scale")
 
 
 def set_dq_thread(spec: str):
     """The "dq_thread" kernel's options, checked when it is traced; empty: the defaults. Either by name,
-    ``"chunk:64,compute:224,thread2:56,descriptors:per_step"`` (names: chunk, compute, thread2 (registers),
-    ds_operand, tile_rows, probe, descriptors, staging, dq_scale; see mosaic_fused), or by position,
+    ``"chunk:64,compute:224,thread2:56,descriptors:per_step"`` (names: ``_DQ_THREAD_NAMES``; compute and
+    thread2 are registers; see mosaic_fused), or by position,
     ``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE[,DESCRIPTORS]]]"``."""
-    if not spec:
-        DQ_THREAD.update(DQ_THREAD_DEFAULT)
-        return
     fields = spec.split(",")
-    keyword = ":" in spec
     try:
-        if keyword:
+        if not spec:
+            given = {}
+        elif ":" in spec:
             given = dict(field.split(":") for field in fields)
         elif 4 <= len(fields) <= len(_DQ_THREAD_POSITIONAL):
             given = dict(zip(_DQ_THREAD_POSITIONAL, fields))
         else:
             raise ValueError
-        names = set(_DQ_THREAD_POSITIONAL) | set(DQ_THREAD_DEFAULT) - {"registers"}
-        if set(given) - names:
+        if set(given) - set(_DQ_THREAD_NAMES):
             raise ValueError
-        options = dict(DQ_THREAD_DEFAULT, **{k: v for k, v in given.items() if k not in ("chunk", "compute", "thread2")})
-        compute, thread2 = DQ_THREAD_DEFAULT["registers"]
-        options.update(chunk=int(given.get("chunk", options["chunk"])),
-                       registers=(int(given.get("compute", compute)), int(given.get("thread2", thread2))))
+        registers = tuple(int(given.pop(name, default))
+                          for name, default in zip(("compute", "thread2"), DQ_THREAD_DEFAULT["registers"]))
+        options = dict(DQ_THREAD_DEFAULT, **given, registers=registers)
+        options["chunk"] = int(options["chunk"])
     except ValueError:
         raise ValueError(f"mosaic dq_thread options must be NAME:VALUE pairs (e.g. chunk:64,compute:216,thread2:72; "
-                         f"names: {', '.join(_DQ_THREAD_POSITIONAL + ('staging', 'dq_scale'))}) or "
+                         f"names: {', '.join(_DQ_THREAD_NAMES)}) or "
                          f"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE[,DESCRIPTORS]]] "
                          f"(e.g. 64,216,72,registers), got {spec!r}") from None
     DQ_THREAD.update(options)

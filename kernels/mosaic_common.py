@@ -139,6 +139,13 @@ def chain(shape, pairs, *, interpret=None):
     return pl.run_scoped(run, plgpu.ACC(shape, jnp.float32))
 
 
+def with_step_accumulators(run, tile, head_dim):
+    """``run(s_acc, dp_acc, dv_acc, dk_acc)`` with a dK/dV step's four float32 wgmma accumulators: s and
+    dp of ``tile``, dv and dk of ``[ROWS, head_dim]``."""
+    shapes = (tile, tile, (ROWS, head_dim), (ROWS, head_dim))
+    return pl.run_scoped(run, *[plgpu.ACC(shape, jnp.float32) for shape in shapes])
+
+
 def zeros(shape):
     """A float32 zero tile in the wgmma accumulator layout."""
     return plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)

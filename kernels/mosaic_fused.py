@@ -277,8 +277,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     dv_new = plgpu.wgmma_accumulator_load(dv_acc, wait_n=0)
                     return dk_acc[...], dv_new
 
-                carry = pl.run_scoped(run, *[plgpu.ACC(shape, jnp.float32)
-                                             for shape in (tile, tile, (mc.ROWS, head_dim), (mc.ROWS, head_dim))])
+                carry = mc.with_step_accumulators(run, tile, head_dim)
                 plgpu.barrier_arrive(consumed.at[slot])
                 return carry
 
