@@ -51,9 +51,6 @@ TILE_ROWS = ("keys", "queries")
 # prove constant: a few integer operations a step; no spills at 216 or 224). Neither moves the 224 below
 # which ptxas serializes the compute threads' wgmmas (C7512), in either tile layout.
 DESCRIPTORS = ("hoisted", "per_step")
-# Thread 2's float32 dQ staging in SMEM: "swizzled" (the 128-byte swizzle) or "plain" (row-major; 8-way
-# bank conflicts on the store, and the same lane exchange before it in the SASS of run BF).
-STAGINGS = ("swizzled", "plain")
 # Where dQ gets its softmax scale: "thread2" (each chunk multiplied before it is staged) or "after" (the
 # caller multiplies the float32 sum as it casts it: 32 fewer multiplies and registers a chunk for thread 2).
 DQ_SCALES = ("thread2", "after")
@@ -75,12 +72,12 @@ def supports(head_dim: int, q_block: int, stages: int) -> bool:
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
             ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none",
-            descriptors: str = "per_step", staging: str = "swizzled", dq_scale: str = "thread2", interpret=None):
+            descriptors: str = "per_step", dq_scale: str = "thread2", interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
     ``DS_OPERANDS`` ("smem" only with ``tile_rows`` "queries"); ``tile_rows``: see ``TILE_ROWS``;
-    ``probe``: see ``PROBES``; ``descriptors``: see ``DESCRIPTORS``; ``staging``: see ``STAGINGS``;
+    ``probe``: see ``PROBES``; ``descriptors``: see ``DESCRIPTORS``;
     ``dq_scale``: see ``DQ_SCALES`` (with "after", ``dq_acc`` receives ``ds^T @ k`` unscaled).
 
     k sits in SMEM transposed (``[D, keys]``, from an XLA transpose of k), so that a dQ product can read
@@ -105,8 +102,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         raise ValueError(f"the fused dK/dV/dQ kernel: tile_rows must be one of {TILE_ROWS} (\"queries\" reads ds "
                          f"from SMEM: ds_operand 'smem') and probe one of {PROBES}, got {tile_rows!r}, "
                          f"{ds_operand!r}, {probe!r}")
-    for name, value, allowed in (("descriptors", descriptors, DESCRIPTORS), ("staging", staging, STAGINGS),
-                                 ("dq_scale", dq_scale, DQ_SCALES)):
+    for name, value, allowed in (("descriptors", descriptors, DESCRIPTORS), ("dq_scale", dq_scale, DQ_SCALES)):
         if value not in allowed:
             raise ValueError(f"the fused dK/dV/dQ kernel: {name} must be one of {allowed}, got {value!r}")
     compute_regs, dq_regs = registers
@@ -316,8 +312,9 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         plgpu.SMEM((mc.COMPUTE, *tile), dtype, transforms=transforms) if by_queries
         else mc.staging_scratch(tile, dtype, interpret=interpret),
         plgpu.SMEM((2, mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread, by step parity
-        plgpu.SMEM((2, q_block, chunk), jnp.float32,  # dQ staging
-                   transforms=mc.mma_transforms(jnp.float32) if staging == "swizzled" else ()),
+        # dQ staging, 128-byte swizzled (Mosaic's transform inference swizzles it even when no transforms are
+        # given: JAX 0.11 lowers with warpgroup semantics)
+        plgpu.SMEM((2, q_block, chunk), jnp.float32, transforms=mc.mma_transforms(jnp.float32)),
         plgpu.Barrier(num_barriers=1),  # list
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 3,  # k, v, key tokens
         *[plgpu.Barrier(num_barriers=stages)] * 4,  # q, dout, query tokens, stats

@@ -225,12 +225,12 @@ def dq_thread_options(request):
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
 @pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries",
                                                "ds_operand:smem,tile_rows:queries,descriptors:hoisted,dq_scale:thread2",
-                                               "staging:plain,dq_scale:thread2"], indirect=True)
+                                               "dq_scale:thread2"], indirect=True)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_dq_thread_options_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
     """The dQ-thread kernel's other forms: FlashAttention-3's tile layout (s = q k^T; p and ds through
-    SMEM, read transposed by dv and dk), loop-invariant descriptors, a row-major dQ staging, dQ scaled
-    inside the kernel: GQA 4/2, ragged lengths, packed segments, empty rows, dlse."""
+    SMEM, read transposed by dv and dk), loop-invariant descriptors, dQ scaled inside the kernel: GQA 4/2,
+    ragged lengths, packed segments, empty rows, dlse."""
     assert mosaic_backend.DQ_THREAD != mosaic_backend.DQ_THREAD_DEFAULT
     run_case(rng, 200, 300, 4, 2, head_dim, layout="packed", causal=True)
 
@@ -272,9 +272,11 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
         mosaic_backend.set_dq_thread("216,72")
     with pytest.raises(ValueError, match="names: chunk, compute, thread2, .*got 'chunk:64,stages:3'"):
         mosaic_backend.set_dq_thread("chunk:64,stages:3")
-    with pytest.raises(ValueError, match="staging must be one of .'swizzled', 'plain'., got 'padded'"):
+    with pytest.raises(ValueError, match="dq_scale must be one of .'thread2', 'after'., got 'before'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
-                             tuning=mosaic_backend.mc.Tuning(64, 2), staging="padded")
+                             tuning=mosaic_backend.mc.Tuning(64, 2), dq_scale="before")
+    with pytest.raises(ValueError, match="names: .*dq_scale\\) or .*got 'staging:plain'"):  # dropped: it never took effect
+        mosaic_backend.set_dq_thread("staging:plain")
     with pytest.raises(ValueError, match="tile_rows must be one of .'keys', 'queries'. .* got 'queries', 'registers'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), tile_rows="queries")
@@ -519,7 +521,7 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
 @pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add,per_step",
-                                               "staging:plain,dq_scale:after"], indirect=True)
+                                               "descriptors:hoisted,dq_scale:thread2"], indirect=True)
 def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread_options):
     """The dQ-thread kernel's GPU forms that interpret mode does not run as on a GPU (queries on the rows:
     asynchronous products reading p and ds transposed from SMEM; the probe without reduce-adds): the Mosaic
@@ -534,6 +536,100 @@ def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread
 
     module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 2
+
+
+def _mosaic_kernel_texts(monkeypatch):
+    """The Mosaic modules (name -> text, without debug info or dump counter) that lowering a fwd+bwd for
+    CUDA produces with the backend's current options: D 128, GQA 4/2, 300 tokens (ragged), causal."""
+    import re
+
+    from jax.experimental.mosaic.gpu import core as mosaic_core
+
+    texts = {}
+    serialize = mosaic_core._run_serde_pass  # where Mosaic hands the finished module to serialization
+
+    def capture(module, **kwargs):
+        text = module.operation.get_asm(enable_debug_info=False)
+        name = re.match(r"module @(\w+)", text).group(1)
+        texts[name] = re.sub(r'mosaic_gpu\.dump_basename = "[^"]*"', "", text)
+        return serialize(module, **kwargs)
+
+    monkeypatch.setattr(mosaic_core, "_run_serde_pass", capture)
+    shapes = [jax.ShapeDtypeStruct((1, 300, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+    seg, pos = jnp.ones((1, 300), jnp.int32), jnp.arange(300, dtype=jnp.int32)[None]
+
+    def fwd_bwd(q, k, v, dout):
+        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
+                                                               scale=0.1)[0], q, k, v)
+        return vjp(dout)
+
+    jax.clear_caches()  # the options are module state, not part of jit's cache key
+    jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes)
+    monkeypatch.setattr(mosaic_core, "_run_serde_pass", serialize)
+    return texts
+
+
+def _dq_thread_kernel_text(monkeypatch):
+    return _mosaic_kernel_texts(monkeypatch)["attention_dkdv_dq_thread"]
+
+
+@pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
+def test_every_dq_thread_option_reaches_the_kernel(backward_mode, monkeypatch):
+    """Each non-default value of each dq_thread option changes the Mosaic module the kernel lowers to
+    (a `staging` option once did not: Mosaic's transform inference swizzled its buffer regardless), and the
+    defaults lowered twice give the same module (so a difference is the option's)."""
+    from longvila_jax.kernels import mosaic_fused
+
+    default = _dq_thread_kernel_text(monkeypatch)
+    assert _dq_thread_kernel_text(monkeypatch) == default
+    choices = {"ds_operand": mosaic_fused.DS_OPERANDS, "tile_rows": mosaic_fused.TILE_ROWS,
+               "probe": mosaic_fused.PROBES, "descriptors": mosaic_fused.DESCRIPTORS,
+               "dq_scale": mosaic_fused.DQ_SCALES, "chunk": (32, 64)}
+    variants = [f"{name}:{value}" for name, values in choices.items() for value in values
+                if value != mosaic_backend.DQ_THREAD_DEFAULT[name]]
+    variants = [v if v != "tile_rows:queries" else "tile_rows:queries,ds_operand:smem" for v in variants]
+    variants.append("compute:224,thread2:56")
+    assert set(choices) | {"compute", "thread2"} == set(mosaic_backend._DQ_THREAD_NAMES)  # none left out
+    try:
+        for spec in variants:
+            mosaic_backend.set_dq_thread(spec)
+            assert _dq_thread_kernel_text(monkeypatch) != default, spec
+    finally:
+        mosaic_backend.set_dq_thread("")
+
+
+def test_every_backend_option_reaches_the_kernels(monkeypatch):
+    """Each non-default value of each of the mosaic backend's switches (forward loop, q operand, scale,
+    grids, dK/dV and dQ loops, dQ store, delta, backward) changes the Mosaic modules a fwd+bwd lowers to;
+    the defaults lowered twice give the same modules."""
+    from longvila_jax.kernels import mosaic_backward, mosaic_forward
+
+    mb = mosaic_backend
+    switches = [(mb.set_forward, mb.FORWARD, mb.FORWARD_MODES),
+                (mb.set_forward_q, mb.FORWARD_Q, mosaic_forward.Q_OPERANDS),
+                (mb.set_forward_scale, mb.FORWARD_SCALE, mosaic_forward.SCALE_AT),
+                (mb.set_dkdv_loop, mb.DKDV_LOOP, mosaic_backward.DKDV_LOOPS),
+                (mb.set_dq_loop, mb.DQ_LOOP, mosaic_backward.DQ_LOOPS),
+                (mb.set_dq_store, mb.DQ_STORE, mosaic_backward.DQ_STORES),
+                (mb.set_delta, mb.DELTA, mb.DELTA_MODES),
+                (mb.set_backward, mb.BACKWARD, ("fused", "dq_thread"))]  # "auto" runs split at 300 keys
+    monkeypatch.setitem(mb.PERSISTENT_WORKERS, "count", 2)  # fewer than the 12 items: persistent grids run
+    default = _mosaic_kernel_texts(monkeypatch)
+    assert _mosaic_kernel_texts(monkeypatch) == default
+    for kernel in mb.GRID_KERNELS:
+        other = next(mode for mode in mb.GRID_MODES if mode != mb.GRID[kernel])
+        monkeypatch.setitem(mb.GRID, kernel, other)
+        assert _mosaic_kernel_texts(monkeypatch) != default, f"grid {kernel}: {other}"
+        monkeypatch.setitem(mb.GRID, kernel, mb.DEFAULT_GRID[kernel])
+    for setter, state, modes in switches:
+        initial = state["mode"]
+        try:
+            for mode in modes:
+                if mode != initial and not (setter is mb.set_dkdv_loop and mode == "pipelined"):
+                    setter(mode)
+                    assert _mosaic_kernel_texts(monkeypatch) != default, f"{setter.__name__}({mode!r})"
+        finally:
+            setter(initial)
 
 
 def test_fused_dq_refuses_other_dkdv_loops():
