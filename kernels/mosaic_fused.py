@@ -32,10 +32,12 @@ from .mosaic_backward import query_blocks
 # columns of D per dQ product: 64 (a [64, 64] float32 accumulator, 32 registers a thread) or 32 (16)
 DQ_CHUNK = 64
 # registers per thread (compute threads, thread 2): 2 x compute + thread 2 at most 504 (168 x 3 threads).
-# The compute threads' loop needs 224 before ptxas stops serializing every wgmma of the kernel (C7512);
-# thread 2 needs about 64 for 64-column chunks, 48 for 32-column ones (ptxas on run AZ's and BB's PTX).
-# Neither pair fits: 216/72 with 64 columns runs serialized, 224/56 with 32 columns runs four chunks in
-# series per step; the first was faster (run BC: 525 vs 454 TFLOP/s at 32k causal).
+# A region needs more registers than 24 + the wgmma accumulators ptxas keeps at once (it places them from
+# R24 up): the compute threads' loop with s and dp in flight together 224 before ptxas stops serializing
+# every wgmma of the kernel (C7512), with dp issued after p 208 (``DP_ISSUES``); thread 2 64 for 64-column
+# chunks, 48 for 32-column ones. With s and dp together neither pair fits: 216/72 with 64 columns runs
+# serialized, 224/56 with 32 columns runs four chunks in series per step; the first was faster (run BC: 525
+# vs 454 TFLOP/s at 32k causal).
 REGISTERS = (216, 72)
 # dk's ``ds`` operand: "registers" (the 16-bit tile the thread just computed) or "smem" (the copy it put
 # there for thread 2; its registers are then free while dv and dk run)
@@ -51,6 +53,13 @@ TILE_ROWS = ("keys", "queries")
 # prove constant: a few integer operations a step; no spills at 216 or 224). Neither moves the 224 below
 # which ptxas serializes the compute threads' wgmmas (C7512), in either tile layout.
 DESCRIPTORS = ("hoisted", "per_step")
+# When the compute threads issue dp's product: "with_s" (s and dp issued together, p computed while dp
+# runs) or "after_p" (s waited for, p computed and made 16-bit, then dp issued). With "with_s" ptxas places
+# the four accumulators (s, dp 32 registers each, dv, dk 64) as one 192-register block above R24 and
+# serializes every wgmma below 224 registers (C7512); with "after_p" s and dp are never in flight together
+# and run BE's PTX so edited assembles unserialized, without spills, at 216/72 and 208/88 (offline, fifth
+# session; unmeasured on a GPU).
+DP_ISSUES = ("with_s", "after_p")
 # Where dQ gets its softmax scale: "thread2" (each chunk multiplied before it is staged) or "after" (the
 # caller multiplies the float32 sum as it casts it: 32 fewer multiplies and registers a chunk for thread 2).
 DQ_SCALES = ("thread2", "after")
@@ -72,13 +81,14 @@ def supports(head_dim: int, q_block: int, stages: int) -> bool:
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
             ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none",
-            descriptors: str = "per_step", dq_scale: str = "thread2", interpret=None):
+            descriptors: str = "per_step", dq_scale: str = "thread2", dp_issue: str = "with_s", interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
     ``DS_OPERANDS`` ("smem" only with ``tile_rows`` "queries"); ``tile_rows``: see ``TILE_ROWS``;
     ``probe``: see ``PROBES``; ``descriptors``: see ``DESCRIPTORS``;
-    ``dq_scale``: see ``DQ_SCALES`` (with "after", ``dq_acc`` receives ``ds^T @ k`` unscaled).
+    ``dq_scale``: see ``DQ_SCALES`` (with "after", ``dq_acc`` receives ``ds^T @ k`` unscaled); ``dp_issue``: see
+    ``DP_ISSUES``.
 
     k sits in SMEM transposed (``[D, keys]``, from an XLA transpose of k), so that a dQ product can read
     any 32 rows of D as its K-major ``b`` operand; the compute threads read it as the transposed ``a`` of
@@ -102,7 +112,8 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         raise ValueError(f"the fused dK/dV/dQ kernel: tile_rows must be one of {TILE_ROWS} (\"queries\" reads ds "
                          f"from SMEM: ds_operand 'smem') and probe one of {PROBES}, got {tile_rows!r}, "
                          f"{ds_operand!r}, {probe!r}")
-    for name, value, allowed in (("descriptors", descriptors, DESCRIPTORS), ("dq_scale", dq_scale, DQ_SCALES)):
+    for name, value, allowed in (("descriptors", descriptors, DESCRIPTORS), ("dq_scale", dq_scale, DQ_SCALES),
+                                 ("dp_issue", dp_issue, DP_ISSUES)):
         if value not in allowed:
             raise ValueError(f"the fused dK/dV/dQ kernel: {name} must be one of {allowed}, got {value!r}")
     compute_regs, dq_regs = registers
@@ -254,10 +265,16 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     dv_acc[...] = dv
                     dk_acc[...] = dk
                     plgpu.wgmma(s_acc, *s_operands)
-                    plgpu.wgmma(dp_acc, *dp_operands)
-                    p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), slot, needs_mask)  # dp may still run
+                    if dp_issue == "with_s":
+                        plgpu.wgmma(dp_acc, *dp_operands)
+                        p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), slot, needs_mask)  # dp may still run
+                        p16 = p.astype(dtype)
+                    else:  # s and dp never in flight together (see DP_ISSUES)
+                        p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=0), slot, needs_mask)
+                        p16 = p.astype(dtype)
+                        plgpu.wgmma(dp_acc, *dp_operands)
                     dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
-                    p16, ds16 = p.astype(dtype), dscores(p, dp, slot).astype(dtype)
+                    ds16 = dscores(p, dp, slot).astype(dtype)
                     if by_queries:  # p and ds through SMEM, read there transposed
                         ds_a = publish(ds16, j, p16)
                         plgpu.wgmma(dv_acc, p_s.at[own].T, do_s.at[slot])

@@ -119,11 +119,15 @@ def mosaic_backward_modes(impl, head_dim):
             continue
         mosaic_backend.set_backward(mode)
         yield mode
-    # the dQ-thread kernel with queries on its tiles' rows (p and ds through SMEM)
+    # the dQ-thread kernel with queries on its tiles' rows (p and ds through SMEM), and with dp issued
+    # after p (its compute threads unserialized at 216 and 208 registers)
     mosaic_backend.set_backward("dq_thread")
-    mosaic_backend.set_dq_thread("64,216,72,smem,queries")
     try:
-        yield "dq_thread, queries on the rows"
+        for label, spec in (("queries on the rows", "64,216,72,smem,queries"),
+                            ("dp after p, 216/72", "dp_issue:after_p"),
+                            ("dp after p, 208/88", "dp_issue:after_p,compute:208,thread2:88")):
+            mosaic_backend.set_dq_thread(spec)
+            yield f"dq_thread, {label}"
     finally:
         mosaic_backend.set_dq_thread("")
 

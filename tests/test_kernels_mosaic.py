@@ -275,8 +275,11 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
     with pytest.raises(ValueError, match="dq_scale must be one of .'thread2', 'after'., got 'before'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), dq_scale="before")
-    with pytest.raises(ValueError, match="names: .*dq_scale\\) or .*got 'staging:plain'"):  # dropped: it never took effect
+    with pytest.raises(ValueError, match="names: .*dq_scale, dp_issue\\) or .*got 'staging:plain'"):  # dropped: no effect
         mosaic_backend.set_dq_thread("staging:plain")
+    with pytest.raises(ValueError, match="dp_issue must be one of .'with_s', 'after_p'., got 'early'"):
+        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
+                             tuning=mosaic_backend.mc.Tuning(64, 2), dp_issue="early")
     with pytest.raises(ValueError, match="tile_rows must be one of .'keys', 'queries'. .* got 'queries', 'registers'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), tile_rows="queries")
@@ -521,7 +524,8 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
 @pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add,per_step",
-                                               "descriptors:hoisted,dq_scale:thread2"], indirect=True)
+                                               "descriptors:hoisted,dq_scale:thread2",
+                                               "dp_issue:after_p,compute:208,thread2:88"], indirect=True)
 def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread_options):
     """The dQ-thread kernel's GPU forms that interpret mode does not run as on a GPU (queries on the rows:
     asynchronous products reading p and ds transposed from SMEM; the probe without reduce-adds): the Mosaic
@@ -584,7 +588,7 @@ def test_every_dq_thread_option_reaches_the_kernel(backward_mode, monkeypatch):
     assert _dq_thread_kernel_text(monkeypatch) == default
     choices = {"ds_operand": mosaic_fused.DS_OPERANDS, "tile_rows": mosaic_fused.TILE_ROWS,
                "probe": mosaic_fused.PROBES, "descriptors": mosaic_fused.DESCRIPTORS,
-               "dq_scale": mosaic_fused.DQ_SCALES, "chunk": (32, 64)}
+               "dq_scale": mosaic_fused.DQ_SCALES, "dp_issue": mosaic_fused.DP_ISSUES, "chunk": (32, 64)}
     variants = [f"{name}:{value}" for name, values in choices.items() for value in values
                 if value != mosaic_backend.DQ_THREAD_DEFAULT[name]]
     variants = [v if v != "tile_rows:queries" else "tile_rows:queries,ds_operand:smem" for v in variants]
