@@ -3,6 +3,8 @@ barriers, wgmma, the three warpgroups) against the dense float32 reference; the 
 checked against the elementwise mask. (On a GPU, tests/test_kernels_gpu.py runs them natively.)
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -545,8 +547,6 @@ def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread
 def _mosaic_kernel_texts(monkeypatch):
     """The Mosaic modules (name -> text, without debug info or dump counter) that lowering a fwd+bwd for
     CUDA produces with the backend's current options: D 128, GQA 4/2, 300 tokens (ragged), causal."""
-    import re
-
     from jax.experimental.mosaic.gpu import core as mosaic_core
 
     texts = {}
@@ -629,7 +629,7 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
         initial = state["mode"]
         try:
             for mode in modes:
-                if mode != initial and not (setter is mb.set_dkdv_loop and mode == "pipelined"):
+                if mode != initial:
                     setter(mode)
                     assert _mosaic_kernel_texts(monkeypatch) != default, f"{setter.__name__}({mode!r})"
         finally:
