@@ -265,13 +265,13 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     dv_acc[...] = dv
                     dk_acc[...] = dk
                     plgpu.wgmma(s_acc, *s_operands)
-                    if dp_issue == "with_s":
+                    dp_with_s = dp_issue == "with_s"  # else s and dp are never in flight together (DP_ISSUES)
+                    if dp_with_s:
                         plgpu.wgmma(dp_acc, *dp_operands)
-                        p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), slot, needs_mask)  # dp may still run
-                        p16 = p.astype(dtype)
-                    else:  # s and dp never in flight together (see DP_ISSUES)
-                        p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=0), slot, needs_mask)
-                        p16 = p.astype(dtype)
+                    # with dp issued, it may still run while p is computed
+                    p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=int(dp_with_s)), slot, needs_mask)
+                    p16 = p.astype(dtype)
+                    if not dp_with_s:
                         plgpu.wgmma(dp_acc, *dp_operands)
                     dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
                     ds16 = dscores(p, dp, slot).astype(dtype)

@@ -17,10 +17,9 @@ report for each register split, like ``ptxas_registers.py``.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
-from ptxas_registers import REGISTER_BUDGET, assemble, find_ptxas, with_registers
+from ptxas_registers import REGISTER_BUDGET, assemble, find_ptxas, summary, with_registers
 
 RESERVED = 24  # the registers below the first accumulator (R0-R23) in every region tried
 SMEM_DESCRIPTOR = 4611686293305294848  # any valid wgmma smem descriptor: only the registers matter here
@@ -60,11 +59,11 @@ def dp_after_p(ptx: str) -> str:
     with it) is issued again just before the ``wait_group 0`` that follows the first exponential."""
     lines = ptx.split("\n")
     start = next(i for i, line in enumerate(lines) if "setmaxnreg.inc" in line)
-    commits = [i for i in range(start, len(lines)) if "wgmma.commit_group.sync.aligned;" in lines[i]]
-    products = lambda a, b: sum("m64n64k16" in line for line in lines[a:b])  # noqa: E731
-    pairs = [(a, b) for a, b in zip([start] + commits, commits)]
-    for (first_start, s_commit), (_, dp_commit) in zip(pairs, pairs[1:]):
-        if products(first_start, s_commit + 1) == 8 and products(s_commit + 1, dp_commit + 1) == 8:
+    bounds = [start] + [i for i in range(start, len(lines)) if "wgmma.commit_group.sync.aligned;" in lines[i]]
+    products = [sum("m64n64k16" in line for line in lines[a + 1:b + 1]) for a, b in zip(bounds, bounds[1:])]
+    for group in range(len(products) - 1):  # group g ends at the commit bounds[g + 1]
+        if products[group] == products[group + 1] == 8:
+            s_commit, dp_commit = bounds[group + 1], bounds[group + 2]
             break
     else:
         raise ValueError("no pair of commit groups with eight m64n64 products each (s, dp) after setmaxnreg.inc")
@@ -81,9 +80,9 @@ def dp_after_p(ptx: str) -> str:
 
 
 def report_flags(report: str) -> str:
-    spills = re.search(r"(\d+) bytes spill stores", report)
-    flags = [name for code, name in (("C7512", "serialized"), ("C7507", "setmaxnreg ignored")) if code in report]
-    return f"{', '.join(flags) or 'clean'}; {spills.group(1) if spills else 0} B of spills"
+    spills, serialized, ignored = summary(report)
+    flags = [name for name, hit in (("serialized", serialized), ("setmaxnreg ignored", ignored)) if hit]
+    return f"{', '.join(flags) or 'clean'}; {spills} B of spills"
 
 
 def main():

@@ -62,6 +62,12 @@ def assemble(ptxas: str, ptx: str) -> str:
         return done.stdout + done.stderr
 
 
+def summary(report: str) -> tuple[int, bool, bool]:
+    """``(spill store bytes, wgmmas serialized (C7512), setmaxnreg ignored (C7507))`` of a ptxas report."""
+    spills = re.search(r"(\d+) bytes spill stores", report)
+    return int(spills.group(1)) if spills else 0, "C7512" in report, "C7507" in report
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("ptx")
@@ -81,11 +87,9 @@ def main():
     print("|---|---|---|---|---|---|")
     for split in args.splits:
         compute, memory = (int(n) for n in split.split(","))
-        report = assemble(ptxas, with_registers(ptx, compute, memory))
-        spills = re.search(r"(\d+) bytes spill stores", report)
+        spills, serialized, ignored = summary(assemble(ptxas, with_registers(ptx, compute, memory)))
         print(f"| {compute} | {memory} | {'yes' if 2 * compute + memory <= REGISTER_BUDGET else 'no'} "
-              f"| {spills.group(1) if spills else 0} | {'yes' if 'C7512' in report else 'no'} "
-              f"| {'yes' if 'C7507' in report else 'no'} |", flush=True)
+              f"| {spills} | {'yes' if serialized else 'no'} | {'yes' if ignored else 'no'} |", flush=True)
 
 
 if __name__ == "__main__":
