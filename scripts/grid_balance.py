@@ -1,0 +1,106 @@
+"""How evenly the forward's and dQ kernel's work items spread over the SMs: a model, not a measurement.
+
+The visit lists come from the real plan (``kernels.mosaic_plan``) for a bench mask, and the persistent
+order from the real ``kernels.mosaic_schedule.Work``. An item (one resident query block of one head)
+costs ``per_item + per_tile * tiles`` microseconds (defaults: run V's dQ fit, 4.6 and 2.40). Two grids:
+
+* one CTA per item: the hardware starts the items in grid order, each on the first SM that is free
+  (greedy list scheduling; one CTA per SM, as the kernels' SMEM allows);
+* persistent: ``workers`` CTAs, each running the items ``Work`` gives it (snake order over waves).
+
+Per grid it prints the makespan and its excess over the mean load, the part of a kernel's time that
+imbalance costs. Usage: ``python scripts/grid_balance.py --seqs 8192,32768 --masks causal,causal-packed4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax.numpy as jnp  # noqa: E402
+
+from kernels import mosaic_common as mc  # noqa: E402
+from kernels import mosaic_plan as plan  # noqa: E402
+from kernels import mosaic_schedule as sched  # noqa: E402
+
+
+def mask_tokens(length: int, mask: str):
+    """Segment ids and positions ``[1, length]`` of a bench mask (``causal``, ``causal-packedN``,
+    ``full``, ``full-packedN``) and whether it is causal."""
+    kind, _, packed = mask.partition("-packed")
+    if kind not in ("causal", "full") or (packed and not packed.isdigit()):
+        raise ValueError(f"mask must be causal, full, causal-packedN or full-packedN, got {mask!r}")
+    n_segments = int(packed or 1)
+    if length % n_segments:
+        raise ValueError(f"{length} tokens do not split into {n_segments} samples")
+    per = length // n_segments
+    seg = np.repeat(np.arange(1, n_segments + 1), per)[None]
+    pos = np.tile(np.arange(per), n_segments)[None]
+    return jnp.asarray(seg, jnp.int32), jnp.asarray(pos, jnp.int32), kind == "causal"
+
+
+def list_lengths(length: int, mask: str, kv_block: int) -> np.ndarray:
+    """Tiles per visit list, ``[n_lists]`` in the kernels' order (longest first), one batch row."""
+    seg, pos, causal = mask_tokens(length, mask)
+    tiles = plan.tile_table(seg, pos, seg, pos, causal=causal, block_q=mc.BLOCK, block_k=kv_block)
+    lists = plan.visit_lists(tiles.visit, tiles.whole)
+    return np.asarray(lists.reshape(lists.shape[0], lists.shape[1], -1)[0, :, 0])
+
+
+def item_costs(lengths: np.ndarray, heads: int, per_item: float, per_tile: float) -> np.ndarray:
+    """Cost of item ``t`` in ``Work`` order (heads fastest): ``[n_lists * heads]``."""
+    return np.repeat(per_item + per_tile * lengths.astype(np.float64), heads)
+
+
+def greedy_makespan(costs: np.ndarray, sms: int) -> float:
+    """Items started in order, each on the SM that frees up first."""
+    free_at = [0.0] * min(sms, len(costs))
+    for cost in costs:
+        heapq.heappush(free_at, heapq.heappop(free_at) + cost)
+    return max(free_at)
+
+
+def persistent_makespan(costs: np.ndarray, n_lists: int, heads: int, workers: int) -> float:
+    """Each worker runs the items ``mosaic_schedule.Work`` assigns it, back to back."""
+    work = sched.Work((1, n_lists, heads), workers)
+    w = jnp.arange(work.workers)[:, None]
+    i = jnp.arange(-(-work.n_items // work.workers))[None, :]
+    _, r, h = work.item(w, i)
+    owned = np.asarray(i < work.count(w))
+    t = np.asarray(r * heads + h)
+    return float(np.where(owned, costs[np.where(owned, t, 0)], 0.0).sum(axis=1).max())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seqs", default="8192,32768")
+    parser.add_argument("--masks", default="causal,causal-packed4")
+    parser.add_argument("--heads", type=int, default=32, help="query heads (items per list)")
+    parser.add_argument("--kv-block", type=int, default=128, help="streamed key block of the lists")
+    parser.add_argument("--per-item", type=float, default=4.6, help="us per item besides its tiles")
+    parser.add_argument("--per-tile", type=float, default=2.40, help="us per visited tile")
+    parser.add_argument("--sms", type=int, default=132, help="SMs (and persistent workers)")
+    args = parser.parse_args(argv)
+    print(f"model: {args.per_item} us per item + {args.per_tile} us per tile, {args.sms} SMs, "
+          f"{args.heads} heads, {args.kv_block}-key blocks")
+    print(f"{'S':>6} {'mask':<15} {'items':>6} {'mean us':>9} {'per CTA us':>11} {'excess':>7} "
+          f"{'persistent us':>14} {'excess':>7}")
+    for length in (int(s) for s in args.seqs.split(",")):
+        for mask in args.masks.split(","):
+            lengths = list_lengths(length, mask, args.kv_block)
+            costs = item_costs(lengths, args.heads, args.per_item, args.per_tile)
+            mean = costs.sum() / args.sms
+            greedy = greedy_makespan(costs, args.sms)
+            snake = persistent_makespan(costs, len(lengths), args.heads, args.sms)
+            print(f"{length:>6} {mask:<15} {len(costs):>6} {mean:>9.1f} {greedy:>11.1f} {greedy / mean - 1:>+7.1%} "
+                  f"{snake:>14.1f} {snake / mean - 1:>+7.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""scripts/grid_balance.py: the real plan's list lengths and the two grids' makespans, against
+hand-computed cases and a plain re-statement of the schedules."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from grid_balance import greedy_makespan, item_costs, list_lengths, persistent_makespan  # noqa: E402
+
+
+def test_list_lengths_of_causal_and_packed_masks():
+    # 1,024 tokens in 128-token blocks: causal query block r sees r + 1 key blocks; longest first
+    np.testing.assert_array_equal(list_lengths(1024, "causal", 128), [8, 7, 6, 5, 4, 3, 2, 1])
+    # two samples of 512 tokens: each block sees its own sample's earlier blocks only
+    np.testing.assert_array_equal(list_lengths(1024, "causal-packed2", 128), [4, 4, 3, 3, 2, 2, 1, 1])
+    np.testing.assert_array_equal(list_lengths(1024, "full-packed2", 64), [8] * 8)
+
+
+def test_bad_mask_names_the_choices():
+    with pytest.raises(ValueError, match="causal-packedN"):
+        list_lengths(1024, "sliding", 128)
+    with pytest.raises(ValueError, match="do not split"):
+        list_lengths(1000, "causal-packed3", 128)
+
+
+def test_hand_computed_makespans():
+    costs = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+    # greedy on 2 SMs: 5 | 4, then 3 on the second (7), 2 on the first (7), 1 on either (8)
+    assert greedy_makespan(costs, 2) == 8.0
+    # snake over 2 workers: wave 0 gives items 0, 1 to workers 0, 1; wave 1 gives item 2 to worker 1 and
+    # item 3 to worker 0; the last, partial wave item 4 to worker 0: 5 + 2 + 1 = 8 against 4 + 3 = 7
+    assert persistent_makespan(costs, n_lists=5, heads=1, workers=2) == 8.0
+    np.testing.assert_array_equal(item_costs(np.array([3, 1]), heads=2, per_item=1.0, per_tile=2.0), [7, 7, 3, 3])
+
+
+def snake_loads(costs, workers):
+    """The persistent schedule as mosaic_schedule's docstring states it, written out item by item."""
+    loads = np.zeros(workers)
+    for t, cost in enumerate(costs):
+        wave, position = divmod(t, workers)
+        loads[position if wave % 2 == 0 else workers - 1 - position] += cost
+    return loads
+
+
+def greedy_loads(costs, sms):
+    finish = np.zeros(sms)
+    for cost in costs:
+        finish[np.argmin(finish)] += cost
+    return finish
+
+
+@pytest.mark.parametrize("n_lists,heads,workers", [(13, 3, 5), (16, 4, 7), (9, 2, 18)])
+def test_makespans_match_the_schedules_written_out(rng, n_lists, heads, workers):
+    lengths = np.sort(rng.integers(1, 20, n_lists))[::-1]
+    costs = item_costs(lengths, heads, per_item=rng.uniform(1, 5), per_tile=rng.uniform(0.5, 3))
+    assert persistent_makespan(costs, n_lists, heads, workers) == pytest.approx(
+        snake_loads(costs, min(workers, len(costs))).max())
+    assert greedy_makespan(costs, workers) == pytest.approx(greedy_loads(costs, min(workers, len(costs))).max())
