@@ -19,15 +19,15 @@ import heapq
 import os
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_attention import packed_tokens  # noqa: E402
 
-import jax.numpy as jnp  # noqa: E402
-
-from kernels import mosaic_common as mc  # noqa: E402
-from kernels import mosaic_plan as plan  # noqa: E402
-from kernels import mosaic_schedule as sched  # noqa: E402
+from longvila_jax.kernels import mosaic_common as mc  # noqa: E402
+from longvila_jax.kernels import mosaic_plan as plan  # noqa: E402
+from longvila_jax.kernels import mosaic_schedule as sched  # noqa: E402
 
 
 def mask_tokens(length: int, mask: str):
@@ -39,10 +39,7 @@ def mask_tokens(length: int, mask: str):
     n_segments = int(packed or 1)
     if length % n_segments:
         raise ValueError(f"{length} tokens do not split into {n_segments} samples")
-    per = length // n_segments
-    seg = np.repeat(np.arange(1, n_segments + 1), per)[None]
-    pos = np.tile(np.arange(per), n_segments)[None]
-    return jnp.asarray(seg, jnp.int32), jnp.asarray(pos, jnp.int32), kind == "causal"
+    return (*packed_tokens(length, n_segments), kind == "causal")
 
 
 def list_lengths(length: int, mask: str, kv_block: int) -> np.ndarray:
