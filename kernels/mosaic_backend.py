@@ -265,6 +265,23 @@ def set_dq_store(mode: str):
     _choose("dQ store", DQ_STORES, DQ_STORE, mode)
 
 
+# Whether a persistent dQ kernel holds one item's q and dout ("off": the next q is fetched after the last
+# s, the next dout once dq has left dout's buffer) or two ("next_item": item i + 1's rows are fetched as
+# item i starts). Run X put a persistent dQ item at 6.55 us besides its tiles against 4.9 us per block; a
+# model of the grids (scripts/grid_balance.py, kernels/NOTES.md) says items under about 4.3 us would make
+# the persistent dQ the faster one with 4 packed samples at 8k. "next_item" needs a persistent dQ grid
+# (``set_grid("persistent", "dq")``) and SMEM for both items: 64-key blocks in 2 stages at D = 128
+# (``set_tuning("dq", 64, 2)``). Not measured yet, so "off" stays the default.
+DQ_PREFETCH = {"mode": "off"}
+
+
+def set_dq_prefetch(mode: str):
+    """Choose how many items' rows a persistent dQ kernel holds (see ``mosaic_backward.DQ_PREFETCHES``)."""
+    from .mosaic_backward import DQ_PREFETCHES
+
+    _choose("dQ prefetch", DQ_PREFETCHES, DQ_PREFETCH, mode)
+
+
 # Where the backward's ``delta = rowsum(dout * out) - dlse`` is computed: "xla" (the default: a row sum in
 # XLA before both kernels, :mod:`.row_stats`) or "kernel" (the dQ kernel, run first, loads out's rows from
 # GMEM into registers, computes delta and hands it to the dK/dV kernel: mosaic_backward.dq(out=...)). On an
@@ -401,7 +418,7 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     q_p, k_p, v_p = _pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad)
     dout_p = _pad_rows(dout.astype(q.dtype), q_pad)
     dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
-                     loop=DQ_LOOP["mode"], interpret=interpret)
+                     loop=DQ_LOOP["mode"], prefetch=DQ_PREFETCH["mode"] == "next_item", interpret=interpret)
     if dq_thread or fused:  # dQ added up in float32 inside the dK/dV kernel
         dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
         operands = (q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists)

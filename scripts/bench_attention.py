@@ -161,6 +161,7 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
     mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
     mosaic_backend.set_dq_store("smem")
+    mosaic_backend.set_dq_prefetch("off")
     mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
     mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
     mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
@@ -170,7 +171,8 @@ def set_mosaic_tuning(spec: str):
     modes = dict(dq_thread=mosaic_backend.set_dq_thread, backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
                  delta=mosaic_backend.set_delta, forward_q=mosaic_backend.set_forward_q,
                  forward_scale=mosaic_backend.set_forward_scale,
-                 dq_store=mosaic_backend.set_dq_store, dkdv_loop=mosaic_backend.set_dkdv_loop,
+                 dq_store=mosaic_backend.set_dq_store, dq_prefetch=mosaic_backend.set_dq_prefetch,
+                 dkdv_loop=mosaic_backend.set_dkdv_loop,
                  dq_loop=mosaic_backend.set_dq_loop,
                  grid=mosaic_backend.set_grid,
                  forward_grid=lambda mode: mosaic_backend.set_grid(mode, "forward"),

@@ -6,8 +6,10 @@ Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, ma
 is compiled first, then timed once per round, in turn, so that a slow drift of the device's clock
 hits all of them alike: the forward kernel and the dQ kernel alone (visit lists given), the whole
 forward+backward of ``flash_attention`` with both kernels persistent, both on one CTA per block, the
-backend's default pair, and both persistent with dQ stored from registers (``CONFIGS``), and JAX cuDNN's
-on the plain masks. The dQ kernel alone runs with each way its result leaves (``DQ_STORES``).
+backend's default pair, both persistent with dQ stored from registers, and the default forward with a
+persistent dQ on 64-key blocks that prefetches its next item (``CONFIGS``), and JAX cuDNN's on the plain
+masks. The dQ kernel alone runs with each way its result leaves (``DQ_STORES``), and on 64-key blocks per
+block, persistent, and persistent with the next item prefetched (``DQ_64``).
 Printed: each round's ms, then the median, TFLOP/s and, for forward+backward, the ratio to
 cuDNN (plain masks) or to the same grid's plain mask (packed masks).
 """
@@ -27,15 +29,19 @@ import bench_attention as ba  # noqa: E402
 from bench_mosaic_kernels import case  # noqa: E402
 
 from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
+from longvila_jax.kernels import mosaic_common as mc  # noqa: E402
 from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
 from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
 
 
-# forward+backward rows: (grids, how dQ leaves its kernel)
-CONFIGS = {"persistent": (dict(forward="persistent", dq="persistent"), "smem"),
-           "blocks": (dict(forward="blocks", dq="blocks"), "smem"),
-           "default": (mb.DEFAULT_GRID, "smem"),
-           "persistent, dQ from registers": (dict(forward="persistent", dq="persistent"), "registers")}
+# forward+backward rows: (grids, how dQ leaves its kernel, dQ tuning (None: the default), dQ prefetch)
+DQ_64 = mc.Tuning(block=64, stages=2)
+CONFIGS = {"persistent": (dict(forward="persistent", dq="persistent"), "smem", None, "off"),
+           "blocks": (dict(forward="blocks", dq="blocks"), "smem", None, "off"),
+           "default": (mb.DEFAULT_GRID, "smem", None, "off"),
+           "persistent, dQ from registers": (dict(forward="persistent", dq="persistent"), "registers", None, "off"),
+           "persistent, dQ 64-key, next item": (dict(forward="persistent", dq="persistent"), "smem", DQ_64,
+                                                "next_item")}
 
 
 def variants(seq_len, mask):
@@ -47,6 +53,7 @@ def variants(seq_len, mask):
     forward_lists = plan.per_query_block(mb.TUNING["forward"].block)
     query_lists = plan.per_query_block(mb.TUNING["dq"].block)
     dout = tensors[3]
+    tokens = (masks[0], masks[2]) if n_segments > 1 else ()  # segment ids, positions: arguments, as in training
     out = []
     for grid in mb.GRID_MODES:  # each kernel alone on each grid
         mb.set_grid(grid)
@@ -57,17 +64,28 @@ def variants(seq_len, mask):
             dq = jax.jit(lambda *t, w=mb.workers("dq"), store=store: mbw.dq(
                 *t, query_lists, tuning=mb.TUNING["dq"], workers=w, store=store, loop=mb.DQ_LOOP["mode"], **kw))
             out.append(("dQ kernel" + (", from registers" if store == "registers" else ""), grid, 1.5, dq, tensors))
-    for name, (grids, store) in CONFIGS.items():  # the whole forward+backward with each pair of grids
+    lists_64 = plan.per_query_block(DQ_64.block)
+    for grid, prefetch in (("blocks", False), ("persistent", False), ("persistent", True)):
+        mb.set_grid(grid, "dq")
+        dq = jax.jit(lambda *t, w=mb.workers("dq"), prefetch=prefetch: mbw.dq(
+            *t, lists_64, tuning=DQ_64, workers=w, loop=mb.DQ_LOOP["mode"], prefetch=prefetch, **kw))
+        out.append(("dQ kernel, 64-key blocks" + (", next item" if prefetch else ""), grid, 1.5, dq, tensors))
+    saved_tuning = dict(mb.TUNING)
+    for name, (grids, store, dq_tuning, prefetch) in CONFIGS.items():  # the whole forward+backward
         mb.GRID.update(grids)
         mb.set_dq_store(store)
-        f = ba.attention_fn("mosaic", seq_len, causal, n_segments, 0, 0)
-        whole = jax.jit(lambda q, k, v, dout, f=f: jax.vjp(f, q, k, v)[1](dout))
-        jax.block_until_ready(whole(q, k, v, dout))  # traced and compiled under these grids
-        out.append(("forward+backward", name, 3.5, whole, (q, k, v, dout)))
+        mb.TUNING["dq"] = dq_tuning or saved_tuning["dq"]
+        mb.set_dq_prefetch(prefetch)
+        f = ba.attention_fn("mosaic", causal, n_segments, 0, 0)
+        whole = jax.jit(lambda q, k, v, dout, *tokens, f=f: jax.vjp(lambda *a: f(*a, *tokens), q, k, v)[1](dout))
+        jax.block_until_ready(whole(q, k, v, dout, *tokens))  # traced and compiled under these settings
+        out.append(("forward+backward", name, 3.5, whole, (q, k, v, dout, *tokens)))
     mb.GRID.update(mb.DEFAULT_GRID)
     mb.set_dq_store("smem")
+    mb.TUNING.update(saved_tuning)
+    mb.set_dq_prefetch("off")
     if mask == mask.split("-")[0]:
-        f = ba.attention_fn("jax-cudnn", seq_len, causal, 1, 0, 0)
+        f = ba.attention_fn("jax-cudnn", causal, 1, 0, 0)
         whole = jax.jit(lambda q, k, v, dout: jax.vjp(f, q, k, v)[1](dout))
         out.append(("forward+backward", "cudnn", 3.5, whole, (q, k, v, dout)))
     return out, ba.forward_flops(seq_len, causal, n_segments)

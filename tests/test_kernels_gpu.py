@@ -167,11 +167,13 @@ def test_cudnn_lse_is_differentiable(rng):
     ("blocks", None, "smem", "pipelined,2", "xla", ""), ("persistent", 7, "smem", "", "kernel", ""),
     ("blocks", None, "smem", "", "kernel", ""), ("persistent", 7, "smem", "", "xla", "smem,scores"),
     ("blocks", None, "smem", "", "xla", "smem,exponent"), ("persistent", 7, "smem", "", "xla", "registers,scores"),
-    ("blocks", None, "smem", "serial,2/serial", "xla", ""), ("blocks", None, "smem", "overlap_dv,2", "xla", "")])
+    ("blocks", None, "smem", "serial,2/serial", "xla", ""), ("blocks", None, "smem", "overlap_dv,2", "xla", ""),
+    ("persistent", 7, "smem,next_item", "", "xla", ""), ("persistent", 7, "registers,next_item", "", "xla", "")])
 def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
-    copies) and with one CTA per block, dQ leaving through SMEM or from registers; ``loops``: the
+    copies) and with one CTA per block, dQ leaving through SMEM or from registers (``,next_item``: the
+    persistent dQ holding two items' rows, on 64-key blocks); ``loops``: the
     dK/dV loop and its slots, then after a slash the dQ loop (asynchronous wgmmas waited for one by
     one, operands from registers; empty: the defaults); ``delta``: the backward's row sum in the dQ
     kernel or in XLA; ``forward``: the forward's options, where ``q k^T`` reads q and where the softmax
@@ -194,9 +196,13 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
     ref_out, ref_lse = reference_attention(q, k, v, **mask)
     ref_grads = jax.grad(loss(lambda *a: reference_attention(*a, **mask)), argnums=(0, 1, 2))(q, k, v)
     mosaic_backend.set_grid(grid)
+    dq_store, _, dq_prefetch = dq_store.partition(",")
     mosaic_backend.set_dq_store(dq_store)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     saved_tuning = dict(mosaic_backend.TUNING)
+    if dq_prefetch:
+        mosaic_backend.set_dq_prefetch(dq_prefetch)
+        mosaic_backend.set_tuning("dq", 64, 2)
     mosaic_backend.set_delta(delta)
     forward_q, _, forward_scale = forward.partition(",")
     mosaic_backend.set_forward_q(forward_q or mosaic_backend.FORWARD_Q_DEFAULT)
@@ -218,6 +224,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
     finally:
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
         mosaic_backend.set_dq_store("smem")
+        mosaic_backend.set_dq_prefetch("off")
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
         mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
         mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)

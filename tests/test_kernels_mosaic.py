@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from longvila_jax.kernels import attention_delta, mosaic_backend, mosaic_plan, mosaic_schedule, reference_attention
+from longvila_jax.kernels import (attention_delta, mosaic_backend, mosaic_common, mosaic_plan, mosaic_schedule,
+                                  reference_attention)
 from longvila_jax.kernels.mask import visible
 from longvila_jax.kernels.testing import query_key_layouts, random_qkv
 
@@ -416,22 +417,51 @@ def test_bad_worker_count_is_refused():
         mosaic_schedule.Work((1, 4, 2), 0)
 
 
-@pytest.mark.parametrize("grid,workers,dq_store", [("persistent", 3, "smem"), ("persistent", 3, "registers"),
-                                                    ("blocks", None, "registers")])
-def test_forward_and_dq_grids_packed_gqa(rng, grid, workers, dq_store):
+@pytest.mark.parametrize("grid,workers,dq_store,dq_prefetch", [
+    ("persistent", 3, "smem", "off"), ("persistent", 3, "registers", "off"), ("blocks", None, "registers", "off"),
+    ("persistent", 3, "smem", "next_item"), ("persistent", 3, "registers", "next_item")])
+def test_forward_and_dq_grids_packed_gqa(rng, grid, workers, dq_store, dq_prefetch):
     """The forward and dQ kernels with 3 persistent CTAs (each runs 2-3 query blocks of GQA 4/2:
     lists, queries and slots carried across items, the last wave partial) and with one CTA per
-    block, dQ leaving through SMEM or from registers; ragged lengths, packed segments, empty rows,
-    dlse. (The default pair, persistent forward and dQ per block through SMEM, runs everywhere else.)"""
+    block, dQ leaving through SMEM or from registers, the persistent dQ holding one item's rows or
+    two (``next_item``: 64-key blocks, both resident buffers in turn); ragged lengths, packed segments,
+    empty rows, dlse. (The default pair, persistent forward and dQ per block through SMEM, runs
+    everywhere else.)"""
     mosaic_backend.set_grid(grid)
     mosaic_backend.set_dq_store(dq_store)
+    mosaic_backend.set_dq_prefetch(dq_prefetch)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
+    saved_tuning = dict(mosaic_backend.TUNING)
+    if dq_prefetch == "next_item":
+        mosaic_backend.set_tuning("dq", 64, 2)
     try:
         run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
         mosaic_backend.set_dq_store("smem")
+        mosaic_backend.set_dq_prefetch("off")
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
+        mosaic_backend.TUNING.update(saved_tuning)
+
+
+def test_dq_prefetch_refuses_what_it_cannot_hold():
+    """Two items' q and dout with 128-key k and v exceed the SMEM at D = 128 (the message names the tuning
+    that fits); the in-kernel delta is not part of the prefetching kernel."""
+    from longvila_jax.kernels import mosaic_backward
+
+    q = jnp.zeros((1, 256, 4, 128), jnp.bfloat16)
+    k = jnp.zeros((1, 256, 2, 128), jnp.bfloat16)
+    stats = jnp.zeros((1, 4, 2, 256), jnp.float32)
+    tokens = jnp.zeros((1, 2, 256), jnp.int32)
+    lists = jnp.zeros((1, 2, 1, 32), jnp.int32)
+    args = (q, k, k, q, stats, tokens, tokens, lists)
+    with pytest.raises(ValueError, match=r"take 256 KB of SMEM, over 192 KB: stream 64-key blocks in 2 stages "
+                                         r"\(mosaic_backend.set_tuning\('dq', 64, 2\)\)"):
+        mosaic_backward.dq(*args, causal=True, scale=0.1, tuning=mosaic_common.Tuning(128, 2), workers=2,
+                           prefetch=True)
+    with pytest.raises(ValueError, match=r"prefetch does not compute delta in the kernel: pass out=None"):
+        mosaic_backward.dq(*args, causal=True, scale=0.1, tuning=mosaic_common.Tuning(64, 2), workers=2,
+                           prefetch=True, out=q)
 
 
 def test_bad_grid_mode_names_the_choices():
@@ -452,6 +482,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
     ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
+    ("set_dq_prefetch", "two", "dQ prefetch: mode must be one of .'off', 'next_item'., got 'two'"),
 ])
 def test_bad_mode_names_the_choices(setter, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -634,6 +665,16 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
                     assert _mosaic_kernel_texts(monkeypatch) != default, f"{setter.__name__}({mode!r})"
         finally:
             setter(initial)
+    # the dQ prefetch, where it applies: a persistent dQ on 64-key blocks (its SMEM holds two items then)
+    monkeypatch.setitem(mb.GRID, "dq", "persistent")
+    monkeypatch.setitem(mb.TUNING, "dq", mosaic_common.Tuning(block=64, stages=2))
+    one_item = _mosaic_kernel_texts(monkeypatch)["attention_dq"]
+    assert set(mosaic_backward.DQ_PREFETCHES) == {mb.DQ_PREFETCH["mode"], "next_item"}
+    mb.set_dq_prefetch("next_item")
+    try:
+        assert _mosaic_kernel_texts(monkeypatch)["attention_dq"] != one_item
+    finally:
+        mb.set_dq_prefetch("off")
 
 
 def test_fused_dq_refuses_other_dkdv_loops():
