@@ -55,3 +55,9 @@ def random_qkv(rng: np.random.Generator, batch: int, q_len: int, kv_len: int, q_
     k = rng.standard_normal((batch, kv_len, kv_heads, head_dim)).astype(dtype)
     v = rng.standard_normal((batch, kv_len, kv_heads, head_dim)).astype(dtype)
     return q, k, v
+
+
+def rel_err(actual, expected) -> float:
+    """``|actual - expected| / |expected|`` in the Frobenius norm, in float64 (0-norm references guarded)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))

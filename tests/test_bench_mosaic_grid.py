@@ -7,22 +7,17 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from longvila_jax.kernels import mosaic_backend, mosaic_backward, mosaic_common, mosaic_forward, reference_attention
+from longvila_jax.kernels.testing import rel_err
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 import bench_mosaic_grid  # noqa: E402
 import bench_mosaic_kernels  # noqa: E402
 
 TOL = 1e-2  # bf16 inputs against a float32 reference (relative, whole tensor)
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture

@@ -13,17 +13,13 @@ from flax import nnx
 
 from longvila_jax.demo import load_preset
 from longvila_jax.infer.generate import Generator
+from longvila_jax.kernels.testing import rel_err
 from longvila_jax.models.config import RuntimeConfig
 from longvila_jax.models.kv_cache import KVCache, empty_block
 from longvila_jax.models.llm import Decoder
 from longvila_jax.models.longvila import LongVILA
 
 TOL = 1e-5
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from longvila_jax.demo import load_preset
 from longvila_jax.infer.generate import Generator
 from longvila_jax.kernels import reference_attention
+from longvila_jax.kernels.testing import rel_err
 from longvila_jax.models.longvila import LongVILA
 from longvila_jax.sharding import make_mesh
 from longvila_jax.sp.decode import cached_attention
 
 TOL = 1e-5
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.mark.parametrize("axes", [dict(ring=8), dict(ring=2, ulysses=2, data=2)])

@@ -7,7 +7,7 @@ import pytest
 
 from longvila_jax.kernels import (attention_delta, flash_attention, flash_attention_bwd, merge_partials,
                                   reference_attention)
-from longvila_jax.kernels.testing import query_key_layouts, random_qkv
+from longvila_jax.kernels.testing import query_key_layouts, random_qkv, rel_err
 
 TOL = 1e-5
 
@@ -17,11 +17,6 @@ def rng():
     seed = np.random.SeedSequence().entropy
     print(f"seed={seed}")
     return np.random.default_rng(seed)
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 def finite_part(lse):

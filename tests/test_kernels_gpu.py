@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from longvila_jax.kernels import dispatch, flash_attention, flash_attention_bwd, mosaic_backend, reference_attention
-from longvila_jax.kernels.testing import query_key_layouts, random_qkv
+from longvila_jax.kernels.testing import query_key_layouts, random_qkv, rel_err
 
 pytestmark = [
     pytest.mark.gpu,
@@ -30,11 +30,6 @@ def rng():
     seed = np.random.SeedSequence().entropy
     print(f"seed={seed}")
     return np.random.default_rng(seed)
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 # (q_len, kv_len, q_heads, kv_heads, layout, causal)

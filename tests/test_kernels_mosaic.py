@@ -14,15 +14,10 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from longvila_jax.kernels import (attention_delta, mosaic_backend, mosaic_common, mosaic_plan, mosaic_schedule,
                                   reference_attention)
 from longvila_jax.kernels.mask import visible
-from longvila_jax.kernels.testing import query_key_layouts, random_qkv
+from longvila_jax.kernels.testing import query_key_layouts, random_qkv, rel_err
 
 TOL = 1e-2
 INTERPRET = plgpu.InterpretGPUParams()
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 def test_visit_lists_match_the_mask(rng):

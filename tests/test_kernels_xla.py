@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from longvila_jax.kernels import flash_attention, reference_attention
-from longvila_jax.kernels.testing import packed_layout, query_key_layouts, random_qkv
+from longvila_jax.kernels.testing import packed_layout, query_key_layouts, random_qkv, rel_err
 
 TOL = 1e-5
 
@@ -16,11 +16,6 @@ def rng():
     seed = np.random.SeedSequence().entropy
     print(f"seed={seed}")  # shown by pytest when the test fails
     return np.random.default_rng(seed)
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 def assert_lse_close(lse, ref_lse):

@@ -7,12 +7,8 @@ from scipy.special import erf
 
 import hf_builders as hb
 from longvila_jax import CausalLM, LongVILA
+from longvila_jax.kernels.testing import rel_err
 from longvila_jax.models.config import LEGACY_IMAGE_TOKEN_ID
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
