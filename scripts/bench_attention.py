@@ -211,6 +211,8 @@ def set_triton_tiles(spec: str):
 
 
 def rel_err(a, b):
+    """``|a - b| / |b|`` computed on the device in float32 (``kernels.testing.rel_err`` copies both to the
+    host in float64: gigabytes at 32k)."""
     a, b = (jnp.asarray(x, jnp.float32) for x in (a, b))
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import os
 import sys
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,14 +76,15 @@ def without_dq_matmuls(*products, interpret=None):
     return tuple(p[0] if is_dq(p) else next(kept) for p in products)
 
 
-def registers_240(compute: bool):
-    if compute:
-        plgpu.set_max_registers(240, action="increase")
-    else:
-        plgpu.set_max_registers(24, action="decrease")
+def registers_240(compute: bool, split: str = "default"):
+    """``mc.registers`` with the "wide" split (240 per compute thread, 24 for the memory thread) whatever
+    split the kernel asks for."""
+    del split
+    REGISTERS(compute, "wide")
 
 
 ACCUMULATE = mc.accumulate
+REGISTERS = mc.registers
 ABLATIONS = {"no dQ matmuls": ("accumulate", without_dq_matmuls), "registers 240/24": ("registers", registers_240)}
 
 def atomic_from_registers(value, smem, gmem, **_):
@@ -109,6 +111,97 @@ def case(seq_len, causal, n_segments, key):
     stats = jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
     plan = mb._Plan(*masks, causal)
     return (q, k, v, masks), (q, k, v, dout, stats, plan.q_tokens, plan.kv_tokens), plan
+
+
+class Variant(NamedTuple):
+    """One timed call: ``fn(*args)``, run with ``patch`` (a ``(name, value)`` of mosaic_common, or None)
+    applied, ``work`` its FLOPs in forward units (0: no rate), ``fused``: its (dq, dk, dv) are compared
+    with the split kernels'."""
+    name: str
+    patch: tuple | None
+    work: float
+    fn: Callable
+    args: tuple = ()
+    fused: bool = False
+
+
+def patched(variant: Variant):
+    """The context a variant is traced (and timed) in: its ``mosaic_common`` patch applied."""
+    return replaced(mc, *variant.patch) if variant.patch else contextlib.nullcontext()
+
+
+def jitted_call(variant: Variant):
+    """A fresh jit of the variant's call (a new function object per variant: jax.jit of one function
+    would reuse its first trace and time an unpatched kernel again); trace it inside ``patched``."""
+    return jax.jit(lambda *a: variant.fn(*a))
+
+
+def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhead="", dq_write_variants=False,
+             fused_ablations=False):
+    """``(forward FLOPs, [Variant], split_grads)`` of one (S, mask): what ``main`` times, built once
+    (``split_grads()``: the split kernels' (dq, dk, dv), the fused rows' reference)."""
+    causal = mask.startswith("causal")
+    n_segments = 4 if mask.endswith("packed4") else 1
+    (q, k, v, masks), tensors, plan = case(seq_len, causal, n_segments, key)
+    flops = forward_flops(seq_len, causal, n_segments)
+    kw = dict(causal=causal, scale=HEAD_DIM ** -0.5)
+    key_lists = plan.per_key_block(mb.TUNING["dkdv"].block)
+    query_lists = plan.per_query_block(mb.TUNING["dq"].block)
+    forward_lists = plan.per_query_block(mb.TUNING["forward"].block)
+
+    def fused():
+        dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
+        dk, dv = mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], dq_acc=dq_acc, **kw)
+        return dq_acc[...].astype(q.dtype), dk, dv
+
+    def forward_kernel(lists=forward_lists):
+        return mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, lists, tuning=mb.TUNING["forward"],
+                           workers=mb.workers("forward"), **kw)
+
+    def lists(*masks):
+        p = mb._Plan(*masks, causal)
+        return (p.per_query_block(mb.TUNING["forward"].block), p.per_key_block(mb.TUNING["dkdv"].block),
+                p.per_query_block(mb.TUNING["dq"].block))
+
+    def backward_stats(out, dout, lse):
+        lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)
+        return jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
+
+    def dq_kernel(lists=query_lists):
+        return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"), loop=mb.DQ_LOOP["mode"],
+                      **kw)
+
+    def split_dkdv():
+        return mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], loop=mb.DKDV_LOOP["mode"], **kw)
+
+    found = [Variant("forward", None, 1.0, lambda: mb.attention(q, k, v, *masks, **kw)),
+             Variant("dK/dV (split)", None, 2.0, split_dkdv), Variant("dQ (split)", None, 1.5, dq_kernel)]
+    if not no_fused:
+        found.append(Variant("fused dK/dV/dQ", None, 2.5, fused, fused=True))
+    if overheads:
+        # XLA work timed with its inputs as arguments (as constants XLA would fold it at compile time)
+        out, lse = jax.jit(forward_kernel)()
+        found += [Variant("forward kernel alone", None, 1.0, forward_kernel),
+                  Variant("visit lists (3)", None, 0.0, lists, masks),
+                  Variant("backward (lse, delta)", None, 0.0, backward_stats, (out, tensors[3], lse))]
+    for cut in filter(None, cta_overhead.split(",")):
+        def cut_lists(lists, n=int(cut)):
+            return lists.at[:, :, 0, 0].set(jnp.minimum(lists[:, :, 0, 0], n))
+
+        found += [Variant(f"forward kernel, lists cut to {cut} tiles", None, 0.0,
+                          lambda c=cut_lists(forward_lists): forward_kernel(c)),
+                  Variant(f"dQ, lists cut to {cut} tiles", None, 0.0, lambda c=cut_lists(query_lists): dq_kernel(c))]
+    if dq_write_variants:
+        found += [Variant(f"fused, {name}", ("add_to_gmem", write), 2.5, fused, fused=True)
+                  for name, write in DQ_WRITE_VARIANTS.items()]
+    if fused_ablations:
+        found += [Variant(f"fused, {name}", patch, 2.5, fused, fused=True) for name, patch in ABLATIONS.items()]
+        found.append(Variant("dK/dV (split), registers 240/24", ABLATIONS["registers 240/24"], 2.0, split_dkdv))
+
+    def split_grads():
+        return (jax.jit(dq_kernel)(), *jax.jit(split_dkdv)())
+
+    return flops, found, split_grads
 
 
 def main():
@@ -143,91 +236,34 @@ def main():
     known = ("causal", "full", "causal-packed4", "full-packed4")
     if not mask_names or any(m not in known for m in mask_names):
         parser.error(f"--masks must be a comma-separated subset of {','.join(known)}, got {args.masks!r}")
+    try:
+        [int(n) for n in filter(None, args.cta_overhead.split(","))]
+    except ValueError:
+        parser.error(f"--cta-overhead must be comma-separated tile counts such as 0,1,4, got {args.cta_overhead!r}")
     print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; B={BATCH} Hq={Q_HEADS} "
           f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}; timing {args.timing}; grids {mb.GRID}")
     rows = []
     for seq_len in seqs:
         for mask in mask_names:
-            causal = mask.startswith("causal")
-            n_segments = 4 if mask.endswith("packed4") else 1
             if mask == "full" and seq_len != seqs[-1]:
                 continue
-            (q, k, v, masks), tensors, plan = case(seq_len, causal, n_segments, jax.random.key(seq_len + causal))
-            flops = forward_flops(seq_len, causal, n_segments)
-            kw = dict(causal=causal, scale=HEAD_DIM ** -0.5)
-            key_lists = plan.per_key_block(mb.TUNING["dkdv"].block)
-            query_lists = plan.per_query_block(mb.TUNING["dq"].block)
-            forward_lists = plan.per_query_block(mb.TUNING["forward"].block)
-
-            def fused():
-                dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
-                dk, dv = mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], dq_acc=dq_acc, **kw)
-                return dq_acc[...].astype(q.dtype), dk, dv
-
-            def forward_kernel():
-                return mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, forward_lists,
-                                   tuning=mb.TUNING["forward"], workers=mb.workers("forward"), **kw)
-
-            def lists(*masks):
-                p = mb._Plan(*masks, causal)
-                return (p.per_query_block(mb.TUNING["forward"].block), p.per_key_block(mb.TUNING["dkdv"].block),
-                        p.per_query_block(mb.TUNING["dq"].block))
-
-            out, lse = jax.jit(forward_kernel)()
-            dout = tensors[3]
-
-            def backward_stats(out, dout, lse):
-                lse2 = jnp.where(jnp.isfinite(lse), lse * mc.LOG2E, jnp.inf)
-                return jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
-
-            def dq_kernel(lists):
-                return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"),
-                              loop=mb.DQ_LOOP["mode"], **kw)
-
-            kernels = [("forward", 1.0, lambda: mb.attention(q, k, v, *masks, **kw)),
-                       ("dK/dV (split)", 2.0, lambda: mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"],
-                                                                   loop=mb.DKDV_LOOP["mode"], **kw)),
-                       ("dQ (split)", 1.5, lambda: dq_kernel(query_lists))]
-            if not args.no_fused:
-                kernels.append(("fused dK/dV/dQ", 2.5, fused))
-            if args.overheads:
-                # XLA work timed with its inputs as arguments (as constants XLA would fold it at compile time)
-                kernels += [("forward kernel alone", 1.0, forward_kernel), ("visit lists (3)", 0.0, (lists, masks)),
-                            ("backward (lse, delta)", 0.0, (backward_stats, (out, dout, lse)))]
-            for cut in filter(None, args.cta_overhead.split(",")):
-                def cut_lists(lists, n=int(cut)):
-                    return lists.at[:, :, 0, 0].set(jnp.minimum(lists[:, :, 0, 0], n))
-
-                kernels += [
-                    (f"forward kernel, lists cut to {cut} tiles", 0.0,
-                     lambda c=cut_lists(forward_lists): mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, c,
-                                                                    tuning=mb.TUNING["forward"],
-                                                                    workers=mb.workers("forward"), **kw)),
-                    (f"dQ, lists cut to {cut} tiles", 0.0,
-                     lambda c=cut_lists(query_lists): dq_kernel(c))]
-            split_grads = (jax.jit(kernels[2][2])(), *jax.jit(kernels[1][2])())  # dq, dk, dv
-            variants = [(name, None, work, fn) for name, work, fn in kernels]  # fn, or (fn, its arguments)
-            if args.dq_write_variants:
-                variants += [(f"fused, {name}", ("add_to_gmem", write), 2.5, fused)
-                             for name, write in DQ_WRITE_VARIANTS.items()]
-            if args.fused_ablations:
-                variants += [(f"fused, {name}", patch, 2.5, fused) for name, patch in ABLATIONS.items()]
-                variants.append(("dK/dV (split), registers 240/24", ABLATIONS["registers 240/24"], 2.0, kernels[1][2]))
-            for name, patch, work, fn in variants:
-                with replaced(mc, *patch) if patch else contextlib.nullcontext():
+            flops, found, split_grads = variants(
+                seq_len, mask, key=jax.random.key(seq_len + mask.startswith("causal")), no_fused=args.no_fused,
+                overheads=args.overheads, cta_overhead=args.cta_overhead, dq_write_variants=args.dq_write_variants,
+                fused_ablations=args.fused_ablations)
+            grads = split_grads() if any(v.fused for v in found) else None
+            for variant in found:
+                with patched(variant):
                     try:
-                        # a new function object per variant: jax.jit of the same function would
-                        # reuse its first trace and time the unpatched kernel again
-                        fn, fn_args = fn if isinstance(fn, tuple) else (fn, ())
-                        jitted = jax.jit(lambda *a, fn=fn: fn(*a))
-                        seconds = time_call(jitted, *fn_args, budget_s=args.budget_s)
+                        jitted = jitted_call(variant)
+                        seconds = time_call(jitted, *variant.args, budget_s=args.budget_s)
                         err = "-"
-                        if fn is fused:
-                            err = f"{max(rel_err(a, b) for a, b in zip(jitted(), split_grads)):.1e}"
-                        rate = f"{work * flops / seconds / 1e12:.1f}" if work else "-"
-                        rows.append((seq_len, mask, name, f"{seconds * 1e3:.3f}", rate, err))
+                        if variant.fused:
+                            err = f"{max(rel_err(a, b) for a, b in zip(jitted(), grads)):.1e}"
+                        rate = f"{variant.work * flops / seconds / 1e12:.1f}" if variant.work else "-"
+                        rows.append((seq_len, mask, variant.name, f"{seconds * 1e3:.3f}", rate, err))
                     except Exception as error:  # one failing variant must not hide the others
-                        rows.append((seq_len, mask, name,
+                        rows.append((seq_len, mask, variant.name,
                                      f"failed: {type(error).__name__}: {str(error)[:100]}", "-", "-"))
                 print(*rows[-1], flush=True)
     print("| S | mask | kernel | ms | TFLOP/s (own work) | rel. err vs split |\n|---|---|---|---|---|---|")

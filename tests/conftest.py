@@ -1,6 +1,7 @@
 """Test setup: 8 simulated CPU devices, fresh random seeds (printed, so a failure can be replayed)."""
 
 import os
+import sys
 
 _flag = "--xla_force_host_platform_device_count=8"
 if _flag not in os.environ.get("XLA_FLAGS", ""):
@@ -36,3 +37,26 @@ def seed() -> int:
 @pytest.fixture
 def rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def interpreted_mosaic(monkeypatch):
+    """The Mosaic kernels in Pallas' GPU interpret mode wherever the script calls them, the backend
+    accepting the CPU, 3 persistent workers, and the bench's shapes cut to 2 query heads over 1."""
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    from longvila_jax.kernels import mosaic_backend, mosaic_backward, mosaic_common, mosaic_forward
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    import bench_mosaic_kernels
+
+    params = plgpu.InterpretGPUParams()
+    for module, name in ((mosaic_common, "kernel"), (mosaic_forward, "forward"), (mosaic_backward, "dq"),
+                         (mosaic_backward, "dkdv")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, interpret=None, _f=original, **k: _f(
+            *a, interpret=interpret or params, **k))
+    monkeypatch.setattr(mosaic_backend, "unsupported", lambda call: None)
+    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
+    monkeypatch.setattr(bench_mosaic_kernels, "Q_HEADS", 2)
+    monkeypatch.setattr(bench_mosaic_kernels, "KV_HEADS", 1)

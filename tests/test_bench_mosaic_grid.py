@@ -1,4 +1,4 @@
-"""scripts/bench_mosaic_grid.py on CPU: every variant it times, built as the GPU run builds it, computes the
+"""scripts/bench_mosaic_grid.py on CPU (the ``interpreted_mosaic`` fixture: conftest.py): every variant it times, built as the GPU run builds it, computes the
 right thing (its forward+backward rows once called ``attention_fn`` with a stale signature, unnoticed because
 the script only ever ran on a GPU)."""
 
@@ -7,10 +7,8 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import pytest
-from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from longvila_jax.kernels import mosaic_backend, mosaic_backward, mosaic_common, mosaic_forward, reference_attention
+from longvila_jax.kernels import reference_attention
 from longvila_jax.kernels.testing import rel_err
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
@@ -20,23 +18,7 @@ import bench_mosaic_kernels  # noqa: E402
 TOL = 1e-2  # bf16 inputs against a float32 reference (relative, whole tensor)
 
 
-@pytest.fixture
-def interpreted_kernels(monkeypatch):
-    """The Mosaic kernels in Pallas' GPU interpret mode wherever the script calls them, the backend
-    accepting the CPU, 3 persistent workers, and the bench's shapes cut to 2 query heads over 1."""
-    params = plgpu.InterpretGPUParams()
-    for module, name in ((mosaic_common, "kernel"), (mosaic_forward, "forward"), (mosaic_backward, "dq"),
-                         (mosaic_backward, "dkdv")):
-        original = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, interpret=None, _f=original, **k: _f(
-            *a, interpret=interpret or params, **k))
-    monkeypatch.setattr(mosaic_backend, "unsupported", lambda call: None)
-    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
-    monkeypatch.setattr(bench_mosaic_kernels, "Q_HEADS", 2)
-    monkeypatch.setattr(bench_mosaic_kernels, "KV_HEADS", 1)
-
-
-def test_every_grid_bench_variant_matches_the_reference(rng, monkeypatch, interpreted_kernels):
+def test_every_grid_bench_variant_matches_the_reference(rng, monkeypatch, interpreted_mosaic):
     """256 tokens in 4 packed causal samples: the forward and dQ kernels alone on both grids, dQ on 64-key
     blocks per block, persistent and prefetching, and the whole forward+backward under each of the script's
     settings, against a dense float32 attention on the same (fresh) inputs."""

@@ -1,0 +1,79 @@
+"""scripts/bench_mosaic_kernels.py on CPU: every variant it times, built as the GPU run builds it (all its
+options on), runs in interpret mode, and the ones meant to be right compute the right thing. The script
+only ever ran on a GPU, where a stale call would cost a device run to find."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from longvila_jax.kernels import mosaic_common, reference_attention
+from longvila_jax.kernels.testing import rel_err
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+import bench_mosaic_kernels  # noqa: E402
+
+TOL = 1e-2  # bf16 inputs against a float32 reference (relative, whole tensor)
+# what each variant returns and which parts of it must match the reference (None: wrong by design)
+CHECKED = {
+    "forward": ("out", "lse"), "forward kernel alone": ("out", "lse"),
+    "dK/dV (split)": ("dk", "dv"), "dK/dV (split), registers 240/24": ("dk", "dv"), "dQ (split)": ("dq",),
+    "fused dK/dV/dQ": ("dq", "dk", "dv"), "fused, registers 240/24": ("dq", "dk", "dv"),
+    "fused, red.global.add from registers": ("dq", "dk", "dv"),
+    # the dQ write replaced or its products dropped: dq is wrong on a GPU, dk and dv stay right
+    "fused, dQ only stored to SMEM": (None, "dk", "dv"), "fused, no dQ write": (None, "dk", "dv"),
+    "fused, plain TMA store": (None, "dk", "dv"), "fused, no dQ matmuls": (None, "dk", "dv"),
+    "backward (lse, delta)": ("stats",),
+}
+
+
+@pytest.mark.parametrize("mask", ["causal-packed4", "full"])
+def test_every_kernel_bench_variant_runs_and_the_right_ones_match_the_reference(rng, mask, monkeypatch,
+                                                                               interpreted_mosaic):
+    """256 tokens (4 packed causal samples, or one full-mask sample), 2 query heads over 1, every option of
+    the script on; fresh inputs against a dense float32 attention."""
+    seq_len, causal = 256, mask.startswith("causal")
+    built, case = {}, bench_mosaic_kernels.case
+
+    def recorded_case(*args):
+        built["case"] = case(*args)
+        return built["case"]
+
+    monkeypatch.setattr(bench_mosaic_kernels, "case", recorded_case)
+    flops, found, split_grads = bench_mosaic_kernels.variants(
+        seq_len, mask, key=jax.random.key(int(rng.integers(2 ** 31))), overheads=True, cta_overhead="0,1",
+        dq_write_variants=True, fused_ablations=True)
+    assert flops > 0
+    (q, k, v, (seg, _, pos, _)), (_, _, _, dout, *_), _ = built["case"]
+    mask_args = dict(q_segment_ids=seg, kv_segment_ids=seg, q_positions=pos, kv_positions=pos, causal=causal)
+
+    def loss(q, k, v):
+        out, _ = reference_attention(q, k, v, **mask_args)
+        return jnp.sum(out * dout.astype(jnp.float32))
+
+    qkv32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    ref_out, ref_lse = reference_attention(*qkv32, **mask_args)
+    ref = dict(out=ref_out, lse=ref_lse, **dict(zip(("dq", "dk", "dv"), jax.grad(loss, argnums=(0, 1, 2))(*qkv32))))
+    delta = jnp.einsum("bqhd,bqhd->bhq", ref_out, dout.astype(jnp.float32))
+    ref["stats"] = jnp.stack([ref_lse * mosaic_common.LOG2E, delta], axis=2)
+    for want, got in zip(("dq", "dk", "dv"), split_grads()):
+        assert rel_err(got, ref[want]) <= TOL, ("split", want)
+
+    names = [variant.name for variant in found]
+    assert len(set(names)) == len(names)
+    for variant in found:
+        with bench_mosaic_kernels.patched(variant):
+            result = jax.block_until_ready(bench_mosaic_kernels.jitted_call(variant)(*variant.args))
+        parts = CHECKED.get(variant.name)
+        if parts is None:  # cut visit lists (wrong by design), the visit lists themselves: it ran
+            assert "cut to" in variant.name or variant.name == "visit lists (3)", variant.name
+            continue
+        result = result if isinstance(result, tuple) else (result,)
+        assert len(result) == len(parts), variant.name
+        for part, got in zip(parts, result):
+            if part is not None:
+                assert rel_err(got, ref[part]) <= TOL, (variant.name, part)
+    assert {"fused, no dQ matmuls", "dQ, lists cut to 1 tiles", "backward (lse, delta)"} <= set(names)
+
