@@ -1,6 +1,6 @@
-"""scripts/bench_mosaic_grid.py on CPU (the ``interpreted_mosaic`` fixture: conftest.py): every variant it times, built as the GPU run builds it, computes the
-right thing (its forward+backward rows once called ``attention_fn`` with a stale signature, unnoticed because
-the script only ever ran on a GPU)."""
+"""scripts/bench_mosaic_grid.py on CPU (interpret mode: conftest's ``interpreted_mosaic``): every variant it
+times, built as the GPU run builds it, computes the right thing (its forward+backward rows once called
+``attention_fn`` with a stale signature, unnoticed because the script only ever ran on a GPU)."""
 
 import os
 import sys
