@@ -42,17 +42,18 @@ def rng(seed) -> np.random.Generator:
 @pytest.fixture
 def interpreted_mosaic(monkeypatch):
     """The Mosaic kernels in Pallas' GPU interpret mode wherever the script calls them, the backend
-    accepting the CPU, 3 persistent workers, and the bench's shapes cut to 2 query heads over 1."""
+    accepting the CPU, 3 persistent workers, and the benches' shapes cut to 2 query heads over 1."""
     from jax.experimental.pallas import mosaic_gpu as plgpu
 
-    from longvila_jax.kernels import mosaic_backend, mosaic_backward, mosaic_common, mosaic_forward
+    from longvila_jax.kernels import mosaic_backend, mosaic_backward, mosaic_common, mosaic_forward, mosaic_fused
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    import bench_attention
     import bench_mosaic_kernels
 
     params = plgpu.InterpretGPUParams()
     for module, name in ((mosaic_common, "kernel"), (mosaic_forward, "forward"), (mosaic_backward, "dq"),
-                         (mosaic_backward, "dkdv")):
+                         (mosaic_backward, "dkdv"), (mosaic_fused, "dkdv_dq")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, interpret=None, _f=original, **k: _f(
             *a, interpret=interpret or params, **k))
@@ -60,3 +61,5 @@ def interpreted_mosaic(monkeypatch):
     monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
     monkeypatch.setattr(bench_mosaic_kernels, "Q_HEADS", 2)
     monkeypatch.setattr(bench_mosaic_kernels, "KV_HEADS", 1)
+    monkeypatch.setattr(bench_attention, "Q_HEADS", 2)
+    monkeypatch.setattr(bench_attention, "KV_HEADS", 1)

@@ -1,0 +1,72 @@
+"""scripts/gpu_next.sh, the queued device calls: every Mosaic tuning they name parses and, built the way
+bench_attention.py builds its rows, computes the right forward and backward in interpret mode on CPU; every
+step they ask for exists in gpu_kernels.sh; every script they run exists."""
+
+import pathlib
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from longvila_jax.kernels import mosaic_backend, reference_attention
+from longvila_jax.kernels.testing import rel_err
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import bench_attention  # noqa: E402
+
+QUEUE = (SCRIPTS / "gpu_next.sh").read_text()
+TOL = 1e-2  # bf16 inputs against a float32 reference (relative, whole tensor)
+
+
+def queued_tunings() -> list[str]:
+    specs = []
+    for argument in re.findall(r"--mosaic-tuning=(\S+?)[\s\"]", QUEUE):
+        specs += [spec for spec in argument.split("|") if spec not in specs]
+    return specs
+
+
+def test_the_queue_names_known_steps_and_scripts():
+    steps = re.findall(r'STEPS="([^"]+)"', QUEUE)
+    assert len(steps) == 4
+    runner = (SCRIPTS / "gpu_kernels.sh").read_text()
+    for step in " ".join(steps).split():
+        assert f'*" {step} "*' in runner, step
+    for script in re.findall(r"scripts/(\w+\.py)", QUEUE):
+        assert (SCRIPTS / script).exists(), script
+    assert {"", "backward=split", "backward=dq_thread;dq_thread=dp_issue:after_p"} <= set(queued_tunings())
+
+
+@pytest.fixture
+def default_tuning():
+    yield
+    bench_attention.use_impl("mosaic")  # the plain name resets every Mosaic option
+
+
+@pytest.mark.parametrize("spec", queued_tunings())
+def test_every_queued_tuning_computes_attention_and_its_gradients(spec, rng, interpreted_mosaic, default_tuning):
+    """256 tokens in 4 packed causal samples, 2 query heads over 1, D = 128; ``mosaic[spec]`` as the bench's
+    row builds it, against a dense float32 attention on fresh inputs."""
+    length, n_segments = 256, 4
+    keys = jax.random.split(jax.random.key(int(rng.integers(2 ** 31))), 4)
+    q, k, v, dout = (jax.random.normal(key, shape, jnp.bfloat16) for key, shape in zip(keys, [
+        (1, length, 2, 128), (1, length, 1, 128), (1, length, 1, 128), (1, length, 2, 128)]))
+    seg, pos = bench_attention.packed_tokens(length, n_segments)
+    impl = bench_attention.use_impl(f"mosaic[{spec}]")
+    if "dq_thread" in spec:
+        assert mosaic_backend.BACKWARD["mode"] == "dq_thread"
+    attend = bench_attention.attention_fn(impl, True, n_segments, 128, 128)
+    out, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, seg, pos), q, k, v)
+    grads = vjp(dout)
+
+    masks = dict(q_segment_ids=seg, kv_segment_ids=seg, q_positions=pos, kv_positions=pos, causal=True)
+
+    def loss(q, k, v):
+        return jnp.sum(reference_attention(q, k, v, **masks)[0] * dout.astype(jnp.float32))
+
+    qkv32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    assert rel_err(out, reference_attention(*qkv32, **masks)[0]) <= TOL
+    for name, got, want in zip(("dq", "dk", "dv"), grads, jax.grad(loss, argnums=(0, 1, 2))(*qkv32)):
+        assert rel_err(got, want) <= TOL, (spec, name)
