@@ -43,12 +43,17 @@ import re
 import statistics
 import time
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import trace_summary
 
-from longvila_jax.kernels import flash_attention, mosaic_backend, triton_backend
+sys.path.insert(0, os.path.dirname(__file__))  # run as ``python -P``, the script's folder is not on the path
+import trace_summary  # noqa: E402
+
+from longvila_jax.kernels import flash_attention, mosaic_backend, triton_backend  # noqa: E402
 
 BATCH, Q_HEADS, KV_HEADS, HEAD_DIM = 1, 32, 8, 128
 

@@ -1,0 +1,55 @@
+"""The GPU benchmark scripts' command lines, run on CPU with the xla backend and tiny shapes (the figures
+mean nothing here): each runs to its end and prints or writes the table it promises. The Mosaic rows have
+their own interpret-mode tests (test_bench_mosaic_*.py, test_gpu_next.py)."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(name, *args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-P", str(ROOT / "scripts" / name), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def table_rows(text):
+    return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+
+
+def test_bench_attention_writes_a_row_per_backend_and_mask(tmp_path):
+    out = run_script("bench_attention.py", "--impls", "xla", "--seqs", "256", "--masks", "causal,causal-packed4",
+                     "--ceiling-size", "256", "--budget-s", "0.2", "--rounds", "2", "--block-q", "64",
+                     "--block-k", "64", "--json", str(tmp_path / "rows.json"))
+    assert "jax-cudnn | 256 | causal | failed" in out  # the anchor row says why it is missing
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [(r["impl"], r["mask"]) for r in rows] == [("xla", "causal"), ("xla", "causal-packed4")]
+    plain, packed = rows
+    assert plain["ratio_own_plain"] == "-"
+    assert float(packed["ratio_own_plain"]) == round(packed["fwd_bwd_tflops"] / plain["fwd_bwd_tflops"], 2)
+    assert all(r["samples"] == 2 and r["fwd_bwd_ms"] > 0 for r in rows)
+
+
+def test_profile_attention_prints_the_step_op_by_op(tmp_path):
+    out = run_script("profile_attention.py", "--impl", "xla", "--seq", "64", "--mask", "causal-packed4",
+                     "--steps", "2", "--top", "3", "--trace-dir", str(tmp_path / "trace"), "--dump-hlo",
+                     str(tmp_path / "step.hlo"))
+    ops = table_rows(out)
+    assert ops[0] == "| op | calls/step | us/step | share |" and len(ops) == 1 + 3 + 1
+    total = re.match(r"\| all (\d+) ops \| [\d.]+ \| ([\d.]+) \| 100% \|", ops[-1])
+    assert total and int(total.group(1)) >= 3 and float(total.group(2)) > 0
+    assert "HloModule" in (tmp_path / "step.hlo").read_text()
+    assert list((tmp_path / "trace").rglob("*.json.gz"))
+
+
+def test_bench_row_stats_times_each_form():
+    out = run_script("bench_row_stats.py", "--seqs", "256", "--steps", "2")
+    forms = [row.split(" | ")[1] for row in table_rows(out)[1:]]
+    assert forms == ["fused", "kept apart", "row sum only"]
