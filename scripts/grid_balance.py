@@ -1,8 +1,9 @@
-"""How evenly the forward's and dQ kernel's work items spread over the SMs: a model, not a measurement.
+"""How evenly the Mosaic kernels' work items spread over the SMs: a model, not a measurement.
 
 The visit lists come from the real plan (``kernels.mosaic_plan``) for a bench mask, and the persistent
 order from the real ``kernels.mosaic_schedule.Work``. An item (one resident query block of one head)
-costs ``per_item + per_tile * tiles`` microseconds (defaults: run V's dQ fit, 4.6 and 2.40). Two grids:
+costs ``per_item + per_tile * tiles`` microseconds (defaults: ``COSTS``). ``--kernel key`` models dK/dV
+instead: an item is one K/V head's key block, its tiles the query blocks of all its GQA group. Two grids:
 
 * one CTA per item: the hardware starts the items in grid order, each on the first SM that is free
   (greedy list scheduling; one CTA per SM, as the kernels' SMEM allows);
@@ -43,10 +44,20 @@ def mask_tokens(length: int, mask: str):
 
 
 def list_lengths(length: int, mask: str, kv_block: int) -> np.ndarray:
-    """Tiles per visit list, ``[n_lists]`` in the kernels' order (longest first), one batch row."""
+    """Tiles per visit list of the query blocks (forward, dQ), ``[n_lists]`` in the kernels' order (longest
+    first), one batch row."""
     seg, pos, causal = mask_tokens(length, mask)
     tiles = plan.tile_table(seg, pos, seg, pos, causal=causal, block_q=mc.BLOCK, block_k=kv_block)
     lists = plan.visit_lists(tiles.visit, tiles.whole)
+    return np.asarray(lists.reshape(lists.shape[0], lists.shape[1], -1)[0, :, 0])
+
+
+def key_list_lengths(length: int, mask: str, q_block: int) -> np.ndarray:
+    """Query blocks of ``q_block`` rows per visit list of the key blocks (dK/dV), as
+    :func:`list_lengths`."""
+    seg, pos, causal = mask_tokens(length, mask)
+    tiles = plan.tile_table(seg, pos, seg, pos, causal=causal, block_q=q_block, block_k=mc.BLOCK)
+    lists = plan.visit_lists(tiles.visit.transpose(0, 2, 1), tiles.whole.transpose(0, 2, 1))
     return np.asarray(lists.reshape(lists.shape[0], lists.shape[1], -1)[0, :, 0])
 
 
@@ -74,30 +85,51 @@ def persistent_makespan(costs: np.ndarray, n_lists: int, heads: int, workers: in
     return float(np.where(owned, costs[np.where(owned, t, 0)], 0.0).sum(axis=1).max())
 
 
+# per kernel: (us per item, us per tile) defaults; dQ: run V's fit (128-key tiles of one query head);
+# dK/dV: run AO's 8k causal kernel time over its tiles (64-query tiles of one query head) with about 6 us
+# per item, which the packed kernel's excess over a quarter of the plain one suggests
+COSTS = {"query": (4.6, 2.40), "key": (6.0, 1.435)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seqs", default="8192,32768")
     parser.add_argument("--masks", default="causal,causal-packed4")
-    parser.add_argument("--heads", type=int, default=32, help="query heads (items per list)")
-    parser.add_argument("--kv-block", type=int, default=128, help="streamed key block of the lists")
-    parser.add_argument("--per-item", type=float, default=4.6, help="us per item besides its tiles")
-    parser.add_argument("--per-tile", type=float, default=2.40, help="us per visited tile")
+    parser.add_argument("--kernel", choices=sorted(COSTS), default="query",
+                        help="query: the forward's and dQ's items (a query block of one head, its key blocks "
+                             "streamed); key: dK/dV's (a key block of one K/V head, the query blocks of its "
+                             "GQA group streamed; one CTA per item)")
+    parser.add_argument("--heads", type=int, default=32, help="query heads")
+    parser.add_argument("--kv-heads", type=int, default=8, help="K/V heads (items per list for --kernel key)")
+    parser.add_argument("--kv-block", type=int, default=128, help="streamed key block of the query lists")
+    parser.add_argument("--q-block", type=int, default=64, help="streamed query block of the key lists")
+    parser.add_argument("--per-item", type=float, help="us per item besides its tiles (default: per kernel)")
+    parser.add_argument("--per-tile", type=float, help="us per visited tile of one query head (default: per kernel)")
     parser.add_argument("--sms", type=int, default=132, help="SMs (and persistent workers)")
     args = parser.parse_args(argv)
-    print(f"model: {args.per_item} us per item + {args.per_tile} us per tile, {args.sms} SMs, "
-          f"{args.heads} heads, {args.kv_block}-key blocks")
+    if args.heads % args.kv_heads:
+        parser.error(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
+    per_item = COSTS[args.kernel][0] if args.per_item is None else args.per_item
+    per_tile = COSTS[args.kernel][1] if args.per_tile is None else args.per_tile
+    key_side = args.kernel == "key"
+    block = f"{args.q_block}-query" if key_side else f"{args.kv_block}-key"
+    print(f"model ({args.kernel} lists): {per_item} us per item + {per_tile} us per tile, {args.sms} SMs, "
+          f"{args.heads} heads, {block} blocks")
     print(f"{'S':>6} {'mask':<15} {'items':>6} {'mean us':>9} {'per CTA us':>11} {'excess':>7} "
           f"{'persistent us':>14} {'excess':>7}")
     for length in (int(s) for s in args.seqs.split(",")):
         for mask in args.masks.split(","):
-            lengths = list_lengths(length, mask, args.kv_block)
-            costs = item_costs(lengths, args.heads, args.per_item, args.per_tile)
+            if key_side:  # an item: one K/V head's key block, its group's query heads one after another
+                group = args.heads // args.kv_heads
+                lengths, heads = key_list_lengths(length, mask, args.q_block) * group, args.kv_heads
+            else:
+                lengths, heads = list_lengths(length, mask, args.kv_block), args.heads
+            costs = item_costs(lengths, heads, per_item, per_tile)
             mean = costs.sum() / args.sms
             greedy = greedy_makespan(costs, args.sms)
-            snake = persistent_makespan(costs, len(lengths), args.heads, args.sms)
+            snake = persistent_makespan(costs, len(lengths), heads, args.sms)
             print(f"{length:>6} {mask:<15} {len(costs):>6} {mean:>9.1f} {greedy:>11.1f} {greedy / mean - 1:>+7.1%} "
                   f"{snake:>14.1f} {snake / mean - 1:>+7.1%}")
-
 
 if __name__ == "__main__":
     main()

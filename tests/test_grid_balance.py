@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from grid_balance import greedy_makespan, item_costs, list_lengths, persistent_makespan  # noqa: E402
+from grid_balance import greedy_makespan, item_costs, key_list_lengths, list_lengths, main, persistent_makespan  # noqa: E402,E501
 
 
 def test_list_lengths_of_causal_and_packed_masks():
@@ -17,6 +17,26 @@ def test_list_lengths_of_causal_and_packed_masks():
     # two samples of 512 tokens: each block sees its own sample's earlier blocks only
     np.testing.assert_array_equal(list_lengths(1024, "causal-packed2", 128), [4, 4, 3, 3, 2, 2, 1, 1])
     np.testing.assert_array_equal(list_lengths(1024, "full-packed2", 64), [8] * 8)
+
+
+def test_key_list_lengths_of_causal_and_packed_masks():
+    # 1,024 tokens, 128-key blocks, 64-query blocks: causal key block c is seen by query blocks 2c..15
+    np.testing.assert_array_equal(key_list_lengths(1024, "causal", 64), [16, 14, 12, 10, 8, 6, 4, 2])
+    # two samples of 512 tokens (4 key blocks, 8 query blocks each): only the own sample's later queries
+    np.testing.assert_array_equal(key_list_lengths(1024, "causal-packed2", 64), [8, 8, 6, 6, 4, 4, 2, 2])
+    np.testing.assert_array_equal(key_list_lengths(1024, "full-packed2", 128), [4] * 8)
+
+
+def test_key_lists_model_one_item_per_kv_head_with_the_group_tiles(capsys):
+    # 512 tokens causal: key lists [8, 6, 4, 2] 64-query blocks, times a group of 4 heads; 2 K/V heads
+    main(["--seqs", "512", "--masks", "causal", "--kernel", "key", "--heads", "8", "--kv-heads", "2",
+          "--per-item", "1", "--per-tile", "0.5", "--sms", "2"])
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    # items cost 1 + 0.5 * 4 * [8, 8, 6, 6, 4, 4, 2, 2] = [17, 17, 13, 13, 9, 9, 5, 5]: 88 over 2 SMs, mean 44;
+    # greedy: 17 | 17, 13 | 13, 9 | 9, 5 | 5 -> 44 each
+    assert row[:6] == ["512", "causal", "8", "44.0", "44.0", "+0.0%"]
+    with pytest.raises(SystemExit):
+        main(["--kernel", "key", "--heads", "6", "--kv-heads", "4"])
 
 
 def test_bad_mask_names_the_choices():
