@@ -16,7 +16,8 @@ plain mask); forward+backward is 3.5x the forward. Every row prints its
 ratio to JAX cuDNN on the plain mask of the same kind and S, and to the
 measured bf16 matmul ceiling (8192^3), all in the same run. On the plain
 masks each row also prints its largest relative error against cuDNN over
-out, dq, dk and dv (a wrong kernel cannot hide behind a good speed).
+out, dq, dk and dv (a wrong kernel cannot hide behind a good speed). ``--json`` keeps the rows,
+``--plot`` draws them (``scripts/plot_attention.py``; gpu_kernels.sh brings both back).
 
     python scripts/bench_attention.py --impls mosaic \
         --mosaic-tuning "forward=128,2;dkdv=64,2;dq=128,2|forward=64,4;dkdv=64,4;dq=64,4"
@@ -351,6 +352,7 @@ def main():
     parser.add_argument("--trace-dir", help="after the timings, trace one batch of each row's calls with the JAX "
                         "profiler into this directory and print where the device's time went (busy, idle)")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--plot", help="also draw the rows as a PNG here (scripts/plot_attention.py)")
     args = parser.parse_args()
     TIMING["mode"] = args.timing
     if args.rounds < 0:
@@ -430,9 +432,14 @@ def main():
         if args.trace_dir:
             print_traces(built, args.trace_dir)
         del built, tensors
+    run = dict(device=device.device_kind, jax=jax.__version__, rows=rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=device.device_kind, jax=jax.__version__, rows=rows), f, indent=1)
+            json.dump(run, f, indent=1)
+    if args.plot and rows:
+        import plot_attention
+
+        print(f"# plot: {plot_attention.plot_rows(run, args.plot)}")
 
 
 if __name__ == "__main__":

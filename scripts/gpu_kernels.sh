@@ -36,7 +36,8 @@ if [[ " $STEPS " == *" anchor-jax "* ]]; then  # stock JAX kernels: Pallas Trito
   OUT="$OUT" timeout ${ANCHOR_TIMEOUT:-240} python3 scripts/anchors/anchor_attention.py jax 2>&1 | tee "$OUT/anchor_jax.log" | tail -40
 fi
 if [[ " $STEPS " == *" bench "* ]]; then
-  timeout ${BENCH_TIMEOUT:-300} python3 scripts/bench_attention.py ${BENCH_ARGS:-} --json "$OUT/bench_attention.json" 2>&1 \
+  timeout ${BENCH_TIMEOUT:-300} python3 scripts/bench_attention.py ${BENCH_ARGS:-} --json "$OUT/bench_attention.json" \
+    --plot "$OUT/bench_attention.png" 2>&1 \
     | tee "$OUT/bench_attention.log" | tail -40
 fi
 if [[ " $STEPS " == *" rowstats "* ]]; then

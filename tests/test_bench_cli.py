@@ -9,7 +9,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import plot_attention  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run_script(name, *args, timeout=300):
@@ -27,7 +33,7 @@ def table_rows(text):
 def test_bench_attention_writes_a_row_per_backend_and_mask(tmp_path):
     out = run_script("bench_attention.py", "--impls", "xla", "--seqs", "256", "--masks", "causal,causal-packed4",
                      "--ceiling-size", "256", "--budget-s", "0.2", "--rounds", "2", "--block-q", "64",
-                     "--block-k", "64", "--json", str(tmp_path / "rows.json"))
+                     "--block-k", "64", "--json", str(tmp_path / "rows.json"), "--plot", str(tmp_path / "rows.png"))
     assert "jax-cudnn | 256 | causal | failed" in out  # the anchor row says why it is missing
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [(r["impl"], r["mask"]) for r in rows] == [("xla", "causal"), ("xla", "causal-packed4")]
@@ -35,6 +41,13 @@ def test_bench_attention_writes_a_row_per_backend_and_mask(tmp_path):
     assert plain["ratio_own_plain"] == "-"
     assert float(packed["ratio_own_plain"]) == round(packed["fwd_bwd_tflops"] / plain["fwd_bwd_tflops"], 2)
     assert all(r["samples"] == 2 and r["fwd_bwd_ms"] > 0 for r in rows)
+    assert (tmp_path / "rows.png").read_bytes()[:8] == PNG
+    # the plot script alone, from the JSON; and a run without rows is refused by name
+    again = run_script("plot_attention.py", str(tmp_path / "rows.json"), "-o", str(tmp_path / "again.png"))
+    assert again.strip().endswith("again.png") and (tmp_path / "again.png").read_bytes()[:8] == PNG
+    (tmp_path / "empty.json").write_text(json.dumps(dict(device="cpu", jax="0", rows=[])))
+    with pytest.raises(ValueError, match="no rows to plot"):
+        plot_attention.plot_rows(json.loads((tmp_path / "empty.json").read_text()), tmp_path / "empty.png")
 
 
 def test_profile_attention_prints_the_step_op_by_op(tmp_path):
