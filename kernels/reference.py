@@ -52,3 +52,12 @@ def reference_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v32, precision=jax.lax.Precision.HIGHEST)
     lse = jnp.where(row_any, row_max + jnp.log(row_sum), -jnp.inf)
     return out, lse
+
+
+
+def reference_vjp(q, k, v, dout, **mask):
+    """``reference_attention`` in float32 and its gradients for the cotangent ``dout`` of out:
+    ``(out, lse, (dq, dk, dv))``; ``mask``: its keyword arguments."""
+    qkv32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    out, vjp, lse = jax.vjp(lambda *qkv: reference_attention(*qkv, **mask), *qkv32, has_aux=True)
+    return out, lse, vjp(dout.astype(jnp.float32))
