@@ -48,7 +48,9 @@ def _train(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longvila-jax", description="LongVILA in JAX: convert weights, train a stage, run the demo, generate, evaluate.")
+    parser = argparse.ArgumentParser(
+        prog="longvila-jax",
+        description="LongVILA in JAX: convert weights, train a stage, run the demo, generate, evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = sub.add_parser("convert", help="convert weights between Hugging Face (VILA layout) and Orbax")
