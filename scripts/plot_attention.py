@@ -22,9 +22,14 @@ def plot_rows(run: dict, path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = run.get("rows") or []
+    rows = run.get("rows") if isinstance(run, dict) else None
     if not rows:
         raise ValueError("the run has no rows to plot (every backend failed, or the JSON is not bench_attention's)")
+    needed = {"impl", "seq", "mask", "fwd_bwd_tflops", "ratio_fwd_bwd", "ratio_own_plain"}
+    for row in rows:
+        missing = needed - set(row) if isinstance(row, dict) else needed
+        if missing:
+            raise ValueError(f"a row lacks {sorted(missing)}: not a bench_attention.py --json row ({str(row)[:80]})")
     lengths = sorted({row["seq"] for row in rows})
     impls = list(dict.fromkeys(row["impl"] for row in rows))
     fig, axes = plt.subplots(1, len(lengths), figsize=(max(5.0, 2.2 + 1.1 * len(impls)) * len(lengths), 4.2),
@@ -75,7 +80,10 @@ def main(argv=None):
         run = json.loads(source.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise SystemExit(f"cannot read {source}: {err}") from None
-    print(plot_rows(run, args.output or source.with_suffix(".png")))
+    try:
+        print(plot_rows(run, args.output or source.with_suffix(".png")))
+    except ValueError as err:
+        raise SystemExit(f"{source}: {err}") from None
 
 
 if __name__ == "__main__":

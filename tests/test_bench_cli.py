@@ -48,6 +48,9 @@ def test_bench_attention_writes_a_row_per_backend_and_mask(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps(dict(device="cpu", jax="0", rows=[])))
     with pytest.raises(ValueError, match="no rows to plot"):
         plot_attention.plot_rows(json.loads((tmp_path / "empty.json").read_text()), tmp_path / "empty.png")
+    with pytest.raises(ValueError, match=r"a row lacks \['fwd_bwd_tflops'"):
+        plot_attention.plot_rows(dict(rows=[dict(impl="xla", seq=1, mask="causal", ratio_fwd_bwd="-",
+                                                 ratio_own_plain="-")]), tmp_path / "bad.png")
 
 
 def test_profile_attention_prints_the_step_op_by_op(tmp_path):
