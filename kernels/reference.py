@@ -54,7 +54,6 @@ def reference_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None,
     return out, lse
 
 
-
 def reference_vjp(q, k, v, dout, **mask):
     """``reference_attention`` in float32 and its gradients for the cotangent ``dout`` of out:
     ``(out, lse, (dq, dk, dv))``; ``mask``: its keyword arguments."""

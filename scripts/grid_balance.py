@@ -131,5 +131,6 @@ def main(argv=None):
             print(f"{length:>6} {mask:<15} {len(costs):>6} {mean:>9.1f} {greedy:>11.1f} {greedy / mean - 1:>+7.1%} "
                   f"{snake:>14.1f} {snake / mean - 1:>+7.1%}")
 
+
 if __name__ == "__main__":
     main()
