@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import re
 import statistics
-import time
-
-import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
