@@ -178,6 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--anchor", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--anchor-size", type=int, default=8192,
+                        help="square bf16 matmul of the anchor (smaller only for a CPU smoke run)")
     parser.add_argument("--preset", default="longvila-8b")
     parser.add_argument("--seq", type=int, default=53248, help="tokens per row (frames + text)")
     parser.add_argument("--frames", type=int, default=256)
@@ -198,17 +200,20 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return
     if args.anchor:
-        print("RESULT " + json.dumps(matmul_anchor()), flush=True)
+        print("RESULT " + json.dumps(matmul_anchor(args.anchor_size)), flush=True)
         return
+    if args.anchor_size < 1:
+        parser.error(f"--anchor-size must be positive, got {args.anchor_size}")
     # The parent never touches the GPUs: the anchor and every configuration run in children.
-    proc = subprocess.run([sys.executable, __file__, "--anchor"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--anchor", "--anchor-size", str(args.anchor_size)],
+                          capture_output=True, text=True)
     found = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if not found:
         raise SystemExit(f"the matmul anchor failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
     anchor, gpus = found[0]["tflops"], found[0]["gpus"]
     if args.ulysses is None:
         args.ulysses = max(1, gpus // args.ring)
-    print(f"{gpus}x {found[0]['device']}; bf16 8192^3 matmul anchor {anchor:.3g} TFLOP/s", flush=True)
+    print(f"{gpus}x {found[0]['device']}; bf16 {args.anchor_size}^3 matmul anchor {anchor:.3g} TFLOP/s", flush=True)
     results = {"anchor_matmul_tflops": anchor, "device": found[0]["device"], "gpus": gpus, "main": [], "sweep": []}
     if args.only in (None, "main"):
         print(f"main: {args.preset}, long SFT, {args.frames} frames + text = {args.seq} tokens")

@@ -1,6 +1,7 @@
-"""The GPU benchmark scripts' command lines, run on CPU with the xla backend and tiny shapes (the figures
-mean nothing here): each runs to its end and prints or writes the table it promises. The Mosaic rows have
-their own interpret-mode tests (test_bench_mosaic_*.py, test_gpu_next.py)."""
+"""The benchmark scripts' command lines, run on CPU with tiny shapes (the figures mean nothing here): each
+runs to its end and prints or writes the table or records it promises, so that a script broken since its
+last GPU run costs a test run, not device time. The attention benches use the xla backend; their Mosaic rows
+have their own interpret-mode tests (test_bench_mosaic_*.py, test_gpu_next.py)."""
 
 import json
 import os
@@ -18,8 +19,8 @@ import plot_attention  # noqa: E402
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def run_script(name, *args, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def run_script(name, *args, timeout=300, **env_vars):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **env_vars)
     done = subprocess.run([sys.executable, "-P", str(ROOT / "scripts" / name), *args], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -69,3 +70,59 @@ def test_bench_row_stats_times_each_form():
     out = run_script("bench_row_stats.py", "--seqs", "256", "--steps", "2")
     forms = [row.split(" | ")[1] for row in table_rows(out)[1:]]
     assert forms == ["fused", "kept apart", "row sum only"]
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_bench_sp_times_ring_and_ulysses_against_the_one_device_kernel():
+    out = run_script("bench_sp.py", "--seqs", "512", "--heads", "4/2", "--schemes", "ring", "ulysses", "--impl",
+                     "xla", "--iters", "1", "--warmup", "1", "--skip-torch",
+                     XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    records = {r["impl"]: r for r in json_lines(out)}
+    for scheme in ("sp-ring", "sp-ulysses"):
+        assert records[scheme]["world"] == 2 and records[scheme]["S"] == 512 and records[scheme]["tflops_per_gpu"] > 0
+    assert records["kernel-1gpu"]["S"] == 256  # the per-device share, the ratio's denominator
+    assert "cuDNN" in records["jax-cudnn-1gpu"]["error"]  # the anchor says why it is missing on CPU
+    assert re.search(r"^sp-ring\s+512\s+4/2\s", out, re.M) and re.search(r"^sp-ulysses\s+512\s+4/2\s", out, re.M)
+
+
+def test_bench_train_records_a_step_of_the_tiny_model(tmp_path):
+    run_script("bench_train.py", "--preset", "tiny", "--seq", "512", "--frames", "4", "--steps", "2", "--only",
+               "main", "--remats", "full", "--attn-impl", "xla", "--anchor-size", "256", OUT=str(tmp_path),
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    results = json.loads((tmp_path / "bench_train.json").read_text())
+    assert results["gpus"] == 2 and results["anchor_matmul_tflops"] > 0 and results["sweep"] == []
+    (step,) = results["main"]
+    assert (step["seq"], step["remat"], step["ulysses"]) == (512, "full", 2)
+    assert step["tokens_per_s"] > 0 and 0 < step["loss"] < 20
+
+
+def test_bench_generate_records_prefill_and_decode(tmp_path):
+    results = tmp_path / "generate.json"
+    out = run_script("bench_generate.py", "--preset", "tiny", "--frames", "16", "--new-tokens", "8", "--parts",
+                     "1gpu,report", "--results", str(results))
+    record = json.loads(results.read_text())["1gpu"]
+    assert record["frames"] == 16 and record["new_tokens"] == 8 and record["decode_tok_s"] > 0
+    assert 0 < record["vision_s"] <= record["ttft_s"]
+    assert re.search(r"^1gpu\s+16 frames, \d+ tokens: TTFT", out, re.M)
+
+
+def test_bench_data_measures_decode_and_the_pipeline(tmp_path):
+    run_script("bench_data.py", "--videos", "2", "--width", "128", "--height", "96", "--seconds", "2",
+               "--num-frames", "4", "--image-size", "64", "--min-seconds", "1", "--threads", "1", "--workdir",
+               str(tmp_path / "videos"), "--json", str(tmp_path / "data.json"))
+    results = json.loads((tmp_path / "data.json").read_text())
+    assert (results["num_frames"], results["image_size"], results["pipeline_threads"]) == (4, 64, 1)
+    assert results["frames_per_s_per_core"] > 0 and results["pipeline_frames_per_s"] > 0
+    # sampling 4 of 60 frames seeks and decodes more than it keeps: at least one decoded frame per kept one
+    assert results["decoded_per_sampled_frame"] >= 1
+    assert isinstance(results["keeps_up_on_allowed_cores"], bool)
+
+
+def test_measure_convert_memory_reports_the_peak_ratio(tmp_path):
+    out = run_script("measure_convert_memory.py", "--workdir", str(tmp_path), "--hidden", "64", "--intermediate",
+                     "128", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--vocab", "256")
+    ratio = re.search(r"\(peak - baseline\) / checkpoint = ([\d.]+)x", out)
+    assert ratio and float(ratio.group(1)) >= 0
