@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The next device calls for the kernels issue, in the order kernels/NOTES.md ("Next on a GPU") gives:
 #   bash scripts/gpu_next.sh N      (through the device tool, from the repo root, .whl carried)
-# 1: every Mosaic GPU test; 2: the split and dQ-thread backwards at 16k (DQ_THREAD_FROM's crossover);
-# 3: dp issued after p in the dQ-thread backward, timed at 8k and 32k, with its ptxas report and PTX;
+# 1: every Mosaic GPU test; 2: 16k and 32k, the default dQ-thread backward against its 208/88 register split
+# (does 32k stay at 1.00x cuDNN?); 3: 4k and 8k, split against dq_thread (where DQ_THREAD_FROM belongs);
 # 4: the grids bench (dQ alone per block, persistent, prefetching the next item; the whole step).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
@@ -10,11 +10,9 @@ set -uo pipefail
 here=$(dirname "$0")
 case "${1:-}" in
   1) STEPS="tests" LONGVILA_GPU_IMPLS=mosaic TEST_K="not 72" TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  2) STEPS="bench" BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=split|backward=dq_thread --seqs 16384 --masks causal,causal-packed4 --rounds 3 --budget-s 1" \
+  2) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread;dq_thread=compute:208,thread2:88 --seqs 16384,32768 --masks causal,causal-packed4 --rounds 5 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
-  3) STEPS="bench ptxas" PTX_KEEP=dkdv_dq \
-       BENCH_ARGS="--impls mosaic --mosaic-tuning=|backward=dq_thread|backward=dq_thread;dq_thread=dp_issue:after_p|backward=dq_thread;dq_thread=dp_issue:after_p,compute:208,thread2:88 --seqs 8192,32768 --masks causal,causal-packed4 --rounds 3 --budget-s 1" \
-       PTXAS_SCRIPT="scripts/bench_attention.py --seqs 1024 --impls mosaic --masks causal --mosaic-tuning=backward=dq_thread;dq_thread=dp_issue:after_p" \
+  3) STEPS="bench" BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=backward=split|backward=dq_thread --seqs 4096,8192 --masks causal,causal-packed4 --rounds 5 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
   4) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
        exec bash "$here/gpu_kernels.sh" ;;

@@ -37,7 +37,7 @@ def test_the_queue_names_known_steps_and_scripts():
         assert f'*" {step} "*' in runner, step
     for script in re.findall(r"scripts/(\w+\.py)", QUEUE):
         assert (SCRIPTS / script).exists(), script
-    assert {"", "backward=split", "backward=dq_thread;dq_thread=dp_issue:after_p"} <= set(queued_tunings())
+    assert {"", "backward=split", "backward=dq_thread;dq_thread=compute:208,thread2:88"} <= set(queued_tunings())
 
 
 @pytest.fixture
