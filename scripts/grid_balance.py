@@ -107,6 +107,9 @@ def main(argv=None):
     parser.add_argument("--per-tile", type=float, help="us per visited tile of one query head (default: per kernel)")
     parser.add_argument("--sms", type=int, default=132, help="SMs (and persistent workers)")
     args = parser.parse_args(argv)
+    for name in ("heads", "kv_heads", "kv_block", "q_block", "sms"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive count, got {getattr(args, name)}")
     if args.heads % args.kv_heads:
         parser.error(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
     per_item = COSTS[args.kernel][0] if args.per_item is None else args.per_item

@@ -35,8 +35,10 @@ def test_key_lists_model_one_item_per_kv_head_with_the_group_tiles(capsys):
     # items cost 1 + 0.5 * 4 * [8, 8, 6, 6, 4, 4, 2, 2] = [17, 17, 13, 13, 9, 9, 5, 5]: 88 over 2 SMs, mean 44;
     # greedy: 17 | 17, 13 | 13, 9 | 9, 5 | 5 -> 44 each
     assert row[:6] == ["512", "causal", "8", "44.0", "44.0", "+0.0%"]
-    with pytest.raises(SystemExit):
-        main(["--kernel", "key", "--heads", "6", "--kv-heads", "4"])
+    for bad in (["--heads", "6", "--kv-heads", "4"], ["--kv-heads", "0"], ["--q-block", "0"], ["--sms", "0"]):
+        with pytest.raises(SystemExit):
+            main(["--kernel", "key", *bad])
+    assert "--kv-heads must be a positive count, got 0" in capsys.readouterr().err
 
 
 def test_bad_mask_names_the_choices():
