@@ -11,7 +11,9 @@ stored to SMEM only, nothing, a plain TMA store instead of the reduce-add (these
 results: an experiment on where the fused kernel's time goes), and atomic adds straight from
 registers (``red.global.add.f32``, no SMEM staging; right results). ``--fused-ablations`` times
 the fused kernel without its dQ matmuls (ds still stored to SMEM, zeros added) and both dK/dV
-kernels with 240 registers per compute thread (24 for the memory thread) instead of 232/40. The
+kernels with 240 registers per compute thread (24 for the memory thread) instead of 232/40.
+``--exp-ablation`` times the forward, dK/dV and dQ kernels with every ``exp2`` replaced by one
+multiply-add (wrong results): how much of each kernel's time the exponentials' unit (MUFU) holds. The
 last column: the largest error of the fused variants' dq, dk, dv relative to the split kernels'.
 """
 
@@ -87,6 +89,15 @@ ACCUMULATE = mc.accumulate
 REGISTERS = mc.registers
 ABLATIONS = {"no dQ matmuls": ("accumulate", without_dq_matmuls), "registers 240/24": ("registers", registers_240)}
 
+
+def exp2_as_fma(x):
+    """A stand-in for ``exp2`` that costs one FMA instead of a MUFU ``ex2`` (wrong values, same data
+    flow: timing only)."""
+    return x * 0.5 + 0.5
+
+
+EXP_ABLATION = (jnp, "exp2", exp2_as_fma)
+
 def atomic_from_registers(value, smem, gmem, **_):
     del smem
     plgpu.atomic_add(gmem, value)
@@ -114,8 +125,8 @@ def case(seq_len, causal, n_segments, key):
 
 
 class Variant(NamedTuple):
-    """One timed call: ``fn(*args)``, run with ``patch`` (a ``(name, value)`` of mosaic_common, or None)
-    applied, ``work`` its FLOPs in forward units (0: no rate), ``fused``: its (dq, dk, dv) are compared
+    """One timed call: ``fn(*args)``, run with ``patch`` (a ``(name, value)`` of mosaic_common, a
+    ``(module, name, value)``, or None) applied, ``work`` its FLOPs in forward units (0: no rate), ``fused``: its (dq, dk, dv) are compared
     with the split kernels'."""
     name: str
     patch: tuple | None
@@ -127,7 +138,9 @@ class Variant(NamedTuple):
 
 def patched(variant: Variant):
     """The context a variant is traced (and timed) in: its ``mosaic_common`` patch applied."""
-    return replaced(mc, *variant.patch) if variant.patch else contextlib.nullcontext()
+    if not variant.patch:
+        return contextlib.nullcontext()
+    return replaced(*variant.patch) if len(variant.patch) == 3 else replaced(mc, *variant.patch)
 
 
 def jitted_call(variant: Variant):
@@ -137,7 +150,7 @@ def jitted_call(variant: Variant):
 
 
 def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhead="", dq_write_variants=False,
-             fused_ablations=False):
+             fused_ablations=False, exp_ablation=False):
     """``(forward FLOPs, [Variant], split_grads)`` of one (S, mask): what ``main`` times, built once
     (``split_grads()``: the split kernels' (dq, dk, dv), the fused rows' reference)."""
     causal = mask.startswith("causal")
@@ -197,6 +210,12 @@ def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhea
     if fused_ablations:
         found += [Variant(f"fused, {name}", patch, 2.5, fused, fused=True) for name, patch in ABLATIONS.items()]
         found.append(Variant("dK/dV (split), registers 240/24", ABLATIONS["registers 240/24"], 2.0, split_dkdv))
+    if exp_ablation:
+        if not overheads:
+            found.append(Variant("forward kernel alone", None, 1.0, forward_kernel))
+        found += [Variant("forward kernel alone, exp2 as one FMA", EXP_ABLATION, 1.0, forward_kernel),
+                  Variant("dK/dV (split), exp2 as one FMA", EXP_ABLATION, 2.0, split_dkdv),
+                  Variant("dQ (split), exp2 as one FMA", EXP_ABLATION, 1.5, dq_kernel)]
 
     def split_grads():
         return (jax.jit(dq_kernel)(), *jax.jit(split_dkdv)())
@@ -211,6 +230,9 @@ def main():
     parser.add_argument("--masks", default="causal,full",
                         help="comma-separated: causal, full (longest S only), causal-packed4, full-packed4")
     parser.add_argument("--fused-ablations", action="store_true")
+    parser.add_argument("--exp-ablation", action="store_true",
+                        help="also time the forward, dK/dV and dQ kernels with exp2 replaced by one FMA "
+                             "(wrong results; what the exponentials cost)")
     parser.add_argument("--no-fused", action="store_true", help="skip the fused dK/dV/dQ kernel")
     parser.add_argument("--overheads", action="store_true",
                         help="also time the forward kernel alone (visit lists given) and the XLA work around "
@@ -250,7 +272,7 @@ def main():
             flops, found, split_grads = variants(
                 seq_len, mask, key=jax.random.key(seq_len + mask.startswith("causal")), no_fused=args.no_fused,
                 overheads=args.overheads, cta_overhead=args.cta_overhead, dq_write_variants=args.dq_write_variants,
-                fused_ablations=args.fused_ablations)
+                fused_ablations=args.fused_ablations, exp_ablation=args.exp_ablation)
             grads = split_grads() if any(v.fused for v in found) else None
             for variant in found:
                 with patched(variant):
