@@ -316,6 +316,25 @@ def _choose(part: str, modes: tuple, state: dict, mode: str):
     state["mode"] = mode
 
 
+def set_exp2(spec: str):
+    """How the kernels compute a score tile's ``exp2``: ``mufu`` (all of it on the special-function unit,
+    the default) or ``poly:F``, the fraction F of each tile's columns by a polynomial on the FMA units
+    (``mosaic_exp2``; F one of ``mosaic_exp2.FRACTIONS``, e.g. ``poly:0.25``)."""
+    from . import mosaic_exp2
+
+    if spec in ("", "mufu"):
+        mosaic_exp2.set_fraction(0.0)
+        return
+    kind, _, value = spec.partition(":")
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = None
+    if kind != "poly" or fraction is None:
+        raise ValueError(f"mosaic exp2: expected 'mufu' or 'poly:FRACTION' (e.g. poly:0.25), got {spec!r}")
+    mosaic_exp2.set_fraction(fraction)
+
+
 def set_backward(mode: str):
     """Choose how the backward computes dQ (see ``BACKWARD_MODES``)."""
     _choose("backward", BACKWARD_MODES, BACKWARD, mode)

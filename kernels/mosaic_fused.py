@@ -28,6 +28,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
 from .mosaic_backward import query_blocks
+from .mosaic_exp2 import exp2_tile
 
 # columns of D per dQ product: 64 (a [64, 64] float32 accumulator, 32 registers a thread) or 32 (16)
 DQ_CHUNK = 64
@@ -206,7 +207,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             def probs(s, slot, needs_mask):
                 """``exp2(s * scale2 - lse2)``, masked: lse2 per row (queries on rows) or per column."""
                 lse2 = plgpu.load(st_s.at[slot, 0], layout=mc.ROW if by_queries else mc.COL)
-                p = jnp.exp2(s * scale2 - (mc.rows if by_queries else mc.cols)(lse2, tile))
+                p = exp2_tile(s * scale2 - (mc.rows if by_queries else mc.cols)(lse2, tile))
                 tokens = (qt_s.at[slot], kt_s.at[wg])  # the tile's rows' and columns' (ids, positions)
                 return mc.mask_tile_from_smem(p, 0.0, needs_mask, *(tokens if by_queries else tokens[::-1]),
                                               causal=causal, q_on_rows=by_queries)
