@@ -98,12 +98,13 @@ def set_tuning(kernel: str, block: int, stages: int):
 # reduce-adds to the memory thread, off the compute threads' path (64-query dK/dV blocks, 2 slots, else
 # split runs); its dQ sums come in a different order each run. "auto" (the default) runs dq_thread from
 # ``DQ_THREAD_FROM`` keys on and split below, or split everywhere when XLA is asked for deterministic ops
-# (``--xla_gpu_deterministic_ops`` in XLA_FLAGS). On an H200 (BENCHMARKS.md, run BG) dq_thread's fwd+bwd
-# is 1.035x split's at 32k causal (524.0 vs 506.3 TFLOP/s; 0.97x JAX cuDNN against 0.94x), 1.02x with
-# 4 packed samples, 1.00x at 8k causal and 0.97x at 8k packed.
+# (``--xla_gpu_deterministic_ops`` in XLA_FLAGS). On an H200, with dp issued after p (BENCHMARKS.md, runs
+# BI-BQ, fwd+bwd): dq_thread is 1.06x split at 32k causal and 1.05x at 16k (run BL), 1.02-1.04x at 8k
+# causal (runs BI, BM, BP) with 4 packed samples even (0.99-1.02x), 1.03x at 4k causal but 0.97x packed,
+# 0.89x at 2k (run BQ): so from 8,192 keys on.
 BACKWARD_MODES = ("auto", "split", "fused", "dq_thread")
 BACKWARD = {"mode": "auto"}
-DQ_THREAD_FROM = 16384
+DQ_THREAD_FROM = 8192
 
 
 def deterministic_requested() -> bool:
@@ -314,25 +315,6 @@ def _choose(part: str, modes: tuple, state: dict, mode: str):
     if mode not in modes:
         raise ValueError(f"mosaic {part}: mode must be one of {modes}, got {mode!r}")
     state["mode"] = mode
-
-
-def set_exp2(spec: str):
-    """How the kernels compute a score tile's ``exp2``: ``mufu`` (all of it on the special-function unit,
-    the default) or ``poly:F``, the fraction F of each tile's columns by a polynomial on the FMA units
-    (``mosaic_exp2``; F one of ``mosaic_exp2.FRACTIONS``, e.g. ``poly:0.25``)."""
-    from . import mosaic_exp2
-
-    if spec in ("", "mufu"):
-        mosaic_exp2.set_fraction(0.0)
-        return
-    kind, _, value = spec.partition(":")
-    try:
-        fraction = float(value)
-    except ValueError:
-        fraction = None
-    if kind != "poly" or fraction is None:
-        raise ValueError(f"mosaic exp2: expected 'mufu' or 'poly:FRACTION' (e.g. poly:0.25), got {spec!r}")
-    mosaic_exp2.set_fraction(fraction)
 
 
 def set_backward(mode: str):

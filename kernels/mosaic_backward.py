@@ -31,7 +31,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
 from . import mosaic_schedule as sched
-from .mosaic_exp2 import exp2_tile
 
 
 def fuses_dq(head_dim: int, q_block: int) -> bool:
@@ -155,7 +154,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 lse2 = plgpu.load(st_s.at[slot, 0], layout=mc.COL)
                 plgpu.barrier_wait(do_bar.at[slot])
                 s, dp = mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
-                p = exp2_tile(s * scale2 - mc.cols(lse2, tile))
+                p = jnp.exp2(s * scale2 - mc.cols(lse2, tile))
                 p = mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
@@ -188,7 +187,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 """float32 p of step ``j`` from its ``s = k q^T`` (masked)."""
                 slot = lax.rem(j, stages)
                 _, _, needs_mask = block_of(j)
-                p = exp2_tile(s * scale2 - mc.cols(plgpu.load(st_s.at[slot, 0], layout=mc.COL), tile))
+                p = jnp.exp2(s * scale2 - mc.cols(plgpu.load(st_s.at[slot, 0], layout=mc.COL), tile))
                 return mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
 
             def dscores(p, dp, j):
@@ -487,7 +486,7 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                     plgpu.barrier_wait(v_bar.at[slot])
 
                     def probs(s):
-                        p = exp2_tile(s * scale2 - mc.rows(lse2, tile))
+                        p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
                         return mc.mask_tile(p, 0.0, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal,
                                             q_on_rows=True)
 

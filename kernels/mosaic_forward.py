@@ -24,7 +24,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
 from . import mosaic_schedule as sched
-from .mosaic_exp2 import exp2_tile
 
 Q_OPERANDS = ("smem", "registers")
 SCALE_AT = ("scores", "exponent")
@@ -141,7 +140,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                         m_new = jnp.maximum(m, jnp.max(s, axis=1))
                     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
                     alpha = jnp.exp2(m - m_use)
-                    p = exp2_tile((s * scale2 if fold_scale else s) - mc.rows(m_use, tile))
+                    p = jnp.exp2((s * scale2 if fold_scale else s) - mc.rows(m_use, tile))
                     return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
 
                 m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)

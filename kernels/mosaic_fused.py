@@ -11,8 +11,8 @@ SMEM staging and the reduce-adds so stay off the compute threads' path (they onl
 later, for thread 2 to be done reading a ds buffer): the column-split kernel of runs AR-AS lost 1.1 us
 per step to them.
 
-Measured on an H200 (BENCHMARKS.md, runs AW-BG): 1.035x the split backward's fwd+bwd at 32k causal,
-1.00x at 8k (run BG); the ``mosaic`` backend's default from 16,384 keys on. Registers bound it (see
+Measured on an H200 (BENCHMARKS.md, runs BL-BQ, dp issued after p): 1.06x the split backward's fwd+bwd
+at 32k causal, 1.02-1.04x at 8k; the ``mosaic`` backend's default from 8,192 keys on. Registers bound it (see
 ``REGISTERS``; runs BD-BF: 1.96 us per CTA step at 32k if the compute threads were not serialized, 2.74
 as they are). dQ's float32 sums come in a different order each run (not bit-reproducible; the split
 backward is).
@@ -28,7 +28,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
 from .mosaic_backward import query_blocks
-from .mosaic_exp2 import exp2_tile
 
 # columns of D per dQ product: 64 (a [64, 64] float32 accumulator, 32 registers a thread) or 32 (16)
 DQ_CHUNK = 64
@@ -207,7 +206,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             def probs(s, slot, needs_mask):
                 """``exp2(s * scale2 - lse2)``, masked: lse2 per row (queries on rows) or per column."""
                 lse2 = plgpu.load(st_s.at[slot, 0], layout=mc.ROW if by_queries else mc.COL)
-                p = exp2_tile(s * scale2 - (mc.rows if by_queries else mc.cols)(lse2, tile))
+                p = jnp.exp2(s * scale2 - (mc.rows if by_queries else mc.cols)(lse2, tile))
                 tokens = (qt_s.at[slot], kt_s.at[wg])  # the tile's rows' and columns' (ids, positions)
                 return mc.mask_tile_from_smem(p, 0.0, needs_mask, *(tokens if by_queries else tokens[::-1]),
                                               causal=causal, q_on_rows=by_queries)

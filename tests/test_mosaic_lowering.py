@@ -36,7 +36,6 @@ SPECS = {
     "dkdv_loop=pipelined;dkdv=64,3": SPLIT,
     "dkdv_loop=serial;dq_loop=serial": SPLIT,
     "dkdv_loop=overlap_dv": SPLIT,
-    "exp2=poly:0.5": SPLIT,
 }
 
 
