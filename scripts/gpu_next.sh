@@ -4,7 +4,9 @@
 # 1: every Mosaic GPU test; 2: the goal rows at 8k, 16k and 32k (plain and 4 packed samples) with the split
 # backward and the dQ-thread kernel's 208/88 register split beside the defaults (is 32k at 1.00x cuDNN, and
 # does 208/88 win at 16k-32k, as in runs BI and BO, or not, as in run BP?); 3: the grids bench (dQ alone per
-# block, persistent, prefetching the next item; the whole step), once a per-item change is made.
+# block, persistent, prefetching the next item; the whole step), once a per-item change is made; 4: a device
+# profile of one 8k step, plain and 4 packed samples, with dq_thread the 8k default (where the packed step's
+# time goes now that no dQ kernel runs: the dK/dV-dQ kernel's 512 items against the split's 2,560).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
@@ -15,5 +17,6 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   3) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
        exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh 1|2|3 (see the comment at the top)" >&2; exit 2 ;;
+  4) STEPS="profile" PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4" exec bash "$here/gpu_kernels.sh" ;;
+  *) echo "usage: bash scripts/gpu_next.sh 1|2|3|4 (see the comment at the top)" >&2; exit 2 ;;
 esac

@@ -19,6 +19,9 @@ sys.path.insert(0, str(SCRIPTS))
 import bench_attention  # noqa: E402
 
 QUEUE = (SCRIPTS / "gpu_next.sh").read_text()
+# gpu_kernels.sh's argument variables and the scripts they go to
+ARGUMENTS_OF = {"BENCH_ARGS": "bench_attention.py", "KERNEL_ARGS": "bench_mosaic_kernels.py",
+                "GRID_ARGS": "bench_mosaic_grid.py", "PROFILE_ARGS": "profile_attention.py"}
 TOL = 1e-2  # bf16 inputs against a float32 reference (relative, whole tensor)
 
 
@@ -37,9 +40,10 @@ def test_the_queue_names_known_steps_and_scripts():
         assert f'*" {step} "*' in runner, step
     for script in re.findall(r"scripts/(\w+\.py)", QUEUE):
         assert (SCRIPTS / script).exists(), script
-    kernel_script = (SCRIPTS / "bench_mosaic_kernels.py").read_text()
-    for flag in re.findall(r"(--[\w-]+)", " ".join(re.findall(r'KERNEL_ARGS="([^"]+)"', QUEUE))):
-        assert f'"{flag}"' in kernel_script, flag  # an option bench_mosaic_kernels.py defines
+    for variable, script in ARGUMENTS_OF.items():  # every option a call passes is one its script defines
+        source = (SCRIPTS / script).read_text()
+        for flag in re.findall(r"(--[\w-]+)", " ".join(re.findall(variable + r'="([^"]+)"', QUEUE))):
+            assert f'"{flag}"' in source, (script, flag)
     assert {"", "backward=split", "backward=dq_thread;dq_thread=compute:208,thread2:88"} <= set(queued_tunings())
 
 
