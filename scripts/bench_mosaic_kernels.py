@@ -98,6 +98,7 @@ def exp2_as_fma(x):
 
 EXP_ABLATION = (jnp, "exp2", exp2_as_fma)
 
+
 def atomic_from_registers(value, smem, gmem, **_):
     del smem
     plgpu.atomic_add(gmem, value)
@@ -126,8 +127,8 @@ def case(seq_len, causal, n_segments, key):
 
 class Variant(NamedTuple):
     """One timed call: ``fn(*args)``, run with ``patch`` (a ``(name, value)`` of mosaic_common, a
-    ``(module, name, value)``, or None) applied, ``work`` its FLOPs in forward units (0: no rate), ``fused``: its (dq, dk, dv) are compared
-    with the split kernels'."""
+    ``(module, name, value)``, or None) applied, ``work`` its FLOPs in forward units (0: no rate),
+    ``fused``: its (dq, dk, dv) are compared with the split kernels'."""
     name: str
     patch: tuple | None
     work: float
@@ -137,7 +138,7 @@ class Variant(NamedTuple):
 
 
 def patched(variant: Variant):
-    """The context a variant is traced (and timed) in: its ``mosaic_common`` patch applied."""
+    """The context a variant is traced (and timed) in: its patch applied (see ``Variant``)."""
     if not variant.patch:
         return contextlib.nullcontext()
     return replaced(*variant.patch) if len(variant.patch) == 3 else replaced(mc, *variant.patch)

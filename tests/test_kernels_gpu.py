@@ -234,4 +234,3 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
     for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert np.isfinite(np.asarray(g, np.float32)).all(), name
         assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
-
