@@ -2,6 +2,7 @@
 
     python scripts/bench_mosaic_kernels.py                 # S = 8k causal, 32k causal and full
     python scripts/bench_mosaic_kernels.py --seqs 8192 --dq-write-variants
+    python scripts/bench_mosaic_kernels.py --seqs 8192 --masks causal-packed4 --exp-ablation --rounds 5
 
 Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, mask): the forward,
 the dK/dV and dQ kernels of the split backward, and the fused backward (dQ added inside the dK/dV
@@ -15,6 +16,9 @@ kernels with 240 registers per compute thread (24 for the memory thread) instead
 ``--exp-ablation`` times the forward, dK/dV and dQ kernels with every ``exp2`` replaced by one
 multiply-add (wrong results): how much of each kernel's time the exponentials' unit (MUFU) holds. The
 last column: the largest error of the fused variants' dq, dk, dv relative to the split kernels'.
+Without ``--rounds`` each variant is timed alone, one after another, and the GPU's clock drifts between
+them (run BN: 5-18% at 0.4-0.8 ms); ``--rounds N`` compiles them all, then times them in N interleaved
+rounds (medians), as ``bench_attention.py --rounds`` does.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import sys
 from typing import Callable, NamedTuple
 
@@ -31,8 +36,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_attention  # noqa: E402
-from bench_attention import (BATCH, HEAD_DIM, KV_HEADS, Q_HEADS, forward_flops, packed_tokens,  # noqa: E402
-                             rel_err, time_call)
+from bench_attention import (BATCH, HEAD_DIM, KV_HEADS, Q_HEADS, batch_size, forward_flops,  # noqa: E402
+                             packed_tokens, rel_err, time_batch, time_call)
 
 from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
 from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
@@ -224,6 +229,12 @@ def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhea
     return flops, found, split_grads
 
 
+def table_row(seq_len, mask, variant, flops, seconds, err):
+    """One table row: ms, and TFLOP/s of the variant's own work (``-`` for work 0)."""
+    rate = f"{variant.work * flops / seconds / 1e12:.1f}" if variant.work else "-"
+    return seq_len, mask, variant.name, f"{seconds * 1e3:.3f}", rate, err
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seqs", default="8192,32768")
@@ -245,6 +256,10 @@ def main():
     parser.add_argument("--grid", choices=mb.GRID_MODES,
                         help="the forward and dQ kernels' grid (default: mosaic_backend.DEFAULT_GRID)")
     parser.add_argument("--budget-s", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="compile every variant of an (S, mask) first, then time them in this many "
+                             "interleaved rounds (medians), so that a drifting clock hits all alike; "
+                             "0: each variant timed alone, one after another")
     args = parser.parse_args()
     if args.grid:
         mb.set_grid(args.grid)
@@ -255,6 +270,8 @@ def main():
         parser.error(f"--seqs must be comma-separated token counts such as 8192,32768, got {args.seqs!r}")
     if min(seqs) < 1:
         parser.error(f"--seqs must be positive, got {args.seqs!r}")
+    if args.rounds < 0:
+        parser.error(f"--rounds must be 0 or more, got {args.rounds}")
     mask_names = args.masks.split(",")
     known = ("causal", "full", "causal-packed4", "full-packed4")
     if not mask_names or any(m not in known for m in mask_names):
@@ -275,19 +292,32 @@ def main():
                 overheads=args.overheads, cta_overhead=args.cta_overhead, dq_write_variants=args.dq_write_variants,
                 fused_ablations=args.fused_ablations, exp_ablation=args.exp_ablation)
             grads = split_grads() if any(v.fused for v in found) else None
+            timed = []  # (variant, its compiled call, calls per sample, error vs split) of those that built
             for variant in found:
-                with patched(variant):
+                with patched(variant):  # traced (and compiled) with the patch; later calls reuse that trace
                     try:
                         jitted = jitted_call(variant)
-                        seconds = time_call(jitted, *variant.args, budget_s=args.budget_s)
+                        # rounds: compiled and warmed up now, timed below (alone: time_call does both)
+                        repeats = batch_size(jitted, *variant.args, budget_s=args.budget_s) if args.rounds else 0
                         err = "-"
                         if variant.fused:
                             err = f"{max(rel_err(a, b) for a, b in zip(jitted(), grads)):.1e}"
-                        rate = f"{variant.work * flops / seconds / 1e12:.1f}" if variant.work else "-"
-                        rows.append((seq_len, mask, variant.name, f"{seconds * 1e3:.3f}", rate, err))
+                        if not args.rounds:
+                            seconds = time_call(jitted, *variant.args, budget_s=args.budget_s)
+                            rows.append(table_row(seq_len, mask, variant, flops, seconds, err))
+                            print(*rows[-1], flush=True)
+                        else:
+                            timed.append((variant, jitted, repeats, err))
                     except Exception as error:  # one failing variant must not hide the others
                         rows.append((seq_len, mask, variant.name,
                                      f"failed: {type(error).__name__}: {str(error)[:100]}", "-", "-"))
+                        print(*rows[-1], flush=True)
+            times = {variant.name: [] for variant, *_ in timed}
+            for _ in range(args.rounds):  # every variant once per round, in turn
+                for variant, jitted, repeats, _ in timed:
+                    times[variant.name].append(time_batch(jitted, variant.args, repeats))
+            for variant, _, _, err in timed:
+                rows.append(table_row(seq_len, mask, variant, flops, statistics.median(times[variant.name]), err))
                 print(*rows[-1], flush=True)
     print("| S | mask | kernel | ms | TFLOP/s (own work) | rel. err vs split |\n|---|---|---|---|---|---|")
     for row in rows:

@@ -81,3 +81,14 @@ def test_every_kernel_bench_variant_runs_and_the_right_ones_match_the_reference(
                 assert rel_err(got, ref[part]) <= TOL, (variant.name, part)
     assert {"fused, no dQ matmuls", "dQ, lists cut to 1 tiles", "backward (lse, delta)", *ABLATED} <= set(names)
 
+
+
+def test_interleaved_rounds_time_every_variant(rng, monkeypatch, capsys, interpreted_mosaic):
+    """``--rounds 2``: each variant compiled first, then timed in turns; one table row per variant with a
+    positive time and a rate (interpret mode on CPU: the schedule, not the speed, is under test)."""
+    monkeypatch.setattr(sys, "argv", ["bench_mosaic_kernels.py", "--seqs", "256", "--masks", "causal-packed4",
+                                      "--no-fused", "--rounds", "2", "--budget-s", "0.01"])
+    bench_mosaic_kernels.main()
+    table = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 256 ")]
+    assert [cells[2] for cells in table] == ["forward", "dK/dV (split)", "dQ (split)"]
+    assert all(float(cells[3]) > 0 and float(cells[4]) >= 0 for cells in table), table  # ms; TFLOP/s (0.0 here)
