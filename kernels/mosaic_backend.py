@@ -197,21 +197,6 @@ def set_forward_scale(mode: str):
     _choose("forward scale", SCALE_AT, FORWARD_SCALE, mode)
 
 
-# Where the forward's softmax row sums come from (``mosaic_forward.ROW_SUMS``): "alu" (the default) adds
-# each tile's p along its rows on the compute threads, "tensor" has the tensor cores add them beside
-# ``p @ v`` (``p @ ones``). Not measured yet (kernels/NOTES.md: run BP found the forward's ALU work, not its
-# exponentials, the busier side).
-FORWARD_SUMS_DEFAULT = "alu"
-FORWARD_SUMS = {"mode": FORWARD_SUMS_DEFAULT}
-
-
-def set_forward_sums(mode: str):
-    """Choose where the forward's row sums come from (see ``mosaic_forward.ROW_SUMS``)."""
-    from .mosaic_forward import ROW_SUMS
-
-    _choose("forward row sums", ROW_SUMS, FORWARD_SUMS, mode)
-
-
 def set_forward_q(mode: str):
     """Choose where the forward's first product reads q (see ``mosaic_forward.Q_OPERANDS``)."""
     from .mosaic_forward import Q_OPERANDS
@@ -413,7 +398,7 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     out, lse = kernel(_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad), q_tokens, kv_tokens, lists,
                       causal=causal, scale=scale, tuning=TUNING["forward"], pipelined=FORWARD["mode"] == "pipelined",
                       workers=workers("forward"), q_operand=FORWARD_Q["mode"],
-                      scale_at=FORWARD_SCALE["mode"], row_sums=FORWARD_SUMS["mode"], interpret=interpret)
+                      scale_at=FORWARD_SCALE["mode"], interpret=interpret)
     return out[:, :q_len], lse[:, :, :q_len]
 
 

@@ -27,18 +27,11 @@ from . import mosaic_schedule as sched
 
 Q_OPERANDS = ("smem", "registers")
 SCALE_AT = ("scores", "exponent")
-# Where the softmax's row sums come from: "alu" adds each tile's p along its rows (about 66 adds and 4
-# shuffles per thread and tile), "tensor" has the tensor cores add them, ``p @ ones`` with a [block, 16]
-# ones tile beside ``p @ v`` (12.5% more work on that product; l then sums the same 16-bit p that
-# ``p @ v`` multiplies, so out = (p @ v) / l divides by the sum of what it summed, but lse is that of
-# 16-bit p: within about 1e-3 of the float32 sums' instead of 1e-7). "tensor" needs the pipelined loop.
-ROW_SUMS = ("alu", "tensor")
-SUM_COLUMNS = 16  # the ones tile's columns: the narrowest wgmma B with the 32-byte swizzle
 
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
             pipelined: bool = True, workers: int | None = None, q_operand: str = "registers",
-            scale_at: str = "exponent", row_sums: str = "alu", interpret=None):
+            scale_at: str = "exponent", interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -55,13 +48,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     ``scale_at``: ``scores`` (each score is scaled, then masked, its row max taken and subtracted) or
     ``exponent`` (mask and row max on the raw scores, ``exp2(s * scale - max)`` one multiply-add per
     score; the same maxima, since a positive scale keeps the order; a scale <= 0 uses ``scores``).
-    ``row_sums``: see ``ROW_SUMS``.
     """
-    if row_sums not in ROW_SUMS:
-        raise ValueError(f"mosaic forward: row_sums must be one of {ROW_SUMS}, got {row_sums!r}")
-    tensor_sums = row_sums == "tensor"
-    if tensor_sums and not pipelined:
-        raise ValueError("mosaic forward: row_sums='tensor' needs the pipelined loop (forward_loop=pipelined)")
     if scale_at not in SCALE_AT:
         raise ValueError(f"mosaic forward: scale_at must be one of {SCALE_AT}, got {scale_at!r}")
     fold_scale = scale_at == "exponent" and scale > 0
@@ -80,14 +67,9 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     # have arrived by then (lookahead)
     work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=q_in_registers)
 
-    sums_tile = (mc.ROWS, SUM_COLUMNS)
-
-    def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, *refs):
-        if tensor_sums:
-            ones_ref, *refs = refs
-        (out_ref, lse_ref, q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, q_stage,
-         list_bar, list_free, q_bar, qt_bar, k_bar, v_bar, kt_bar, consumed, v_consumed, *ones) = refs
-        ones_s, ones_bar = ones if tensor_sums else (None, None)
+    def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
+             q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, q_stage,
+             list_bar, list_free, q_bar, qt_bar, k_bar, v_bar, kt_bar, consumed, v_consumed):
         w = lax.axis_index("w")
         wg = mc.thread_index()
         # pipelined: k (+ key tokens) and v are released separately (v_{j-1} is read while k_j is in use)
@@ -100,12 +82,6 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         def _():
             mc.registers(compute=True)
             n_items = work.count(w)
-            if tensor_sums:  # the ones tile, once: thread 0 copies it, both threads wait for it
-                @pl.when(wg == 0)
-                def _():
-                    plgpu.copy_gmem_to_smem(ones_ref, ones_s, ones_bar.at[0])
-
-                plgpu.barrier_wait(ones_bar.at[0])
 
             def query_rows(i):
                 return sched.item_rows(work, w, list_s, i, wg)
@@ -152,8 +128,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     plgpu.barrier_wait(kt_bar.at[slot_of(j)])
 
                 def softmax(s, m, l, j):
-                    """Scores ``s`` of step ``j`` -> ``(p, m, l, alpha)``: the online softmax in base 2 (with
-                    tensor row sums l is the ``p @ ones`` accumulator, rescaled where ``p @ v`` is)."""
+                    """Scores ``s`` of step ``j`` -> ``(p, m, l, alpha)``: the online softmax in base 2."""
                     _, needs_mask = mc.visited(list_i, j)
                     if fold_scale:  # mask and row max on the raw scores; the scale rides in exp2's FMA
                         s = mc.mask_tile(s, -jnp.inf, needs_mask, kt_s.at[slot_of(j)], q_seg, q_pos,
@@ -166,29 +141,23 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
                     alpha = jnp.exp2(m - m_use)
                     p = jnp.exp2((s * scale2 if fold_scale else s) - mc.rows(m_use, tile))
-                    if tensor_sums:
-                        return p, m_new, l, alpha
                     return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
 
                 m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)
-                l0 = mc.zeros(sums_tile) if tensor_sums else plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32),
-                                                                                  mc.ROW)
+                l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
                 acc0 = mc.zeros((mc.ROWS, head_dim))
 
                 def scores(j):
                     return mc.matmul(q_a, k_s.at[slot_of(j)].T, tile)
 
-                def add_pv(acc, p16, j, release, l=None):
-                    """``acc + p16 @ v_j`` (and with tensor row sums ``l + p16 @ ones``, returned as a pair),
-                    then v_j's slot is released on ``release``."""
+                def add_pv(acc, p16, j, release):
+                    """``acc + p16 @ v_j``, then v_j's slot is released on ``release``."""
                     slot = slot_of(j)
                     plgpu.barrier_wait(v_bar.at[slot])
                     p16 = mc.register_operand(p16, p_s.at[wg], interpret=interpret)
                     acc = mc.matmul(p16, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
-                    if tensor_sums:
-                        l = mc.matmul(p16, ones_s, sums_tile, init=l, interpret=interpret)
                     plgpu.barrier_arrive(release.at[slot])
-                    return (acc, l) if tensor_sums else acc
+                    return acc
 
                 def serial_step(j, carry):
                     m, l, acc = carry
@@ -202,40 +171,26 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     k_slot, v_slot = slot_of(j), slot_of(j - 1)
                     wait_keys(j)
                     if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
-                        if tensor_sums:
-                            acc, l = add_pv(acc, p_prev, j - 1, v_consumed, l)
-                        else:
-                            acc = add_pv(acc, p_prev, j - 1, v_consumed)
+                        acc = add_pv(acc, p_prev, j - 1, v_consumed)
                         p, m, l, alpha = softmax(scores(j), m, l, j)
                         plgpu.barrier_arrive(consumed.at[k_slot])
-                        if tensor_sums:
-                            l = l * mc.rows(alpha, sums_tile)
                         return m, l, p.astype(dtype), acc * mc.rows(alpha, acc.shape)
                     plgpu.barrier_wait(v_bar.at[v_slot])
 
-                    def overlapped(s_acc, o_acc, *l_acc):
+                    def overlapped(s_acc, o_acc):
                         o_acc[...] = acc
                         plgpu.wgmma(s_acc, q_a, k_s.at[k_slot].T)
                         plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
-                        if tensor_sums:  # l += p_{j-1} @ ones beside p v
-                            l_acc[0][...] = l
-                            plgpu.wgmma(l_acc[0], p_prev, ones_s)
-                        # s_j done, p v (and p @ ones) may still run
-                        s = plgpu.wgmma_accumulator_load(s_acc, wait_n=2 if tensor_sums else 1)
+                        s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
                         p, m_new, l_new, alpha = softmax(s, m, l, j)
                         # p_j in 16 bits only once p v is done (the barrier ties p to the waited-for o):
                         # registers defined while a wgmma that reads register operands is in flight
                         # make ptxas serialize every wgmma of the kernel (C7513)
-                        if tensor_sums:
-                            o, l_sums, p = lax.optimization_barrier((o_acc[...], l_acc[0][...], p))
-                            l_new = l_sums * mc.rows(alpha, sums_tile)
-                        else:
-                            o, p = lax.optimization_barrier((o_acc[...], p))
+                        o, p = lax.optimization_barrier((o_acc[...], p))
                         return m_new, l_new, p.astype(dtype), o * mc.rows(alpha, acc.shape)
 
-                    sums_acc = (plgpu.ACC(sums_tile, jnp.float32),) if tensor_sums else ()
                     carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32),
-                                          plgpu.ACC(acc.shape, jnp.float32), *sums_acc)
+                                          plgpu.ACC(acc.shape, jnp.float32))
                     plgpu.barrier_arrive(consumed.at[k_slot])
                     plgpu.barrier_arrive(v_consumed.at[v_slot])
                     return carry
@@ -254,19 +209,13 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
                     if not q_in_registers:  # q_s is free once the last s is computed
                         next_queries()
-                    if tensor_sums:
-                        acc, l = lax.cond(count > 0, lambda a: add_pv(a[0], p, count - 1, v_consumed, a[1]),
-                                          lambda a: a, (acc, l))
-                    else:
-                        acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed),
-                                       lambda acc: acc, acc)
+                    acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc,
+                                   acc)
                 else:
                     m, l, acc = lax.fori_loop(0, count, serial_step, (m0, l0, acc0))
                     if not q_in_registers:
                         next_queries()
                 plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
-                if tensor_sums:  # every column of p @ ones holds the row's sum: take one (max) exactly
-                    l = jnp.max(l, axis=1)
                 empty = l == 0.0
                 out = acc / mc.rows(jnp.where(empty, 1.0, l), acc.shape)
                 lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * mc.LN2)
@@ -303,14 +252,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # k (and v unless pipelined) consumed
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # v consumed (pipelined)
     ]
-    operands = (q, k, v, q_tokens, kv_tokens, lists)
-    if tensor_sums:
-        swizzle = SUM_COLUMNS * jnp.dtype(dtype).itemsize  # 32 bytes: one row of the tile
-        scratch += [plgpu.SMEM((kv_block, SUM_COLUMNS), dtype,
-                               transforms=(plgpu.TilingTransform((8, SUM_COLUMNS)), plgpu.SwizzleTransform(swizzle))),
-                    plgpu.Barrier(num_barriers=1)]
-        operands += (jnp.ones((kv_block, SUM_COLUMNS), dtype),)
     out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
     run = mc.kernel(body, name="attention_forward", out_type=out_type, scratch_types=scratch,
                     grid=(work.workers,), grid_names=("w",), interpret=interpret)
-    return run(*operands)
+    return run(q, k, v, q_tokens, kv_tokens, lists)

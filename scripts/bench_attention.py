@@ -172,13 +172,10 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
-    mosaic_backend.set_forward_sums(mosaic_backend.FORWARD_SUMS_DEFAULT)
     mosaic_backend.set_dq_thread("")
-    modes = dict(dq_thread=mosaic_backend.set_dq_thread, backward=mosaic_backend.set_backward,
-                 forward_loop=mosaic_backend.set_forward,
+    modes = dict(dq_thread=mosaic_backend.set_dq_thread, backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
                  delta=mosaic_backend.set_delta, forward_q=mosaic_backend.set_forward_q,
                  forward_scale=mosaic_backend.set_forward_scale,
-                 forward_sums=mosaic_backend.set_forward_sums,
                  dq_store=mosaic_backend.set_dq_store, dq_prefetch=mosaic_backend.set_dq_prefetch,
                  dkdv_loop=mosaic_backend.set_dkdv_loop,
                  dq_loop=mosaic_backend.set_dq_loop,

@@ -3,8 +3,7 @@
 #   bash scripts/gpu_next.sh N      (through the device tool, from the repo root, .whl carried)
 # 1: every Mosaic GPU test; 2: the goal rows at 8k, 16k and 32k (plain and 4 packed samples) with the split
 # backward and the dQ-thread kernel's 208/88 register split beside the defaults (is 32k at 1.00x cuDNN, and
-# does 208/88 win at 16k-32k, as in runs BI and BO, or not, as in run BP?), and the forward's row sums from the
-# tensor cores (forward_sums=tensor: predicted forward +3-8%, fwd+bwd +1-2%); 3: the grids bench (dQ alone per
+# does 208/88 win at 16k-32k, as in runs BI and BO, or not, as in run BP?); 3: the grids bench (dQ alone per
 # block, persistent, prefetching the next item; the whole step), once a per-item change is made; 4: a device
 # profile of one 8k step, plain and 4 packed samples, with dq_thread the 8k default (where the packed step's
 # time goes now that no dQ kernel runs: the dK/dV-dQ kernel's 512 items against the split's 2,560).
@@ -14,7 +13,7 @@ set -uo pipefail
 here=$(dirname "$0")
 case "${1:-}" in
   1) STEPS="tests" LONGVILA_GPU_IMPLS=mosaic TEST_K="not 72" TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  2) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=split|backward=dq_thread;dq_thread=compute:208,thread2:88|forward_sums=tensor --seqs 8192,16384,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
+  2) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=split|backward=dq_thread;dq_thread=compute:208,thread2:88 --seqs 8192,16384,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
   3) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
        exec bash "$here/gpu_kernels.sh" ;;
