@@ -167,8 +167,12 @@ def set_dq_thread(spec: str):
     DQ_THREAD.update(options)
 
 # How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
-# step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product.
-FORWARD_MODES = ("pipelined", "serial")
+# step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product;
+# "pingpong" is "pipelined" with the two compute threads taking turns to issue their products
+# (FlashAttention-3's warpgroup schedule). Run P (2026-12-02, per-block grid, before the bench's timing
+# fix) measured pingpong at 32k equal or up to 3% slower and its 8k rows too noisy to tell (4 packed
+# samples: +23%); it is back for a measurement in interleaved rounds on today's persistent forward.
+FORWARD_MODES = ("pipelined", "serial", "pingpong")
 FORWARD = {"mode": "pipelined"}
 
 # Where the forward's ``s = q k^T`` reads q: "registers" (the default: q loaded into registers once per
@@ -396,7 +400,8 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     q_tokens, kv_tokens, lists, _, _ = plan_arrays
     q_len, q_pad, kv_pad = q.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     out, lse = kernel(_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad), q_tokens, kv_tokens, lists,
-                      causal=causal, scale=scale, tuning=TUNING["forward"], pipelined=FORWARD["mode"] == "pipelined",
+                      causal=causal, scale=scale, tuning=TUNING["forward"], pipelined=FORWARD["mode"] != "serial",
+                      pingpong=FORWARD["mode"] == "pingpong",
                       workers=workers("forward"), q_operand=FORWARD_Q["mode"],
                       scale_at=FORWARD_SCALE["mode"], interpret=interpret)
     return out[:, :q_len], lse[:, :, :q_len]

@@ -30,7 +30,7 @@ SCALE_AT = ("scores", "exponent")
 
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-            pipelined: bool = True, workers: int | None = None, q_operand: str = "registers",
+            pipelined: bool = True, pingpong: bool = False, workers: int | None = None, q_operand: str = "registers",
             scale_at: str = "exponent", interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
@@ -41,6 +41,10 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     ``pipelined``: each step issues ``s_j = q k_j^T`` and ``acc += p_{j-1} v_{j-1}`` together and
     runs the softmax of ``s_j`` while the second product is on the tensor cores (k and v then have
     separate SMEM slots and releases). Otherwise each product is waited for before the softmax.
+    ``pingpong`` (with ``pipelined``; FlashAttention-3's warpgroup schedule): the two compute threads take
+    turns issuing their steps' products (two barriers, the turns running on across the items of a
+    persistent CTA), so one thread's softmax, item prologue and epilogue run while the other's products are
+    on the tensor cores rather than both threads stalling at once.
     ``workers``: CTAs of a persistent grid (None: one CTA per query block and head).
     ``q_operand``: where ``s = q k^T`` reads q, ``registers`` (q loaded once per item, so each s reads
     only k from SMEM, and the next item's q is fetched as soon as it is loaded) or ``smem`` (both
@@ -52,6 +56,9 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     if scale_at not in SCALE_AT:
         raise ValueError(f"mosaic forward: scale_at must be one of {SCALE_AT}, got {scale_at!r}")
     fold_scale = scale_at == "exponent" and scale > 0
+    if pingpong and not pipelined:
+        raise ValueError("mosaic forward: pingpong takes turns between the steps of the pipelined loop; "
+                         "pass pipelined=True with it")
     if q_operand not in Q_OPERANDS:
         raise ValueError(f"mosaic forward: q_operand must be one of {Q_OPERANDS}, got {q_operand!r}")
     q_in_registers = q_operand == "registers"
@@ -69,7 +76,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, q_stage,
-             list_bar, list_free, q_bar, qt_bar, k_bar, v_bar, kt_bar, consumed, v_consumed):
+             list_bar, list_free, q_bar, qt_bar, k_bar, v_bar, kt_bar, consumed, v_consumed, turn):
         w = lax.axis_index("w")
         wg = mc.thread_index()
         # pipelined: k (+ key tokens) and v are released separately (v_{j-1} is read while k_j is in use)
@@ -95,8 +102,10 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             def _():
                 fetch_queries(0)
 
-            def item(i, step):
-                """Item ``i``; its streamed blocks occupy slots from ``step`` on (counted across items)."""
+            def item(i, carry):
+                """Item ``i``; its streamed blocks occupy slots from ``step`` on (counted across items), and
+                its pipelined steps follow the CTA's ``turns`` earlier ones (``pingpong``)."""
+                step, turns = carry
                 list_i = list_s.at[work.list_slot(i)]
                 count = mc.list_entry(list_i, 0)
                 b, h, q_rows = query_rows(i)
@@ -165,22 +174,39 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     p, m, l, alpha = softmax(scores(j), m, l, j)
                     return m, l, add_pv(acc * mc.rows(alpha, acc.shape), p.astype(dtype), j, consumed)
 
+                def take_turn(j):
+                    """pingpong: wait until the other thread has issued its products of the CTA's previous
+                    pipelined step (thread 0) or of this one (thread 1); thread 0 starts the CTA's first."""
+                    if pingpong:
+                        @pl.when((wg != 0) | (turns + j > 1))
+                        def _():
+                            plgpu.barrier_wait(turn.at[wg])
+
+                def pass_turn():
+                    if pingpong:
+                        plgpu.barrier_arrive(turn.at[1 - wg])
+
                 def pipelined_step(j, carry):
                     """Step ``j >= 1``: s_j and acc + p_{j-1} v_{j-1} together; acc rescaled to m_j."""
                     m, l, p_prev, acc = carry
                     k_slot, v_slot = slot_of(j), slot_of(j - 1)
                     wait_keys(j)
                     if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
+                        take_turn(j)
                         acc = add_pv(acc, p_prev, j - 1, v_consumed)
-                        p, m, l, alpha = softmax(scores(j), m, l, j)
+                        s = scores(j)
+                        pass_turn()
+                        p, m, l, alpha = softmax(s, m, l, j)
                         plgpu.barrier_arrive(consumed.at[k_slot])
                         return m, l, p.astype(dtype), acc * mc.rows(alpha, acc.shape)
                     plgpu.barrier_wait(v_bar.at[v_slot])
 
                     def overlapped(s_acc, o_acc):
                         o_acc[...] = acc
+                        take_turn(j)
                         plgpu.wgmma(s_acc, q_a, k_s.at[k_slot].T)
                         plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
+                        pass_turn()
                         s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
                         p, m_new, l_new, alpha = softmax(s, m, l, j)
                         # p_j in 16 bits only once p v is done (the barrier ties p to the waited-for o):
@@ -225,9 +251,13 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(o_s.at[wg], out_ref.at[b, q_rows, h])
                 plgpu.copy_smem_to_gmem(lse_s.at[wg], lse_ref.at[b, h, q_rows])
-                return step + count
+                return step + count, turns + jnp.maximum(count - 1, 0)
 
-            lax.fori_loop(0, n_items, item, jnp.int32(0))
+            _, turns = lax.fori_loop(0, n_items, item, (jnp.int32(0), jnp.int32(0)))
+            if pingpong:  # thread 1's turn after the CTA's last pipelined step is awaited too
+                @pl.when((wg == 0) & (turns > 0))
+                def _():
+                    plgpu.barrier_wait(turn.at[0])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     transforms = mc.mma_transforms(dtype)
@@ -251,6 +281,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # k (and v unless pipelined) consumed
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # v consumed (pipelined)
+        plgpu.Barrier(num_barriers=mc.COMPUTE),  # whose turn to issue products (pingpong)
     ]
     out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
     run = mc.kernel(body, name="attention_forward", out_type=out_type, scratch_types=scratch,

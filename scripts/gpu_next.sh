@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # The next device calls for the kernels issue, in the order kernels/NOTES.md ("Next on a GPU") gives:
 #   bash scripts/gpu_next.sh N      (through the device tool, from the repo root, .whl carried)
-# 1: every Mosaic GPU test; 2: the goal rows at 8k, 16k and 32k (plain and 4 packed samples) with the split
-# backward and the dQ-thread kernel's 208/88 register split beside the defaults (is 32k at 1.00x cuDNN, and
-# does 208/88 win at 16k-32k, as in runs BI and BO, or not, as in run BP?); 3: the grids bench (dQ alone per
-# block, persistent, prefetching the next item; the whole step), once a per-item change is made; 4: a device
+# 1: every Mosaic GPU test; 2: the forward's warpgroup ping-pong (forward_loop=pingpong) against the default
+# pipelined loop in interleaved rounds, 8k and 32k, plain and 4 packed samples (run P's 8k rows, +23% packed,
+# came from the bench before its timing fix and a per-block grid: real or noise?); 3: the goal rows at 8k,
+# 16k and 32k (plain and 4 packed samples) with the split backward and the dQ-thread kernel's 208/88
+# register split beside the defaults (is 32k at 1.00x cuDNN, and does 208/88 win at 16k-32k, as in runs BI
+# and BO, or not, as in run BP?); 4: the grids bench (dQ alone per
+# block, persistent, prefetching the next item; the whole step), once a per-item change is made; 5: a device
 # profile of one 8k step, plain and 4 packed samples, with dq_thread the 8k default (where the packed step's
-# time goes now that no dQ kernel runs: the dK/dV-dQ kernel's 512 items against the split's 2,560).
+# time goes now that no dQ kernel runs: the dK/dV-dQ kernel's 512 items against the split's 2,560; and
+# what dq_thread's float32 dQ buffer costs outside the kernel: its zero fill and the final scale-and-cast).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
 here=$(dirname "$0")
 case "${1:-}" in
   1) STEPS="tests" LONGVILA_GPU_IMPLS=mosaic TEST_K="not 72" TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  2) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=split|backward=dq_thread;dq_thread=compute:208,thread2:88 --seqs 8192,16384,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
+  2) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|forward_loop=pingpong --seqs 8192,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
-  3) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
+  3) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=split|backward=dq_thread;dq_thread=compute:208,thread2:88 --seqs 8192,16384,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
-  4) STEPS="profile" PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4" exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh 1|2|3|4 (see the comment at the top)" >&2; exit 2 ;;
+  4) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
+       exec bash "$here/gpu_kernels.sh" ;;
+  5) STEPS="profile" PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4" exec bash "$here/gpu_kernels.sh" ;;
+  *) echo "usage: bash scripts/gpu_next.sh 1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

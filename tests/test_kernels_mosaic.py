@@ -296,14 +296,28 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
         mosaic_backend.set_dq_thread("")
 
 
-def test_serial_forward_loop_packed_gqa(rng):
-    """The forward that waits for each product (the pipelined one is the default every other test
-    runs): GQA 4/2, ragged lengths, packed segments, empty rows."""
-    mosaic_backend.set_forward("serial")
+@pytest.mark.parametrize("loop,workers", [("serial", None), ("pingpong", 3), ("pingpong", None)])
+def test_forward_loops_packed_gqa(rng, loop, workers):
+    """The forward's other loops (the pipelined one is the default every other test runs): waiting for
+    each product, or the compute threads taking turns to issue (pingpong; on a persistent grid of 3 CTAs
+    the turns run on across items; else one CTA
+    per item): GQA 4/2, ragged lengths, packed segments, empty rows."""
+    mosaic_backend.set_forward(loop)
+    mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     try:
         run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
+        mosaic_backend.PERSISTENT_WORKERS["count"] = None
+
+
+def test_pingpong_needs_the_pipelined_loop():
+    from longvila_jax.kernels import mosaic_forward
+
+    q = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
+    with pytest.raises(ValueError, match="pass pipelined=True"):
+        mosaic_forward.forward(q, q, q, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), causal=True,
+                               scale=0.1, tuning=mosaic_backend.mc.Tuning(128, 2), pipelined=False, pingpong=True)
 
 
 @pytest.mark.parametrize("q_operand,scale_at", [("smem", "scores"), ("registers", "scores")])
