@@ -483,7 +483,7 @@ def test_bad_grid_mode_names_the_choices():
 
 @pytest.mark.parametrize("setter, bad, message", [
     ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
-    ("set_forward", "fast", "mode must be one of .'pipelined', 'serial'., got 'fast'"),
+    ("set_forward", "fast", "mode must be one of .'pipelined', 'serial', 'pingpong'., got 'fast'"),
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined', 'overlap', 'overlap_dv'., "
                               "got 'fast'"),
     ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
