@@ -300,8 +300,8 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
 def test_forward_loops_packed_gqa(rng, loop, workers):
     """The forward's other loops (the pipelined one is the default every other test runs): waiting for
     each product, or the compute threads taking turns to issue (pingpong; on a persistent grid of 3 CTAs
-    the turns run on across items; else one CTA
-    per item): GQA 4/2, ragged lengths, packed segments, empty rows."""
+    the turns run on across items; else one CTA per item): GQA 4/2, ragged lengths, packed segments,
+    empty rows."""
     mosaic_backend.set_forward(loop)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     try:
