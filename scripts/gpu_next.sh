@@ -9,7 +9,8 @@
 # and BO, or not, as in run BP?); 4: the grids bench (dQ alone per block, persistent, prefetching the next
 # item; the whole step), once a per-item change is made; 5: a device profile of one 8k step, plain and 4
 # packed samples, with dq_thread the 8k default (where the packed step's time goes now that no dQ kernel
-# runs: the dK/dV-dQ kernel's 512 items against the split's 2,560; and what dq_thread's float32 dQ buffer costs outside the kernel: its zero fill and the final scale-and-cast).
+# runs: the dK/dV-dQ kernel's 512 items against the split's 2,560; and what dq_thread's float32 dQ buffer
+# costs outside the kernel: its zero fill and the final scale-and-cast).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
