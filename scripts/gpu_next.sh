@@ -11,6 +11,12 @@
 # packed samples, with dq_thread the 8k default (where the packed step's time goes now that no dQ kernel
 # runs: the dK/dV-dQ kernel's 512 items against the split's 2,560; and what dq_thread's float32 dQ buffer
 # costs outside the kernel: its zero fill and the final scale-and-cast).
+# On an H100 (`nvidia-h100-x1`, the machine issue 4's acceptance names; runs A-C only, before the Mosaic
+# kernels), run the acceptance calls first: accept: the issue's whole bench table (mosaic, triton and JAX
+# cuDNN; causal, full and 4 packed samples of each; 8k and 32k; forward and fwd+bwd) with the PyTorch
+# anchors (FlashAttention-2, cuDNN SDPA) and the matmul ceiling in the same run, as run N did on an H200;
+# then 2 (the goal rows in interleaved rounds, ping-pong beside them); then 1 and accept-tests (the GPU
+# correctness tests: mosaic; triton, cudnn and xla).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
@@ -24,5 +30,8 @@ case "${1:-}" in
   4) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
        exec bash "$here/gpu_kernels.sh" ;;
   5) STEPS="profile" PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4" exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh 1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  accept) STEPS="anchor bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,triton,jax-cudnn --seqs 8192,32768 --masks causal,full,causal-packed4,full-packed4 --budget-s 1" \
+       exec bash "$here/gpu_kernels.sh" ;;
+  accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac
