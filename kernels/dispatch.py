@@ -7,7 +7,8 @@
 | `triton` | CUDA GPU, bf16/fp16, D<=128 | all                              | exact, float32          | yes           |
 | `mosaic` | Hopper GPU, bf16/fp16, D in (64, 128) | all                       | exact, float32          | yes           |
 
-``auto`` takes the first valid backend of the platform's preference list.
+``auto`` takes the first valid backend of the platform's preference list (:func:`preference`: on
+Hopper, plain causal calls of 2k to 16k tokens at D = 128 try ``mosaic`` before ``cudnn``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ BACKENDS = {
     "triton": triton_backend,
     "mosaic": mosaic_backend,
 }
-# Fastest first (BENCHMARKS.md). cuDNN leads where its masks suffice (plain causal or full): mosaic's
-# forward+backward reaches 1.00-1.03x of it at 8k causal (within the runs' spread) but 0.88-0.93x at 32k and
-# 0.91-0.95x on the full mask (runs AO-AP, AV; its forward alone 0.94-1.08x). mosaic (Hopper) then serves packed
-# segments, explicit positions and a given out/lse at about 1.4x triton (runs AH, AO), which serves them on Ampere.
+# Fastest first (BENCHMARKS.md). cuDNN leads where its masks suffice (plain causal or full), except on the
+# plain causal calls of ``mosaic_leads``. mosaic (Hopper) then serves packed segments, explicit positions and a
+# given out/lse at about 1.4x triton (runs AH, AO), which serves them on Ampere.
 AUTO_PREFERENCE = {
     "gpu": ("cudnn", "mosaic", "triton", "xla"),
 }
+# Causal calls with Sq == Sk in [min_len, max_len) and this head_dim, where mosaic's forward+backward beat JAX
+# cuDNN's in the same runs on an H200 (B=1, 32 query heads over 8, D=128, bf16): 1.09x at 2k, 1.11x at 4k (run
+# BQ), 1.04-1.05x at 8k (runs BR, BS; forward alone 1.05-1.14x). From 16k on they are level or cuDNN is ahead
+# (0.99-1.01x at 16k, runs BL and BO; 0.98-1.00x at 32k, runs BL-BS), on the full mask cuDNN is (0.90x, runs
+# AJ-AK), and below 2k and for D = 64 nothing was measured: cuDNN keeps those.
+MOSAIC_LEADS = {"head_dim": 128, "min_len": 2048, "max_len": 16384}
 DEFAULT_PREFERENCE = ("xla",)
 
 
@@ -63,6 +69,21 @@ def _checked_on_gpu(backend, call: AttentionCall) -> bool:
     return head_dims is None or call.head_dim in head_dims
 
 
+def mosaic_leads(call: AttentionCall) -> bool:
+    """Whether ``call`` is a plain causal one where mosaic measured faster than cuDNN (``MOSAIC_LEADS``)."""
+    lead = MOSAIC_LEADS
+    return (call.causal and call.q_len == call.kv_len and call.head_dim == lead["head_dim"]
+            and lead["min_len"] <= call.kv_len < lead["max_len"])
+
+
+def preference(call: AttentionCall) -> tuple[str, ...]:
+    """The backends ``auto`` tries for ``call``, fastest first."""
+    order = AUTO_PREFERENCE.get(call.platform, DEFAULT_PREFERENCE)
+    if call.platform == "gpu" and mosaic_leads(call):
+        order = ("mosaic",) + tuple(name for name in order if name != "mosaic")
+    return order
+
+
 def choose(impl: str, call: AttentionCall):
     """The backend module for ``impl`` ('auto' or a name in BACKENDS).
 
@@ -70,7 +91,7 @@ def choose(impl: str, call: AttentionCall):
     (with the reason).
     """
     if impl == "auto":
-        for name in AUTO_PREFERENCE.get(call.platform, DEFAULT_PREFERENCE):
+        for name in preference(call):
             backend = BACKENDS[name]
             if backend.unsupported(call) is None and _checked_on_gpu(backend, call):
                 return backend

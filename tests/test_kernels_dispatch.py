@@ -50,7 +50,7 @@ def test_auto_on_gpu_prefers_cudnn_then_triton_then_xla(triton_importable):
 
 def test_auto_on_hopper_prefers_cudnn_then_mosaic(monkeypatch):
     monkeypatch.setattr(dispatch.mosaic_backend, "_is_hopper", lambda: True)
-    assert dispatch.choose("auto", GPU_CALL).NAME == "cudnn"  # plain masks: cuDNN is faster
+    assert dispatch.choose("auto", GPU_CALL).NAME == "cudnn"  # a plain mask at 1k tokens: cuDNN
     for change in (dict(has_segments=True), dict(has_positions=True), dict(kv_len=512), dict(given_lse=True),
                    dict(has_segments=True, head_dim=64, dtype=np.dtype(np.float16))):
         assert dispatch.choose("auto", dataclasses.replace(GPU_CALL, **change)).NAME == "mosaic", change
@@ -62,6 +62,24 @@ def test_auto_on_hopper_prefers_cudnn_then_mosaic(monkeypatch):
     monkeypatch.setattr(dispatch.mosaic_backend, "_is_hopper", lambda: False)  # Ampere: Triton serves
     with pytest.raises(ValueError, match="compute capability 9"):
         dispatch.choose("mosaic", GPU_CALL)
+
+
+def test_auto_on_hopper_takes_mosaic_for_plain_causal_lengths_it_measured_faster(monkeypatch):
+    """2k to 16k tokens, causal, D = 128: mosaic before cuDNN; the edges, the full mask, D = 64 and a
+    GPU that is not Hopper keep cuDNN."""
+    monkeypatch.setattr(dispatch.mosaic_backend, "_is_hopper", lambda: True)
+    for length in (2048, 4096, 8192, 12288, 16383):
+        call = dataclasses.replace(GPU_CALL, q_len=length, kv_len=length)
+        assert dispatch.choose("auto", call).NAME == "mosaic", length
+        assert dispatch.preference(call)[:2] == ("mosaic", "cudnn")
+    for length in (2047, 16384, 32768):
+        assert dispatch.choose("auto", dataclasses.replace(GPU_CALL, q_len=length, kv_len=length)).NAME == "cudnn"
+    long_call = dataclasses.replace(GPU_CALL, q_len=8192, kv_len=8192)
+    for change in (dict(causal=False), dict(head_dim=64), dict(dtype=np.dtype(np.float16), head_dim=64)):
+        assert dispatch.choose("auto", dataclasses.replace(long_call, **change)).NAME == "cudnn", change
+    assert dispatch.preference(dataclasses.replace(long_call, platform="cpu")) == ("xla",)
+    monkeypatch.setattr(dispatch.mosaic_backend, "_is_hopper", lambda: False)
+    assert dispatch.choose("auto", long_call).NAME == "cudnn"
 
 
 def test_cudnn_explicitly_on_an_invalid_mask_says_why():
