@@ -42,7 +42,7 @@ def fuses_dq(head_dim: int, q_block: int) -> bool:
 def query_blocks(b, hkv, group, count, q_block, list_s, gmem, smem, bars):
     """``(block_of, issue)`` for a dK/dV kernel's streamed query blocks: the visited blocks of ``list_s``
     (``count`` of them) for each query head of kv head ``hkv``'s GQA group in turn. ``block_of(j)``:
-    the j-th one's ``(query head, query block, needs_mask)``; ``issue(j, slot)``: its q, query tokens,
+    the j-th one's ``(query head, query block, mask_kind)``; ``issue(j, slot)``: its q, query tokens,
     stats and dout into ``slot``. ``gmem``/``smem``/``bars``: those four each."""
     q_ref, qt_ref, st_ref, do_ref = gmem
 
@@ -68,7 +68,7 @@ DKDV_LOOPS = ("serial", "pipelined", "overlap", "overlap_dv")
 
 
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-         dq_acc=None, loop: str = "serial", interpret=None):
+         dq_acc=None, loop: str = "serial", positions_mask: bool = True, interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
     query blocks (``tuning.block``).
 
@@ -147,7 +147,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
             def step(j, carry):
                 dk, dv = carry
                 slot = lax.rem(j, stages)
-                _, _, needs_mask = block_of(j)
+                _, _, mask_kind = block_of(j)
                 plgpu.barrier_wait(q_bar.at[slot])
                 plgpu.barrier_wait(qt_bar.at[slot])
                 plgpu.barrier_wait(st_bar.at[slot])
@@ -155,7 +155,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 plgpu.barrier_wait(do_bar.at[slot])
                 s, dp = mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
                 p = jnp.exp2(s * scale2 - mc.cols(lse2, tile))
-                p = mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
+                p = mc.mask_tile(p, 0.0, mask_kind, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False,
+                                 positions_mask=positions_mask)
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
                 ds16 = (p * (dp - mc.cols(delta, tile))).astype(dtype)
@@ -186,9 +187,10 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
             def probs(s, j):
                 """float32 p of step ``j`` from its ``s = k q^T`` (masked)."""
                 slot = lax.rem(j, stages)
-                _, _, needs_mask = block_of(j)
+                _, _, mask_kind = block_of(j)
                 p = jnp.exp2(s * scale2 - mc.cols(plgpu.load(st_s.at[slot, 0], layout=mc.COL), tile))
-                return mc.mask_tile(p, 0.0, needs_mask, qt_s.at[slot], kv_seg, kv_pos, causal=causal, q_on_rows=False)
+                return mc.mask_tile(p, 0.0, mask_kind, qt_s.at[slot], kv_seg, kv_pos, causal=causal,
+                                    q_on_rows=False, positions_mask=positions_mask)
 
             def dscores(p, dp, j):
                 """float32 ds of step ``j`` from its p and ``dp = v dout^T``."""
@@ -361,7 +363,7 @@ DQ_LOOPS = ("serial", "overlap")
 
 def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
        workers: int | None = None, store: str = "smem", loop: str = "serial", prefetch: bool = False, out=None,
-       interpret=None):
+       positions_mask: bool = True, interpret=None):
     """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
     (``tuning.block``). ``workers``: CTAs of a persistent grid (None: one per query block and head);
     the next item's q, tokens and stats are fetched once the current item's last s is computed.
@@ -480,15 +482,15 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
 
                 def step_(j, acc):
                     slot = lax.rem(step + j, stages)
-                    _, needs_mask = mc.visited(list_i, j)
+                    _, mask_kind = mc.visited(list_i, j)
                     plgpu.barrier_wait(k_bar.at[slot])
                     plgpu.barrier_wait(kt_bar.at[slot])
                     plgpu.barrier_wait(v_bar.at[slot])
 
                     def probs(s):
                         p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
-                        return mc.mask_tile(p, 0.0, needs_mask, kt_s.at[slot], q_seg, q_pos, causal=causal,
-                                            q_on_rows=True)
+                        return mc.mask_tile(p, 0.0, mask_kind, kt_s.at[slot], q_seg, q_pos, causal=causal,
+                                            q_on_rows=True, positions_mask=positions_mask)
 
                     if loop == "overlap" and interpret is None:
                         def overlapped(s_acc, dp_acc):

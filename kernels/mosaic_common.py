@@ -18,7 +18,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from .mosaic_plan import HEADER
+from .mosaic_plan import FULL, HEADER, KIND_BITS, POSITIONS, WHOLE
 from .row_stats import LOG2E
 
 ROWS = 64  # rows per compute warpgroup (the wgmma M)
@@ -57,47 +57,68 @@ def cols(x, shape):
 def visible(q_seg, q_pos, kv_seg, kv_pos, shape, *, causal: bool, q_on_rows: bool):
     """Boolean tile of ``shape``: the mask contract of :mod:`.mask` on one tile.
 
-    ``q_on_rows``: queries index the rows (forward, dQ) or the columns (dK/dV).
+    ``q_on_rows``: queries index the rows (forward, dQ) or the columns (dK/dV). ``q_seg`` and
+    ``kv_seg`` None: a tile of one segment on both sides (``POSITIONS``), where only the position
+    test decides.
     """
     q_b, kv_b = (rows, cols) if q_on_rows else (cols, rows)
-    q_seg_t, kv_seg_t = q_b(q_seg, shape), kv_b(kv_seg, shape)
-    mask = (q_seg_t == kv_seg_t) & (q_seg_t != 0)
+    mask = None
+    if q_seg is not None:
+        q_seg_t = q_b(q_seg, shape)
+        mask = (q_seg_t == kv_b(kv_seg, shape)) & (q_seg_t != 0)
     if causal:
-        mask &= kv_b(kv_pos, shape) <= q_b(q_pos, shape)
+        before = kv_b(kv_pos, shape) <= q_b(q_pos, shape)
+        mask = before if mask is None else mask & before
     return mask
 
 
-def mask_tile(x, fill, needs_mask, streamed_tokens, resident_seg, resident_pos, *, causal: bool, q_on_rows: bool):
-    """``x`` where the mask keeps a pair, else ``fill``; the elementwise mask runs only when
-    ``needs_mask`` (a ``lax.cond``). ``streamed_tokens``: SMEM ``[2, n]`` (segment ids, positions)
-    of the streamed block, the tile's columns; the resident ids/positions (``ROW``) are its rows.
-    ``q_on_rows``: the resident side is the queries (forward, dQ) or the keys (dK/dV)."""
+def _switch_mask(x, mask_kind, full, positions, *, causal: bool, positions_mask: bool):
+    """``x`` as it is (``WHOLE``), through ``positions`` (``POSITIONS``, causal only) or ``full``.
+    ``positions_mask`` False: lists without ``POSITIONS`` tiles (``mosaic_backend.MASK_TILES`` "full"),
+    and a two-way branch."""
+    if not (causal and positions_mask):  # a non-causal tile of one segment is WHOLE, never POSITIONS
+        return lax.cond(mask_kind == WHOLE, lambda x: x, full, x)
+    assert (WHOLE, POSITIONS, FULL) == (0, 1, 2)
+    return lax.switch(mask_kind, [lambda x: x, positions, full], x)
 
-    def masked(x):
-        seg = plgpu.load(streamed_tokens.at[0], layout=COL)
+
+def mask_tile(x, fill, mask_kind, streamed_tokens, resident_seg, resident_pos, *, causal: bool, q_on_rows: bool,
+              positions_mask: bool = True):
+    """``x`` where the mask keeps a pair, else ``fill``; the elementwise mask by ``mask_kind`` (a
+    ``lax.switch``): none on ``WHOLE`` tiles, positions only on ``POSITIONS`` ones. ``streamed_tokens``:
+    SMEM ``[2, n]`` (segment ids, positions) of the streamed block, the tile's columns; the resident
+    ids/positions (``ROW``) are its rows. ``q_on_rows``: the resident side is the queries (forward, dQ)
+    or the keys (dK/dV); ``positions_mask``: see :func:`_switch_mask`."""
+
+    def masked(x, segments: bool):
+        seg = plgpu.load(streamed_tokens.at[0], layout=COL) if segments else None
         pos = plgpu.load(streamed_tokens.at[1], layout=COL)
+        resident = resident_seg if segments else None
         if q_on_rows:
-            keep = visible(resident_seg, resident_pos, seg, pos, x.shape, causal=causal, q_on_rows=True)
+            keep = visible(resident, resident_pos, seg, pos, x.shape, causal=causal, q_on_rows=True)
         else:
-            keep = visible(seg, pos, resident_seg, resident_pos, x.shape, causal=causal, q_on_rows=False)
+            keep = visible(seg, pos, resident, resident_pos, x.shape, causal=causal, q_on_rows=False)
         return jnp.where(keep, x, fill)
 
-    return lax.cond(needs_mask == 1, masked, lambda x: x, x)
+    return _switch_mask(x, mask_kind, lambda x: masked(x, True), lambda x: masked(x, False), causal=causal,
+                        positions_mask=positions_mask)
 
 
-def mask_tile_from_smem(x, fill, needs_mask, row_tokens, col_tokens, *, causal: bool, q_on_rows: bool):
+def mask_tile_from_smem(x, fill, mask_kind, row_tokens, col_tokens, *, causal: bool, q_on_rows: bool,
+                        positions_mask: bool = True):
     """:func:`mask_tile` with both sides' tokens in SMEM (``[2, n]`` each: segment ids, positions, of the
-    tile's rows and of its columns), loaded only inside the masked branch, so no token vector stays in
+    tile's rows and of its columns), loaded only inside the masked branches, so no token vector stays in
     registers across a loop."""
 
-    def masked(x):
-        row_side = [plgpu.load(row_tokens.at[i], layout=ROW) for i in range(2)]
-        col_side = [plgpu.load(col_tokens.at[i], layout=COL) for i in range(2)]
+    def masked(x, segments: bool):
+        row_side = [plgpu.load(row_tokens.at[i], layout=ROW) if segments or i else None for i in range(2)]
+        col_side = [plgpu.load(col_tokens.at[i], layout=COL) if segments or i else None for i in range(2)]
         q_side, kv_side = (row_side, col_side) if q_on_rows else (col_side, row_side)
         keep = visible(*q_side, *kv_side, x.shape, causal=causal, q_on_rows=q_on_rows)
         return jnp.where(keep, x, fill)
 
-    return lax.cond(needs_mask == 1, masked, lambda x: x, x)
+    return _switch_mask(x, mask_kind, lambda x: masked(x, True), lambda x: masked(x, False), causal=causal,
+                        positions_mask=positions_mask)
 
 
 def matmul(a, b, shape, init=None, *, interpret=None):
@@ -204,9 +225,9 @@ def list_entry(list_s, i):
 
 
 def visited(list_s, j):
-    """``(block, needs_mask)`` of the j-th streamed block a visit list names."""
+    """``(block, mask_kind)`` of the j-th streamed block a visit list names (:mod:`.mosaic_plan`)."""
     entry = list_entry(list_s, HEADER + j)
-    return lax.shift_right_logical(entry, 1), entry & 1
+    return lax.shift_right_logical(entry, KIND_BITS), entry & ((1 << KIND_BITS) - 1)
 
 
 def matmuls(*operands):

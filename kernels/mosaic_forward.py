@@ -31,7 +31,7 @@ SCALE_AT = ("scores", "exponent")
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
             pipelined: bool = True, pingpong: bool = False, workers: int | None = None, q_operand: str = "registers",
-            scale_at: str = "exponent", interpret=None):
+            scale_at: str = "exponent", positions_mask: bool = True, interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -138,14 +138,14 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
                 def softmax(s, m, l, j):
                     """Scores ``s`` of step ``j`` -> ``(p, m, l, alpha)``: the online softmax in base 2."""
-                    _, needs_mask = mc.visited(list_i, j)
+                    _, mask_kind = mc.visited(list_i, j)
                     if fold_scale:  # mask and row max on the raw scores; the scale rides in exp2's FMA
-                        s = mc.mask_tile(s, -jnp.inf, needs_mask, kt_s.at[slot_of(j)], q_seg, q_pos,
-                                         causal=causal, q_on_rows=True)
+                        s = mc.mask_tile(s, -jnp.inf, mask_kind, kt_s.at[slot_of(j)], q_seg, q_pos,
+                                         causal=causal, q_on_rows=True, positions_mask=positions_mask)
                         m_new = jnp.maximum(m, jnp.max(s, axis=1) * scale2)
                     else:
-                        s = mc.mask_tile(s * scale2, -jnp.inf, needs_mask, kt_s.at[slot_of(j)], q_seg, q_pos,
-                                         causal=causal, q_on_rows=True)
+                        s = mc.mask_tile(s * scale2, -jnp.inf, mask_kind, kt_s.at[slot_of(j)], q_seg, q_pos,
+                                         causal=causal, q_on_rows=True, positions_mask=positions_mask)
                         m_new = jnp.maximum(m, jnp.max(s, axis=1))
                     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
                     alpha = jnp.exp2(m - m_use)

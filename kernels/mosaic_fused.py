@@ -82,7 +82,8 @@ def supports(head_dim: int, q_block: int, stages: int) -> bool:
 def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal: bool, scale: float,
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
             ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none",
-            descriptors: str = "per_step", dq_scale: str = "thread2", dp_issue: str = "with_s", interpret=None):
+            descriptors: str = "per_step", dq_scale: str = "thread2", dp_issue: str = "with_s",
+            positions_mask: bool = True, interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
@@ -203,13 +204,13 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                         (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
                         (kt_ref.at[b, :, k_rows], kt_s.at[wg], kt_bar.at[wg])])
 
-            def probs(s, slot, needs_mask):
+            def probs(s, slot, mask_kind):
                 """``exp2(s * scale2 - lse2)``, masked: lse2 per row (queries on rows) or per column."""
                 lse2 = plgpu.load(st_s.at[slot, 0], layout=mc.ROW if by_queries else mc.COL)
                 p = jnp.exp2(s * scale2 - (mc.rows if by_queries else mc.cols)(lse2, tile))
                 tokens = (qt_s.at[slot], kt_s.at[wg])  # the tile's rows' and columns' (ids, positions)
-                return mc.mask_tile_from_smem(p, 0.0, needs_mask, *(tokens if by_queries else tokens[::-1]),
-                                              causal=causal, q_on_rows=by_queries)
+                return mc.mask_tile_from_smem(p, 0.0, mask_kind, *(tokens if by_queries else tokens[::-1]),
+                                              causal=causal, q_on_rows=by_queries, positions_mask=positions_mask)
 
             def dscores(p, dp, slot):
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.ROW if by_queries else mc.COL)
@@ -241,7 +242,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             def step(j, carry):
                 dk, dv = carry
                 slot = lax.rem(j, stages)
-                _, _, needs_mask = block_of(j)
+                _, _, mask_kind = block_of(j)
                 for bar in (q_bar, qt_bar, st_bar, do_bar):
                     plgpu.barrier_wait(bar.at[slot])
                 # per step: wg plus a zero the compilers cannot see through (the list's count loaded again,
@@ -250,7 +251,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 s_operands, dp_operands = products(slot, own)
                 if interpret is not None:  # one product at a time, 16-bit operands from SMEM
                     s, dp = mc.matmuls((*s_operands, tile), (*dp_operands, tile))
-                    p = probs(s, slot, needs_mask)
+                    p = probs(s, slot, mask_kind)
                     ds16 = dscores(p, dp, slot).astype(dtype)
                     if by_queries:
                         ds_a = publish(ds16, j, p.astype(dtype)).T
@@ -270,7 +271,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     if dp_with_s:
                         plgpu.wgmma(dp_acc, *dp_operands)
                     # with dp issued, it may still run while p is computed
-                    p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=int(dp_with_s)), slot, needs_mask)
+                    p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=int(dp_with_s)), slot, mask_kind)
                     p16 = p.astype(dtype)
                     if not dp_with_s:
                         plgpu.wgmma(dp_acc, *dp_operands)

@@ -14,10 +14,13 @@ All of it is plain XLA, computed once per call outside the kernels.
   fill the end of the launch (for a causal
   dK/dV this cut the kernel's time by 16-19% on an H200). Flat entry 0 is how
   many tiles to visit, entry 1 the resident block; entries ``HEADER ..`` are
-  ``2 * block + needs_mask`` of each visited streamed block in increasing
-  order. ``needs_mask`` is 0 only for a tile the mask keeps whole (one segment
-  on both sides, no padding, and when causal every key position at most every
-  query position): the kernel skips the elementwise mask there.
+  ``4 * block + mask_kind`` of each visited streamed block in increasing
+  order. ``mask_kind`` (``MASK_KINDS``) is ``WHOLE`` for a tile the mask keeps
+  whole (one segment on both sides, no padding, and when causal every key
+  position at most every query position): the kernel skips the elementwise mask
+  there; ``POSITIONS`` for a causal tile of one segment on both sides, no
+  padding, whose positions cross (the diagonal of a sample): only the position
+  test runs; ``FULL`` for every other tile: segment ids and positions.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ from .mask import pad_tokens
 LIST_ALIGN = 32
 LIST_ROW = 256  # the longest TMA box axis
 HEADER = 2  # entries before the visited blocks: count, resident block
+# A visited tile's mask kind, the low 2 bits of its list entry (module docstring)
+WHOLE, POSITIONS, FULL = 0, 1, 2
+MASK_KINDS = ("whole", "positions", "full")
+KIND_BITS = 2
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -48,10 +55,12 @@ def token_array(segment_ids, positions, padded_len: int):
 
 
 class Tiles(NamedTuple):
-    """``visit`` and ``whole`` (no mask needed), boolean ``[B, n_q_blocks, n_kv_blocks]``."""
+    """``visit``, ``whole`` (no mask needed) and ``one_segment`` (both blocks one and the same segment, no
+    padding: a causal tile there needs only the position test), boolean ``[B, n_q_blocks, n_kv_blocks]``."""
 
     visit: jnp.ndarray
     whole: jnp.ndarray
+    one_segment: jnp.ndarray
 
 
 def tile_table(q_seg, q_pos, kv_seg, kv_pos, *, causal: bool, block_q: int, block_k: int) -> Tiles:
@@ -67,16 +76,26 @@ def tile_table(q_seg, q_pos, kv_seg, kv_pos, *, causal: bool, block_q: int, bloc
 
     q_one = (q.segment_min == q.segment_max) & no_padding(q_seg, block_q)
     kv_one = (kv.segment_min == kv.segment_max) & no_padding(kv_seg, block_k)
-    whole = q_one[:, :, None] & kv_one[:, None, :] & (q.segment_min[:, :, None] == kv.segment_min[:, None, :])
+    one_segment = (q_one[:, :, None] & kv_one[:, None, :]
+                   & (q.segment_min[:, :, None] == kv.segment_min[:, None, :]))
+    whole = one_segment
     if causal:
-        whole &= kv.position_max[:, None, :] <= q.position_min[:, :, None]
-    return Tiles(visit=visit, whole=whole & visit)
+        whole = whole & (kv.position_max[:, None, :] <= q.position_min[:, :, None])
+    return Tiles(visit=visit, whole=whole & visit, one_segment=one_segment & visit)
 
 
-def visit_lists(visit, whole):
+def mask_kinds(whole, one_segment=None):
+    """int32 ``MASK_KINDS`` index per tile from boolean tables: ``WHOLE``, ``POSITIONS`` where
+    ``one_segment`` (None: nowhere), else ``FULL``."""
+    positions = jnp.zeros_like(whole) if one_segment is None else one_segment
+    return jnp.where(whole, WHOLE, jnp.where(positions, POSITIONS, FULL)).astype(jnp.int32)
+
+
+def visit_lists(visit, whole, one_segment=None):
     """int32 ``[B, n_resident, rows, row_len]`` from boolean ``[B, n_resident, n_streamed]`` tables
-    (see the module docstring); read flat entry i at ``[i // row_len, i % row_len]``. Entries past a
-    list's count are 0.
+    (see the module docstring; ``one_segment`` None: no ``POSITIONS`` tiles, every tile not whole gets
+    the full mask); read flat entry i at ``[i // row_len, i % row_len]``. Entries past a list's count
+    are 0.
 
     Built without sorting (XLA's sorts and gathers were most of the ops of a packed mask's plan on
     the GPU): a list's place is the number of lists longer than it (or as long and earlier; a boolean
@@ -95,7 +114,7 @@ def visit_lists(visit, whole):
     place = HEADER + jnp.cumsum(visit, axis=-1, dtype=jnp.int32) - 1
     # blocks not visited go past the end (each to its own place, so every index stays unique) and are dropped
     place = jnp.where(visit, place, width + streamed)
-    entries = 2 * streamed + (~whole).astype(jnp.int32)
+    entries = (streamed << KIND_BITS) + mask_kinds(whole, one_segment)
     values = jnp.concatenate([count[..., None], jnp.broadcast_to(resident, count.shape)[..., None], entries], axis=-1)
     places = jnp.concatenate([jnp.zeros_like(count)[..., None], jnp.ones_like(count)[..., None], place], axis=-1)
     rows = jnp.broadcast_to(rank[..., None], places.shape)

@@ -44,7 +44,7 @@ def test_the_queue_names_known_steps_and_scripts():
         source = (SCRIPTS / script).read_text()
         for flag in re.findall(r"(--[\w-]+)", " ".join(re.findall(variable + r'="([^"]+)"', QUEUE))):
             assert f'"{flag}"' in source, (script, flag)
-    assert {"", "forward_loop=pingpong", "backward=split",
+    assert {"", "forward_loop=pingpong", "mask_tiles=full", "backward=split",
             "backward=dq_thread;dq_thread=compute:208,thread2:88"} <= set(queued_tunings())
 
 

@@ -41,15 +41,14 @@ def test_visit_lists_match_the_mask(rng):
                 count, i = row[0], row[1]
                 entries = row[mosaic_plan.HEADER:mosaic_plan.HEADER + count]
                 assert (row[mosaic_plan.HEADER + count:] == 0).all()  # nothing past the count
-                blocks, needs_mask = entries // 2, entries % 2
+                blocks, kinds = entries >> mosaic_plan.KIND_BITS, entries & 3
                 assert (np.diff(blocks) > 0).all()
+                assert set(kinds.tolist()) <= {mosaic_plan.WHOLE, mosaic_plan.FULL}  # one_segment not given
                 nonempty = {j for j in range(n_k) if tile[b, i, j].any()}
                 assert nonempty <= set(blocks.tolist())  # nothing visible is skipped
-                for j, masked in zip(blocks, needs_mask):
-                    if not masked:
+                for j, kind in zip(blocks, kinds):
+                    if kind == mosaic_plan.WHOLE:
                         assert tile[b, i, j].all()  # an unmasked tile is wholly visible
-                whole = {j for j in range(n_k) if tile[b, i, j].all()}
-                assert {j for j, m in zip(blocks, needs_mask) if not m} <= whole
 
 
 def test_visit_list_rows_are_whole_128_byte_units(rng):
@@ -69,8 +68,52 @@ def test_long_visit_lists_fold_into_rows_of_256(rng):
     start = mosaic_plan.HEADER
     for row in lists.reshape(3, -1):
         count, i = row[0], row[1]
-        np.testing.assert_array_equal(row[start:start + count] // 2, np.flatnonzero(np.asarray(visit[0, i])))
-        assert (row[start:start + count] % 2 == 1).all()
+        np.testing.assert_array_equal(row[start:start + count] >> mosaic_plan.KIND_BITS,
+                                      np.flatnonzero(np.asarray(visit[0, i])))
+        assert (row[start:start + count] & 3 == mosaic_plan.FULL).all()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_mask_kinds_match_the_tiles(rng, causal):
+    """Every kind a list gives a tile is one its tokens justify: WHOLE only where all pairs are visible;
+    POSITIONS (causal only) only where both blocks hold one and the same nonzero segment, so the position
+    test alone gives the mask; and with aligned packed samples each sample's diagonal is POSITIONS."""
+    block, length = 8, 64
+    seg = np.repeat(np.arange(1, 5), length // 4)[None]  # 4 samples of 16: block-aligned
+    pos = np.concatenate([rng.permutation(16) for _ in range(4)])[None]  # shuffled within each sample
+    q_seg, q_pos = jnp.asarray(seg), jnp.asarray(pos)
+    layouts = [(q_seg, q_pos, q_seg, q_pos)]
+    layouts.append(tuple(jnp.asarray(x) for x in query_key_layouts(rng, 1, 40, 56, max_segments=3, shuffle=True)))
+    for q_seg, q_pos, kv_seg, kv_pos in layouts:
+        tiles = mosaic_plan.tile_table(q_seg, q_pos, kv_seg, kv_pos, causal=causal, block_q=block, block_k=block)
+        lists = np.asarray(mosaic_plan.visit_lists(tiles.visit, tiles.whole, tiles.one_segment))
+        n_q, n_k = -(-q_seg.shape[1] // block), -(-kv_seg.shape[1] // block)
+        pad = ((0, 0), (0, n_q * block - q_seg.shape[1]))
+        q_seg_p, q_pos_p = np.pad(np.asarray(q_seg), pad), np.pad(np.asarray(q_pos), pad)
+        pad = ((0, 0), (0, n_k * block - kv_seg.shape[1]))
+        kv_seg_p, kv_pos_p = np.pad(np.asarray(kv_seg), pad), np.pad(np.asarray(kv_pos), pad)
+        seen = np.asarray(visible(jnp.asarray(q_seg_p), jnp.asarray(q_pos_p), jnp.asarray(kv_seg_p),
+                                  jnp.asarray(kv_pos_p), causal=causal))[0]
+        kinds_seen = set()
+        for row in lists.reshape(lists.shape[1], -1):
+            count, i = row[0], row[1]
+            for entry in row[mosaic_plan.HEADER:mosaic_plan.HEADER + count]:
+                j, kind = entry >> mosaic_plan.KIND_BITS, entry & 3
+                kinds_seen.add(int(kind))
+                rows, cols = slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block)
+                pair = seen[rows, cols]
+                if kind == mosaic_plan.WHOLE:
+                    assert pair.all()
+                elif kind == mosaic_plan.POSITIONS:
+                    assert causal
+                    ids = np.concatenate([q_seg_p[0, rows], kv_seg_p[0, cols]])
+                    assert (ids == ids[0]).all() and ids[0] != 0
+                    np.testing.assert_array_equal(pair, kv_pos_p[0, cols][None, :] <= q_pos_p[0, rows][:, None])
+                else:
+                    assert kind == mosaic_plan.FULL
+        if q_seg is layouts[0][0]:  # aligned samples: no tile needs the segment test
+            assert mosaic_plan.FULL not in kinds_seen
+            assert (mosaic_plan.POSITIONS in kinds_seen) == causal
 
 
 def test_bad_tuning_names_the_kernel_and_the_valid_values():
@@ -492,6 +535,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
     ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
     ("set_dq_prefetch", "two", "dQ prefetch: mode must be one of .'off', 'next_item'., got 'two'"),
+    ("set_mask_tiles", "none", "mask tiles: mode must be one of .'positions', 'full'., got 'none'"),
 ])
 def test_bad_mode_names_the_choices(setter, bad, message):
     with pytest.raises(ValueError, match=message):
@@ -644,7 +688,7 @@ def test_every_dq_thread_option_reaches_the_kernel(backward_mode, monkeypatch):
 
 def test_every_backend_option_reaches_the_kernels(monkeypatch):
     """Each non-default value of each of the mosaic backend's switches (forward loop, q operand, scale,
-    grids, dK/dV and dQ loops, dQ store, delta, backward) changes the Mosaic modules a fwd+bwd lowers to;
+    grids, dK/dV and dQ loops, dQ store, delta, mask tiles, backward) changes the Mosaic modules a fwd+bwd lowers to;
     the defaults lowered twice give the same modules."""
     from longvila_jax.kernels import mosaic_backward, mosaic_forward
 
@@ -656,6 +700,7 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
                 (mb.set_dq_loop, mb.DQ_LOOP, mosaic_backward.DQ_LOOPS),
                 (mb.set_dq_store, mb.DQ_STORE, mosaic_backward.DQ_STORES),
                 (mb.set_delta, mb.DELTA, mb.DELTA_MODES),
+                (mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
                 (mb.set_backward, mb.BACKWARD, ("fused", "dq_thread"))]  # "auto" runs split at 300 keys
     monkeypatch.setitem(mb.PERSISTENT_WORKERS, "count", 2)  # fewer than the 12 items: persistent grids run
     default = _mosaic_kernel_texts(monkeypatch)
@@ -746,3 +791,19 @@ def test_nothing_is_evaluated_while_tracing_inside_shard_map(rng):
     jax.jit(jax.shard_map(plan, mesh=mesh, in_specs=P("x"), out_specs=P("x")))(q)
     assert static == [False]
     assert mosaic_backend._Plan(seg, seg, pos, pos, True).static  # outside: planned while tracing
+
+
+@pytest.mark.parametrize("mode", mosaic_backend.MASK_TILE_MODES)
+def test_mask_tiles_mode_reaches_the_visit_lists(mode, monkeypatch):
+    """``set_mask_tiles``: "positions" gives a plain causal call's diagonal tiles the positions-only kind
+    in every kernel's lists, "full" gives them the full mask; the off-diagonal tiles stay whole."""
+    monkeypatch.setitem(mosaic_backend.MASK_TILES, "mode", mode)
+    length = 512
+    seg = jnp.ones((1, length), jnp.int32)
+    pos = jnp.arange(length, dtype=jnp.int32)[None]
+    arrays = mosaic_backend._Plan(seg, seg, pos, pos, True).arrays()
+    diagonal = mosaic_plan.POSITIONS if mode == "positions" else mosaic_plan.FULL
+    for lists in arrays[2:]:
+        lists = np.asarray(lists).reshape(lists.shape[1], -1)
+        kinds = np.concatenate([row[mosaic_plan.HEADER:mosaic_plan.HEADER + row[0]] & 3 for row in lists])
+        assert set(kinds.tolist()) == {mosaic_plan.WHOLE, diagonal}
