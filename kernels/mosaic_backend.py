@@ -452,18 +452,19 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     stats = jnp.pad(jnp.stack([lse_base2(lse), delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, q_pad - q_len)))
     q_p, k_p, v_p = _pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad)
     dout_p = _pad_rows(dout.astype(q.dtype), q_pad)
+    positions = positions_mask()
     dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
                      loop=DQ_LOOP["mode"], prefetch=DQ_PREFETCH["mode"] == "next_item",
-                     positions_mask=positions_mask(), interpret=interpret)
+                     positions_mask=positions, interpret=interpret)
     if dq_thread or fused:  # dQ added up in float32 inside the dK/dV kernel
         dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
         operands = (q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists)
         if dq_thread:
             dk, dv = mosaic_fused.dkdv_dq(*operands, dq_acc, causal=causal, scale=scale, tuning=tuning,
-                                          positions_mask=positions_mask(), interpret=interpret, **DQ_THREAD)
+                                          positions_mask=positions, interpret=interpret, **DQ_THREAD)
         else:
             dk, dv = dkdv(*operands, causal=causal, scale=scale, tuning=tuning, dq_acc=dq_acc,
-                          positions_mask=positions_mask(), interpret=interpret)
+                          positions_mask=positions, interpret=interpret)
         dq_sum = dq_acc[...]
         if dq_thread and DQ_THREAD["dq_scale"] == "after":  # the kernel added ds^T k unscaled
             dq_sum = dq_sum * scale
@@ -475,7 +476,7 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
         else:
             dq_ = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists, **dq_kwargs)
         dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
-                      tuning=tuning, loop=DKDV_LOOP["mode"], positions_mask=positions_mask(), interpret=interpret)
+                      tuning=tuning, loop=DKDV_LOOP["mode"], positions_mask=positions, interpret=interpret)
     return dq_[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
 
 

@@ -174,7 +174,8 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
     mosaic_backend.set_dq_thread("")
     mosaic_backend.set_mask_tiles(mosaic_backend.MASK_TILE_MODES[0])
-    modes = dict(mask_tiles=mosaic_backend.set_mask_tiles, dq_thread=mosaic_backend.set_dq_thread, backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
+    modes = dict(mask_tiles=mosaic_backend.set_mask_tiles, dq_thread=mosaic_backend.set_dq_thread,
+                 backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
                  delta=mosaic_backend.set_delta, forward_q=mosaic_backend.set_forward_q,
                  forward_scale=mosaic_backend.set_forward_scale,
                  dq_store=mosaic_backend.set_dq_store, dq_prefetch=mosaic_backend.set_dq_prefetch,
