@@ -102,9 +102,14 @@ def set_tuning(kernel: str, block: int, stages: int):
 # BI-BQ, fwd+bwd): dq_thread is 1.06x split at 32k causal and 1.05x at 16k (run BL), 1.02-1.04x at 8k
 # causal (runs BI, BM, BP) with 4 packed samples even (0.99-1.02x), 1.03x at 4k causal but 0.97x packed,
 # 0.89x at 2k (run BQ): so from 8,192 keys on.
+# Calls whose ids may pack several samples (ids traced, or known to hold more than one segment) start later
+# on the devices named in ``DQ_THREAD_FROM_PACKED``: on an H100 (3.35 TB/s against the H200's 4.8, so the
+# float32 dQ buffer's zero fill and cast weigh more) split measured 1.08-1.11x dq_thread with 4 packed samples
+# at 8k and 1.06x at 16k, 0.98-0.99x at 32k (runs BV, BW), and level on one sample at 8k-16k (0.96-1.02x).
 BACKWARD_MODES = ("auto", "split", "fused", "dq_thread")
 BACKWARD = {"mode": "auto"}
 DQ_THREAD_FROM = 8192
+DQ_THREAD_FROM_PACKED = {"H100": 32768}  # device kind substring -> first kv length taking dq_thread
 
 
 def deterministic_requested() -> bool:
@@ -113,14 +118,35 @@ def deterministic_requested() -> bool:
     return any(flag in ("--xla_gpu_deterministic_ops", "--xla_gpu_deterministic_ops=true") for flag in flags)
 
 
-def backward_mode(head_dim: int, kv_len: int) -> str:
+def _device_kind() -> str:
+    try:
+        return str(jax.devices()[0].device_kind)
+    except RuntimeError:
+        return ""
+
+
+def dq_thread_from(packed: bool, device_kind: str | None = None) -> int:
+    """The first kv length at which "auto" takes the dq_thread backward: ``DQ_THREAD_FROM``, or for calls
+    that may pack samples the ``DQ_THREAD_FROM_PACKED`` entry whose name is in the device kind (None: the
+    first device's)."""
+    if packed:
+        kind = _device_kind() if device_kind is None else device_kind
+        for name, start in DQ_THREAD_FROM_PACKED.items():
+            if name in kind:
+                return start
+    return DQ_THREAD_FROM
+
+
+def backward_mode(head_dim: int, kv_len: int, packed: bool = False, device_kind: str | None = None) -> str:
     """The backward that runs for this call: the chosen mode (see ``BACKWARD_MODES``) with "auto" resolved,
-    and "split" where the chosen fused kernel cannot serve the call (head dim, dK/dV tuning)."""
+    and "split" where the chosen fused kernel cannot serve the call (head dim, dK/dV tuning). ``packed``:
+    the call's ids may hold several samples (:attr:`_Plan.packed`)."""
     from .mosaic_backward import fuses_dq
 
     mode, tuning = BACKWARD["mode"], TUNING["dkdv"]
     if mode == "auto":
-        mode = "dq_thread" if kv_len >= DQ_THREAD_FROM and not deterministic_requested() else "split"
+        start = dq_thread_from(packed, device_kind)
+        mode = "dq_thread" if kv_len >= start and not deterministic_requested() else "split"
     if mode == "fused" and not fuses_dq(head_dim, tuning.block):
         return "split"
     if mode == "dq_thread" and not mosaic_fused.supports(head_dim, *tuning):
@@ -368,10 +394,20 @@ def positions_mask() -> bool:
 STATIC_PLAN_TILES = 1 << 20
 
 
+def _one_segment_per_row(q_seg, kv_seg) -> bool:
+    """Whether each batch row's query and key ids (concrete) hold at most one nonzero segment id."""
+    with jax.ensure_compile_time_eval():
+        ids = jnp.concatenate([q_seg.astype(jnp.int32), kv_seg.astype(jnp.int32)], axis=1)
+        highest = ids.max(axis=1, keepdims=True)
+        lowest = jnp.where(ids != 0, ids, highest).min(axis=1, keepdims=True)
+        return bool((lowest == highest).all())
+
+
 class _Plan:
     """Padded token arrays and visit lists of one call (lengths padded to ``BLOCK``, which every
     streamed block size divides); computed at trace time when the ids are concrete and the tile
-    table small (``STATIC_PLAN_TILES``), else by XLA in the call."""
+    table small (``STATIC_PLAN_TILES``), else by XLA in the call. ``packed``: the ids may hold several
+    samples in a row (they are traced, or concrete with more than one segment)."""
 
     def __init__(self, q_seg, kv_seg, q_pos, kv_pos, causal):
         self.args = (q_seg, q_pos, kv_seg, kv_pos)
@@ -381,6 +417,7 @@ class _Plan:
         smallest = 64  # the smallest streamed block: the largest table
         tiles = q_seg.shape[0] * (self.q_pad // smallest) * (self.kv_pad // smallest)
         self.static = trace_time.can_evaluate(*self.args) and tiles <= STATIC_PLAN_TILES
+        self.packed = not (trace_time.can_evaluate(q_seg, kv_seg) and _one_segment_per_row(q_seg, kv_seg))
         self._lists = {}
         with self._evaluation():
             self.q_tokens = plan.token_array(q_seg, q_pos, self.q_pad)
@@ -435,16 +472,16 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     return out[:, :q_len], lse[:, :, :q_len]
 
 
-def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta=None, interpret=None):
+def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta=None, packed=True, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None); ``delta``:
-    rowsum(dout * out) - dlse when the caller computed it, else None."""
+    rowsum(dout * out) - dlse when the caller computed it, else None; ``packed``: ``_Plan.packed``."""
     from .mosaic_backward import dkdv, dq
 
     q_tokens, kv_tokens, _, key_lists, query_lists = plan_arrays
     q_len, kv_len, q_pad, kv_pad = q.shape[1], k.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     lse = lse.astype(jnp.float32)
     tuning = TUNING["dkdv"]
-    mode = backward_mode(q.shape[-1], kv_len)
+    mode = backward_mode(q.shape[-1], kv_len, packed)
     fused, dq_thread = mode == "fused", mode == "dq_thread"
     in_kernel = DELTA["mode"] == "kernel" and not (fused or dq_thread) and delta is None
     # row 1: delta, or (computed in the dQ kernel) the part of it that does not need out
@@ -480,20 +517,21 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     return dq_[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _attention(q, k, v, plan_arrays, causal, scale, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _attention(q, k, v, plan_arrays, causal, scale, packed, interpret):
     return forward(q, k, v, plan_arrays, causal=causal, scale=scale, interpret=interpret)
 
 
-def _attention_fwd(q, k, v, plan_arrays, causal, scale, interpret):
+def _attention_fwd(q, k, v, plan_arrays, causal, scale, packed, interpret):
     out, lse = forward(q, k, v, plan_arrays, causal=causal, scale=scale, interpret=interpret)
     return (out, lse), (q, k, v, plan_arrays, out, lse)
 
 
-def _attention_bwd(causal, scale, interpret, residuals, cotangents):
+def _attention_bwd(causal, scale, packed, interpret, residuals, cotangents):
     q, k, v, plan_arrays, out, lse = residuals
     dout, dlse = cotangents
-    dq, dk, dv = backward(q, k, v, out, lse, dout, dlse, plan_arrays, causal=causal, scale=scale, interpret=interpret)
+    dq, dk, dv = backward(q, k, v, out, lse, dout, dlse, plan_arrays, causal=causal, scale=scale, packed=packed,
+                          interpret=interpret)
     return dq, dk, dv, None
 
 
@@ -503,13 +541,13 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 def attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale, call=None, interpret=None, **unused):
     """Differentiable ``(out, lse)``; ids/positions complete int32 arrays."""
     del call, unused
-    plan_arrays = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal).arrays()
-    return _attention(q, k, v, plan_arrays, causal, scale, interpret)
+    plan = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
+    return _attention(q, k, v, plan.arrays(), causal, scale, plan.packed, interpret)
 
 
 def attention_bwd(q, k, v, out, lse, dout, dlse, q_seg, kv_seg, q_pos, kv_pos, *, causal, scale,
                   call=None, delta=None, interpret=None, **unused):
     del call, unused
-    plan_arrays = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal).arrays(forward=False)
-    return backward(q, k, v, out, lse, dout, dlse, plan_arrays, causal=causal, scale=scale, delta=delta,
-                    interpret=interpret)
+    plan = _Plan(q_seg, kv_seg, q_pos, kv_pos, causal)
+    return backward(q, k, v, out, lse, dout, dlse, plan.arrays(forward=False), causal=causal, scale=scale, delta=delta,
+                    packed=plan.packed, interpret=interpret)

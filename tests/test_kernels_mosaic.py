@@ -236,6 +236,50 @@ def test_auto_backward_picks_by_length_and_determinism(monkeypatch):
     assert mosaic_backend.backward_mode(128, start) == "split"
 
 
+def test_auto_backward_on_an_h100_keeps_split_for_calls_that_may_pack_samples(monkeypatch):
+    """On an H100 "auto" takes dq_thread from 32k keys on when the ids may pack samples (traced, or concrete
+    with several segments in a row), from DQ_THREAD_FROM on one known sample; other devices keep
+    DQ_THREAD_FROM for both. The lowered fwd+bwd shows it: three Mosaic kernels (split) or two."""
+    h100, h200 = "NVIDIA H100 80GB HBM3", "NVIDIA H200"
+    start = mosaic_backend.DQ_THREAD_FROM
+    assert mosaic_backend.backward_mode(128, start, packed=True, device_kind=h100) == "split"
+    assert mosaic_backend.backward_mode(128, 2 * start, packed=True, device_kind=h100) == "split"
+    assert mosaic_backend.backward_mode(128, 32768, packed=True, device_kind=h100) == "dq_thread"
+    assert mosaic_backend.backward_mode(128, start, packed=False, device_kind=h100) == "dq_thread"
+    assert mosaic_backend.backward_mode(128, start, packed=True, device_kind=h200) == "dq_thread"
+
+    seq = start
+    pos = jnp.arange(seq, dtype=jnp.int32)[None]
+    one = jnp.ones((1, seq), jnp.int32)
+    padded = one.at[:, -100:].set(0)
+    two = jnp.repeat(jnp.array([1, 2], jnp.int32), seq // 2)[None]
+    rows = jnp.concatenate([one, 3 * one])  # one sample per row, another id in each
+    assert not mosaic_backend._Plan(one, one, pos, pos, True).packed
+    assert not mosaic_backend._Plan(padded, padded, pos, pos, True).packed
+    assert not mosaic_backend._Plan(rows, rows, jnp.tile(pos, (2, 1)), jnp.tile(pos, (2, 1)), True).packed
+    assert mosaic_backend._Plan(two, two, pos, pos, True).packed
+    traced = []
+    jax.jit(lambda seg: traced.append(mosaic_backend._Plan(seg, seg, pos, pos, True).packed) or seg)(one)
+    assert traced == [True]
+
+    monkeypatch.setattr(mosaic_backend, "_device_kind", lambda: h100)
+    shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+
+    def kernels(*args, seg=None):
+        def fwd_bwd(q, k, v, dout, *traced_seg):
+            ids = traced_seg[0] if traced_seg else seg
+            _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, ids, ids, pos, pos, causal=True,
+                                                                   scale=0.1)[0], q, k, v)
+            return vjp(dout)
+
+        module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes, *args).mlir_module()
+        return module.count("stablehlo.custom_call @mosaic_gpu")
+
+    assert kernels(seg=one) == 2
+    assert kernels(seg=two) == 3
+    assert kernels(jax.ShapeDtypeStruct((1, seq), jnp.int32)) == 3
+
+
 def test_plain_causal_head_dim_128(rng, backward_mode):
     run_case(rng, 256, 256, 2, 2, 128, layout="plain", causal=True)
 
