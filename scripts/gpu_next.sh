@@ -12,12 +12,13 @@
 # packed samples, with dq_thread the 8k default (where the packed step's time goes now that no dQ kernel
 # runs: the dK/dV-dQ kernel's 512 items against the split's 2,560; and what dq_thread's float32 dQ buffer
 # costs outside the kernel: its zero fill and the final scale-and-cast).
-# On an H100 (`nvidia-h100-x1`, the machine issue 4's acceptance names; runs A-C only, before the Mosaic
-# kernels), run the acceptance calls first: accept: the issue's whole bench table (mosaic, triton and JAX
-# cuDNN; causal, full and 4 packed samples of each; 8k and 32k; forward and fwd+bwd) with the PyTorch
-# anchors (FlashAttention-2, cuDNN SDPA) and the matmul ceiling in the same run, as run N did on an H200;
-# then 2 (the goal rows in interleaved rounds, ping-pong beside them); then 1 and accept-tests (the GPU
-# correctness tests: mosaic; triton, cudnn and xla).
+# On an H100 (`nvidia-h100-x1`, the machine issue 4's acceptance names): accept and accept-tests ran there in
+# runs BT and BU (with every backend's GPU tests), 2 in run BV. Next there: h100-packed, the default backward on
+# packed calls (split below 32k on an H100 since runs BV-BW) beside dq_thread, 8k and 16k, plain and 4 packed
+# samples; then 3 and 5 (at 32k: PROFILE_ARGS="--seq 32768 --mask causal"), where the H100 sits at 0.95-0.99x.
+# accept: the issue's whole bench table (mosaic, triton and JAX cuDNN; causal, full and 4 packed samples of each;
+# 8k and 32k; forward and fwd+bwd) with the PyTorch anchors (FlashAttention-2, cuDNN SDPA) and the matmul ceiling
+# in the same run; accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
@@ -33,6 +34,8 @@ case "${1:-}" in
   5) STEPS="profile" PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4" exec bash "$here/gpu_kernels.sh" ;;
   accept) STEPS="anchor bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,triton,jax-cudnn --seqs 8192,32768 --masks causal,full,causal-packed4,full-packed4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
+  h100-packed) STEPS="bench" BENCH_TIMEOUT=300 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread --seqs 8192,16384 --masks causal,causal-packed4 --rounds 3 --budget-s 1" \
+       exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|h100-packed|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac
