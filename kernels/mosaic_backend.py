@@ -32,12 +32,16 @@ HEAD_DIMS = (64, 128)
 AUTO_HEAD_DIMS = (64, 128)
 
 
-def _is_hopper() -> bool:
+def _device_attribute(name: str, default):
+    """An attribute of the first device (``default`` without one, or without a backend)."""
     try:
-        capability = getattr(jax.devices()[0], "compute_capability", "")
+        return getattr(jax.devices()[0], name, default)
     except RuntimeError:
-        return False
-    return str(capability).split(".")[0] == "9"
+        return default
+
+
+def _is_hopper() -> bool:
+    return str(_device_attribute("compute_capability", "")).split(".")[0] == "9"
 
 
 # Longest sequences one call serves: a CTA holds a whole visit list in SMEM beside its tiles. The
@@ -119,10 +123,7 @@ def deterministic_requested() -> bool:
 
 
 def _device_kind() -> str:
-    try:
-        return str(jax.devices()[0].device_kind)
-    except RuntimeError:
-        return ""
+    return str(_device_attribute("device_kind", ""))
 
 
 def dq_thread_from(packed: bool, device_kind: str | None = None) -> int:
@@ -335,10 +336,7 @@ def workers(kernel: str) -> int | None:
         return None
     if PERSISTENT_WORKERS["count"] is not None:
         return PERSISTENT_WORKERS["count"]
-    try:
-        return int(getattr(jax.devices()[0], "core_count", 0)) or DEFAULT_SMS
-    except RuntimeError:
-        return DEFAULT_SMS
+    return int(_device_attribute("core_count", 0)) or DEFAULT_SMS
 
 
 def _choose(part: str, modes: tuple, state: dict, mode: str):

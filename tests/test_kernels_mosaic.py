@@ -194,6 +194,25 @@ def test_shuffled_full_mask_and_given_lse(rng):
         assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
 
 
+def mosaic_kernels(seq: int, seg=None) -> int:
+    """Mosaic GPU kernels in the CUDA lowering of one causal fwd+bwd of ``seq`` tokens (4 query heads over
+    2, D = 128); ``seg``: segment ids closed over (an array: known while tracing), passed as an argument
+    (a ShapeDtypeStruct: traced) or None (all ones, closed over)."""
+    shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+    pos = jnp.arange(seq, dtype=jnp.int32)[None]
+    seg = jnp.ones((1, seq), jnp.int32) if seg is None else seg
+    traced = isinstance(seg, jax.ShapeDtypeStruct)
+
+    def fwd_bwd(q, k, v, dout, *traced_seg):
+        ids = traced_seg[0] if traced else seg
+        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, ids, ids, pos, pos, causal=True,
+                                                               scale=0.1)[0], q, k, v)
+        return vjp(dout)
+
+    module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes, *([seg] if traced else []))
+    return module.mlir_module().count("stablehlo.custom_call @mosaic_gpu")
+
+
 @pytest.fixture(params=[mode for mode in mosaic_backend.BACKWARD_MODES if mode != "auto"])
 def backward_mode(request):
     """Each way the backward gets dQ (D = 128 fuses it into the dK/dV kernel unless split); "auto" picks
@@ -213,19 +232,7 @@ def test_auto_backward_picks_by_length_and_determinism(monkeypatch):
     assert mosaic_backend.backward_mode(64, 4 * start) == "dq_thread"
     assert mosaic_backend.backward_mode(128, start - 1) == "split"
 
-    def kernels(seq):
-        shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
-        seg, pos = jnp.ones((1, seq), jnp.int32), jnp.arange(seq, dtype=jnp.int32)[None]
-
-        def fwd_bwd(q, k, v, dout):
-            _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
-                                                                   scale=0.1)[0], q, k, v)
-            return vjp(dout)
-
-        module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
-        return module.count("stablehlo.custom_call @mosaic_gpu")
-
-    assert kernels(start) == 2 and kernels(300) == 3
+    assert mosaic_kernels(start) == 2 and mosaic_kernels(300) == 3
     saved = dict(mosaic_backend.TUNING)
     mosaic_backend.set_tuning("dkdv", 128, 2)  # 128-query dK/dV blocks: the dQ-thread kernel cannot run
     try:
@@ -263,21 +270,9 @@ def test_auto_backward_on_an_h100_keeps_split_for_calls_that_may_pack_samples(mo
     assert traced == [True]
 
     monkeypatch.setattr(mosaic_backend, "_device_kind", lambda: h100)
-    shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
-
-    def kernels(*args, seg=None):
-        def fwd_bwd(q, k, v, dout, *traced_seg):
-            ids = traced_seg[0] if traced_seg else seg
-            _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, ids, ids, pos, pos, causal=True,
-                                                                   scale=0.1)[0], q, k, v)
-            return vjp(dout)
-
-        module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes, *args).mlir_module()
-        return module.count("stablehlo.custom_call @mosaic_gpu")
-
-    assert kernels(seg=one) == 2
-    assert kernels(seg=two) == 3
-    assert kernels(jax.ShapeDtypeStruct((1, seq), jnp.int32)) == 3
+    assert mosaic_kernels(seq, one) == 2
+    assert mosaic_kernels(seq, two) == 3
+    assert mosaic_kernels(seq, jax.ShapeDtypeStruct((1, seq), jnp.int32)) == 3
 
 
 def test_plain_causal_head_dim_128(rng, backward_mode):
