@@ -9,7 +9,9 @@ and ``causal-packed4`` / ``full-packed4``: 4 packed samples of S/4 tokens
 each (segment ids and positions passed as arguments, as in training; cuDNN
 through JAX cannot run these). ``--rounds N`` compiles every row of a length
 first and times them in N interleaved rounds (medians), so that a drifting
-clock hits all rows alike.
+clock hits all rows alike; each row then also prints its fwd+bwd ratio to
+cuDNN round by round (median and range: a round's two samples are seconds
+apart, so this is the ratio's own spread, and ``--json`` keeps the samples).
 FLOPs: forward ``4 * B * S^2 * Hq * D`` for the full mask, half that causal;
 packed masks count only the visible work (the sum over samples, 1/4 of the
 plain mask); forward+backward is 3.5x the forward. Every row prints its
@@ -301,8 +303,17 @@ class Row:
         t_fwd, t_all = (statistics.median(times) for times in self.times)
         return dict(fwd_ms=t_fwd * 1e3, fwd_bwd_ms=t_all * 1e3, fwd_tflops=self.flops / t_fwd / 1e12,
                     fwd_bwd_tflops=3.5 * self.flops / t_all / 1e12, samples=len(self.times[1]),
+                    fwd_bwd_ms_samples=[t * 1e3 for t in self.times[1]],
                     fwd_dispatch_ms=DISPATCH.get(id(self.fwd), 0.0) * 1e3,
                     fwd_bwd_dispatch_ms=DISPATCH.get(id(self.fwd_bwd), 0.0) * 1e3)
+
+
+def round_ratios(row, anchor):
+    """``row``'s fwd+bwd TFLOP/s over ``anchor``'s, one ratio per interleaved round (each round's two samples
+    were taken seconds apart, so a clock that drifts between rounds moves both); [] without an anchor."""
+    if anchor is None or row is anchor:
+        return []
+    return [(row.flops / mine) / (anchor.flops / theirs) for mine, theirs in zip(row.times[1], anchor.times[1])]
 
 
 def print_traces(built, trace_root):
@@ -413,6 +424,7 @@ def main():
             for row in built:
                 row.sample()
         results = {(row.impl, row.mask): row.result() for row in built}
+        anchor_rows = {row.mask: row for row in built if row.impl == "jax-cudnn"}
         for row in built:
             r, plain = results[(row.impl, row.mask)], row.mask.split("-")[0]
             anchor, own = results.get(("jax-cudnn", plain)), results.get((row.impl, plain))
@@ -425,11 +437,17 @@ def main():
             rows.append(dict(impl=row.impl, seq=length, mask=row.mask, **r, ceiling_tflops=ceiling,
                              ratio_fwd=ratio("fwd_tflops", anchor), ratio_fwd_bwd=ratio("fwd_bwd_tflops", anchor),
                              ratio_own_plain=ratio("fwd_bwd_tflops", own) if row.mask != plain else "-",
-                             max_rel_err_vs_cudnn=err))
+                             max_rel_err_vs_cudnn=err,
+                             ratio_fwd_bwd_rounds=round_ratios(row, anchor_rows.get(plain)) if args.rounds else []))
             print(f"| {row.impl} | {length} | {row.mask} | {r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} "
                   f"| {rows[-1]['ratio_fwd']} | {rows[-1]['ratio_fwd_bwd']} | {rows[-1]['ratio_own_plain']} "
                   f"| {r['fwd_bwd_tflops'] / ceiling:.2f} | {err} | {r['fwd_ms']:.3f} / {r['fwd_bwd_ms']:.3f} "
                   f"| {r['fwd_dispatch_ms']:.3f} / {r['fwd_bwd_dispatch_ms']:.3f} |", flush=True)
+        for r in rows:  # the same ratio round by round: how far one round's pair of samples moves it
+            if r["seq"] == length and r["impl"] != "jax-cudnn" and len(r["ratio_fwd_bwd_rounds"]) > 1:
+                paired = r["ratio_fwd_bwd_rounds"]
+                print(f"# {r['impl']} {length} {r['mask']}: fwd+bwd / cuDNN per round {statistics.median(paired):.3f} "
+                      f"(median of {len(paired)}; {min(paired):.3f}-{max(paired):.3f})")
         if args.trace_dir:
             print_traces(built, args.trace_dir)
         del built, tensors

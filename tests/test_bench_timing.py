@@ -71,3 +71,16 @@ def test_batch_size_does_not_count_the_compile(monkeypatch):
 def test_batch_size_times_a_slow_call_once(monkeypatch):
     monkeypatch.setitem(bench_attention.TIMING, "mode", "async")
     assert bench_attention.batch_size(lambda: time.sleep(0.06), budget_s=0.1) == 0
+
+
+def test_round_ratios_pair_each_round_with_the_anchor_sample_of_the_same_round():
+    # a packed row (a quarter of the FLOPs) and a plain row against the anchor, with the clock slowing
+    # every row by 2x in the second round: the paired ratios do not move, the ratio of medians would
+    from types import SimpleNamespace
+
+    anchor = SimpleNamespace(flops=4.0, times=([], [1.0, 2.0, 1.0]))
+    plain = SimpleNamespace(flops=4.0, times=([], [0.8, 1.6, 1.0]))
+    packed = SimpleNamespace(flops=1.0, times=([], [0.5, 1.0, 0.25]))
+    assert bench_attention.round_ratios(plain, anchor) == pytest.approx([1.25, 1.25, 1.0])
+    assert bench_attention.round_ratios(packed, anchor) == pytest.approx([0.5, 0.5, 1.0])
+    assert bench_attention.round_ratios(anchor, anchor) == [] and bench_attention.round_ratios(plain, None) == []
