@@ -15,7 +15,9 @@
 # On an H100 (`nvidia-h100-x1`, the machine issue 4's acceptance names): accept and accept-tests ran there in
 # runs BT and BU (with every backend's GPU tests), 2 in run BV. Next there: h100-packed, the default backward on
 # packed calls (split below 32k on an H100 since runs BV-BW) beside dq_thread, 8k and 16k, plain and 4 packed
-# samples; then 3 and 5 (at 32k: PROFILE_ARGS="--seq 32768 --mask causal"), where the H100 sits at 0.95-0.99x.
+# samples (run BX); then h100-32k: thread 2's dQ products started once the compute threads hold the next step's s
+# (dq_start:next_s) and the 208/88 split, at 8k and 32k causal, with a device profile of one 32k step of mosaic
+# and of JAX cuDNN (which kernel holds the gap: the H100 sits at 0.95-0.99x there).
 # accept: the issue's whole bench table (mosaic, triton and JAX cuDNN; causal, full and 4 packed samples of each;
 # 8k and 32k; forward and fwd+bwd) with the PyTorch anchors (FlashAttention-2, cuDNN SDPA) and the matmul ceiling
 # in the same run; accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
@@ -36,6 +38,8 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   h100-packed) STEPS="bench" BENCH_TIMEOUT=300 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread --seqs 8192,16384 --masks causal,causal-packed4 --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
+  h100-32k) STEPS="bench profile" BENCH_TIMEOUT=330 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread;dq_thread=dq_start:next_s|backward=dq_thread;dq_thread=compute:208,thread2:88|backward=dq_thread;dq_thread=dq_start:next_s,compute:208,thread2:88 --seqs 8192,32768 --masks causal --rounds 6 --budget-s 1" \
+       PROFILE_LINES=22 PROFILE_ARGS="--seq 32768 --mask causal --steps 3 --top 8|--impl jax-cudnn --seq 32768 --mask causal --steps 3 --top 8" exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|h100-packed|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac
