@@ -36,20 +36,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 import bench_attention as ba  # noqa: E402
 from trace_summary import device_ops  # noqa: E402
 
-from longvila_jax.kernels import flash_attention  # noqa: E402
-
 
 def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool):
     """``(jitted step(q, k, v, dout, *tokens) -> (dq, dk, dv), tokens)``."""
     causal, n_segments = mask.startswith("causal"), 4 if mask.endswith("packed4") else 1
     tokens = ba.packed_tokens(seq_len, n_segments) if n_segments > 1 else ()
 
-    def attend(q, k, v, *ids):
-        kwargs = {}
-        if ids:
-            seg, pos = ids
-            kwargs = dict(q_segment_ids=seg, kv_segment_ids=seg, q_positions=pos, kv_positions=pos)
-        return flash_attention(q, k, v, causal=causal, impl=impl, **kwargs)[0]
+    if impl == "jax-cudnn" and n_segments > 1:
+        raise SystemExit(f"--impl jax-cudnn (the bench's anchor, jax.nn.dot_product_attention) takes the plain "
+                         f"masks only, got --mask {mask}")
+    attend = ba.attention_fn(impl, causal, n_segments, 1024, 1024)  # as the bench builds its rows (xla: its default tiles)
 
     if tokens and not tokens_as_args:
         constants, tokens = tokens, ()
@@ -64,7 +60,8 @@ def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impl", default="mosaic", help="backend, with a tuning as in bench_attention.py")
+    parser.add_argument("--impl", default="mosaic",
+                        help="backend, with a tuning as in bench_attention.py, or jax-cudnn (its anchor; plain masks)")
     parser.add_argument("--seq", type=int, default=8192)
     parser.add_argument("--mask", default="causal-packed4", choices=("causal", "full", "causal-packed4",
                                                                        "full-packed4"))
