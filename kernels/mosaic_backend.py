@@ -156,14 +156,13 @@ def backward_mode(head_dim: int, kv_len: int, packed: bool = False, device_kind:
 
 # The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
 # thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout, a diagnostic probe,
-# where the loop's invariant wgmma descriptors come from, where dQ is scaled, when dp's product issues and
-# when thread 2 starts a step's dQ products.
+# where the loop's invariant wgmma descriptors come from, where dQ is scaled and when dp's product issues.
 DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers",
                          tile_rows="keys", probe="none", descriptors="per_step", dq_scale="after",
-                         dp_issue="after_p", dq_start="ds_ready")
+                         dp_issue="after_p")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 _DQ_THREAD_POSITIONAL = ("chunk", "compute", "thread2", "ds_operand", "tile_rows", "probe", "descriptors")
-_DQ_THREAD_NAMES = _DQ_THREAD_POSITIONAL + ("dq_scale", "dp_issue", "dq_start")
+_DQ_THREAD_NAMES = _DQ_THREAD_POSITIONAL + ("dq_scale", "dp_issue")
 
 
 def set_dq_thread(spec: str):

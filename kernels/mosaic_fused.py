@@ -64,14 +64,6 @@ DP_ISSUES = ("with_s", "after_p")
 # Where dQ gets its softmax scale: "thread2" (each chunk multiplied before it is staged) or "after" (the
 # caller multiplies the float32 sum as it casts it: 32 fewer multiplies and registers a chunk for thread 2).
 DQ_SCALES = ("thread2", "after")
-# When thread 2 starts step j's dQ products: "ds_ready" (as soon as both compute threads have put their ds
-# in SMEM, which is when they issue their dv and dk products: thread 2's products then share the tensor
-# cores with those and with step j + 1's s) or "next_s" (once both compute threads hold step j + 1's s,
-# i.e. are in its exponentials, when they issue no products; the last step's at once). Run BD put thread
-# 2's products at 0.30 us of the 2.74 us CTA step at 32k, about their whole tensor time, as though they
-# filled none of the compute threads' gaps. With "next_s" thread 2 also issues step j + 2's loads before
-# step j's products (they read ds and k, not q or dout), so the later start does not delay the loads.
-DQ_STARTS = ("ds_ready", "next_s")
 # Diagnostics for the bench (dQ is then wrong): "no_add" skips thread 2's reduce-adds, "no_dq" all of
 # its dQ work (it only hands the ds buffers back).
 PROBES = ("none", "no_add", "no_dq")
@@ -91,14 +83,14 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
             ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none",
             descriptors: str = "per_step", dq_scale: str = "thread2", dp_issue: str = "with_s",
-            dq_start: str = "ds_ready", positions_mask: bool = True, interpret=None):
+            positions_mask: bool = True, interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
     ``DS_OPERANDS`` ("smem" only with ``tile_rows`` "queries"); ``tile_rows``: see ``TILE_ROWS``;
     ``probe``: see ``PROBES``; ``descriptors``: see ``DESCRIPTORS``;
     ``dq_scale``: see ``DQ_SCALES`` (with "after", ``dq_acc`` receives ``ds^T @ k`` unscaled); ``dp_issue``: see
-    ``DP_ISSUES``; ``dq_start``: see ``DQ_STARTS``.
+    ``DP_ISSUES``.
 
     k sits in SMEM transposed (``[D, keys]``, from an XLA transpose of k), so that a dQ product can read
     any 32 rows of D as its K-major ``b`` operand; the compute threads read it as the transposed ``a`` of
@@ -123,7 +115,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                          f"from SMEM: ds_operand 'smem') and probe one of {PROBES}, got {tile_rows!r}, "
                          f"{ds_operand!r}, {probe!r}")
     for name, value, allowed in (("descriptors", descriptors, DESCRIPTORS), ("dq_scale", dq_scale, DQ_SCALES),
-                                 ("dp_issue", dp_issue, DP_ISSUES), ("dq_start", dq_start, DQ_STARTS)):
+                                 ("dp_issue", dp_issue, DP_ISSUES)):
         if value not in allowed:
             raise ValueError(f"the fused dK/dV/dQ kernel: {name} must be one of {allowed}, got {value!r}")
     compute_regs, dq_regs = registers
@@ -132,12 +124,11 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                          f"at least 24, with 2 x compute + thread 2 <= 504, got {registers}")
     chunk = min(chunk, head_dim)
     n_chunks = head_dim // chunk
-    next_s = dq_start == "next_s"
 
     def body(q_ref, k_t_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, dk_ref, dv_ref,
              k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
              list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed,
-             ds_ready, ds_free, s_held, loops_done, dq_loaded):
+             ds_ready, ds_free, loops_done, dq_loaded):
         b, r, hkv = mc.program_ids()
         wg = mc.thread_index()
         count, kb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
@@ -151,10 +142,6 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             parity = lax.rem(j, 2)
             h, qb, _ = block_of(j)
             plgpu.barrier_wait(ds_ready.at[parity])
-            if next_s:
-                @pl.when(j + 1 < n_steps)
-                def _():
-                    plgpu.barrier_wait(s_held.at[lax.rem(j + 1, 2)])
             if probe == "no_dq":
                 plgpu.barrier_arrive(ds_free.at[parity])
                 return
@@ -196,8 +183,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     issue(j, j)
 
             def step(j, carry):
-                if not next_s:
-                    add_dq(j)
+                add_dq(j)
                 slot = lax.rem(j, stages)
                 plgpu.barrier_wait(consumed.at[slot])  # every release is awaited, the last ones too
 
@@ -205,8 +191,6 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 def _():
                     issue(j + stages, slot)
 
-                if next_s:
-                    add_dq(j)
                 return carry
 
             lax.fori_loop(0, n_steps, step, None)
@@ -248,12 +232,6 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 plgpu.barrier_arrive(ds_ready.at[parity])
                 return ds_s.at[parity, wg]
 
-            def hold_s(j):
-                """Tell thread 2 that this thread holds step ``j``'s s (it may start step j - 1's dQ)."""
-                @pl.when(j >= 1)
-                def _():
-                    plgpu.barrier_arrive(s_held.at[lax.rem(j, 2)])
-
             def products(slot, own):
                 """``(s, dp)``'s operands: ``q k^T, dout v^T`` (queries on rows) or ``k q^T, v dout^T``;
                 ``own``: this thread's index into k_s and v_s (see ``DESCRIPTORS``)."""
@@ -273,8 +251,6 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 s_operands, dp_operands = products(slot, own)
                 if interpret is not None:  # one product at a time, 16-bit operands from SMEM
                     s, dp = mc.matmuls((*s_operands, tile), (*dp_operands, tile))
-                    if next_s:
-                        hold_s(j)
                     p = probs(s, slot, mask_kind)
                     ds16 = dscores(p, dp, slot).astype(dtype)
                     if by_queries:
@@ -295,10 +271,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                     if dp_with_s:
                         plgpu.wgmma(dp_acc, *dp_operands)
                     # with dp issued, it may still run while p is computed
-                    s = plgpu.wgmma_accumulator_load(s_acc, wait_n=int(dp_with_s))
-                    if next_s:
-                        hold_s(j)
-                    p = probs(s, slot, mask_kind)
+                    p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=int(dp_with_s)), slot, mask_kind)
                     p16 = p.astype(dtype)
                     if not dp_with_s:
                         plgpu.wgmma(dp_acc, *dp_operands)
@@ -367,7 +340,6 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # consumed
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=2),  # ds_ready, by parity
         plgpu.Barrier(num_barriers=2),  # ds_free, by parity
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=2),  # s_held, by parity ("next_s")
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=1),  # both compute threads' loops are done
         plgpu.Barrier(num_barriers=1),  # dq_loaded (interpret mode's read-modify-writes)
     ]

@@ -15,10 +15,9 @@
 # On an H100 (`nvidia-h100-x1`, the machine issue 4's acceptance names): accept and accept-tests ran there in
 # runs BT and BU (with every backend's GPU tests), 2 in run BV. Next there: h100-packed, the default backward on
 # packed calls (split below 32k on an H100 since runs BV-BW) beside dq_thread, 8k and 16k, plain and 4 packed
-# samples (run BX); then h100-32k: thread 2's dQ products started once the compute threads hold the next step's s
-# (dq_start:next_s) and the 208/88 split, at 8k and 32k causal, with a device profile of one 32k step of mosaic
-# and of JAX cuDNN (which kernel holds the gap: the H100 sits at 0.95-0.99x there).
-# accept: the issue's whole bench table (mosaic, triton and JAX cuDNN; causal, full and 4 packed samples of each;
+# samples (run BX); h100-32k: the 208/88 split at 8k and 32k causal in 6 interleaved rounds, with a device profile
+# of one 32k step of mosaic and of JAX cuDNN (runs BY-BZ ran it with a dQ-start variant since removed).
+# accept: the issue's whole bench table in 3 interleaved rounds (mosaic, triton and JAX cuDNN; causal, full and 4 packed samples of each;
 # 8k and 32k; forward and fwd+bwd) with the PyTorch anchors (FlashAttention-2, cuDNN SDPA) and the matmul ceiling
 # in the same run; accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
@@ -34,11 +33,11 @@ case "${1:-}" in
   4) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
        exec bash "$here/gpu_kernels.sh" ;;
   5) STEPS="profile" PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4" exec bash "$here/gpu_kernels.sh" ;;
-  accept) STEPS="anchor bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,triton,jax-cudnn --seqs 8192,32768 --masks causal,full,causal-packed4,full-packed4 --budget-s 1" \
+  accept) STEPS="anchor bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,triton,jax-cudnn --seqs 8192,32768 --masks causal,full,causal-packed4,full-packed4 --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
   h100-packed) STEPS="bench" BENCH_TIMEOUT=300 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread --seqs 8192,16384 --masks causal,causal-packed4 --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
-  h100-32k) STEPS="bench profile" BENCH_TIMEOUT=330 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread;dq_thread=dq_start:next_s|backward=dq_thread;dq_thread=compute:208,thread2:88|backward=dq_thread;dq_thread=dq_start:next_s,compute:208,thread2:88 --seqs 8192,32768 --masks causal --rounds 6 --budget-s 1" \
+  h100-32k) STEPS="bench profile" BENCH_TIMEOUT=330 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread;dq_thread=compute:208,thread2:88 --seqs 8192,32768 --masks causal --rounds 6 --budget-s 1" \
        PROFILE_LINES=22 PROFILE_ARGS="--seq 32768 --mask causal --steps 3 --top 8|--impl jax-cudnn --seq 32768 --mask causal --steps 3 --top 8" exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
   *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;

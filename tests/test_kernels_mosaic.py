@@ -305,8 +305,7 @@ def dq_thread_options(request):
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
 @pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries",
                                                "ds_operand:smem,tile_rows:queries,descriptors:hoisted,dq_scale:thread2",
-                                               "dq_scale:thread2", "dq_start:next_s",
-                                               "dq_start:next_s,dp_issue:with_s,chunk:32"], indirect=True)
+                                               "dq_scale:thread2"], indirect=True)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_dq_thread_options_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
     """The dQ-thread kernel's other forms: FlashAttention-3's tile layout (s = q k^T; p and ds through
@@ -356,14 +355,11 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
     with pytest.raises(ValueError, match="dq_scale must be one of .'thread2', 'after'., got 'before'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), dq_scale="before")
-    with pytest.raises(ValueError, match="names: .*dq_scale, dp_issue, dq_start\\) or .*got 'staging:plain'"):  # dropped: no effect
+    with pytest.raises(ValueError, match="names: .*dq_scale, dp_issue\\) or .*got 'staging:plain'"):  # dropped: no effect
         mosaic_backend.set_dq_thread("staging:plain")
     with pytest.raises(ValueError, match="dp_issue must be one of .'with_s', 'after_p'., got 'early'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), dp_issue="early")
-    with pytest.raises(ValueError, match="dq_start must be one of .'ds_ready', 'next_s'., got 'late'"):
-        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
-                             tuning=mosaic_backend.mc.Tuning(64, 2), dq_start="late")
     with pytest.raises(ValueError, match="tile_rows must be one of .'keys', 'queries'. .* got 'queries', 'registers'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), tile_rows="queries")
@@ -654,8 +650,7 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
 @pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add,per_step",
                                                "descriptors:hoisted,dq_scale:thread2",
-                                               "dp_issue:after_p,compute:208,thread2:88",
-                                               "dq_start:next_s"], indirect=True)
+                                               "dp_issue:after_p,compute:208,thread2:88"], indirect=True)
 def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread_options):
     """The dQ-thread kernel's GPU forms that interpret mode does not run as on a GPU (queries on the rows:
     asynchronous products reading p and ds transposed from SMEM; the probe without reduce-adds): the Mosaic
