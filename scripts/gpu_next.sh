@@ -17,9 +17,9 @@
 # packed calls (split below 32k on an H100 since runs BV-BW) beside dq_thread, 8k and 16k, plain and 4 packed
 # samples (run BX); h100-32k: the 208/88 split at 8k and 32k causal in 6 interleaved rounds, with a device profile
 # of one 32k step of mosaic and of JAX cuDNN (runs BY-BZ ran it with a dQ-start variant since removed).
-# accept: the whole bench table in 3 interleaved rounds (mosaic, triton and JAX cuDNN; causal, full and 4 packed samples of each;
-# 8k and 32k; forward and fwd+bwd) with the PyTorch anchors (FlashAttention-2, cuDNN SDPA) and the matmul ceiling
-# in the same run; accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
+# accept: the whole bench table in 3 interleaved rounds (mosaic, triton and JAX cuDNN; causal, full and 4
+# packed samples of each; 8k and 32k; forward and fwd+bwd) with the PyTorch anchors (FlashAttention-2, cuDNN SDPA) and
+# the matmul ceiling in the same run; accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
