@@ -63,6 +63,7 @@ BATCH, Q_HEADS, KV_HEADS, HEAD_DIM = 1, 32, 8, 128
 TIMING = {"mode": "sync"}
 REPEATS = 200  # most calls per batch in async timing
 BATCH_S = 0.25  # seconds a batch of async calls aims at: the wait that ends it then costs under 1%
+XLA_TILE = 1024  # the xla backend's tile rows and columns unless --block-q / --block-k say otherwise
 
 
 def batch_size(fn, *args, budget_s=20.0):
@@ -345,8 +346,8 @@ def main():
                         help="project backends to time (JAX cuDNN always runs as the anchor)")
     parser.add_argument("--seqs", default="8192,32768")
     parser.add_argument("--masks", default="causal,full,causal-packed4,full-packed4")
-    parser.add_argument("--block-q", type=int, default=1024, help="xla backend tile rows")
-    parser.add_argument("--block-k", type=int, default=1024, help="xla backend tile columns")
+    parser.add_argument("--block-q", type=int, default=XLA_TILE, help="xla backend tile rows")
+    parser.add_argument("--block-k", type=int, default=XLA_TILE, help="xla backend tile columns")
     parser.add_argument("--budget-s", type=float, default=10.0, help="timing budget per measurement")
     parser.add_argument("--triton-tiles", default="",
                         help="'|'-separated Triton tile sets, each timed as its own row, e.g. "

@@ -45,7 +45,7 @@ def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool):
     if impl == "jax-cudnn" and n_segments > 1:
         raise SystemExit(f"--impl jax-cudnn (the bench's anchor, jax.nn.dot_product_attention) takes the plain "
                          f"masks only, got --mask {mask}")
-    attend = ba.attention_fn(impl, causal, n_segments, 1024, 1024)  # as the bench builds its rows (xla: its default tiles)
+    attend = ba.attention_fn(impl, causal, n_segments, ba.XLA_TILE, ba.XLA_TILE)  # as the bench builds its rows
 
     if tokens and not tokens_as_args:
         constants, tokens = tokens, ()
