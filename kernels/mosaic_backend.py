@@ -109,7 +109,8 @@ def set_tuning(kernel: str, block: int, stages: int):
 # Calls whose ids may pack several samples (ids traced, or known to hold more than one segment) start later
 # on the devices named in ``DQ_THREAD_FROM_PACKED``: on an H100 (3.35 TB/s against the H200's 4.8, so the
 # float32 dQ buffer's zero fill and cast weigh more) split measured 1.08-1.11x dq_thread with 4 packed samples
-# at 8k and 1.06x at 16k, 0.98-0.99x at 32k (runs BV, BW), and level on one sample at 8k-16k (0.96-1.02x).
+# at 8k (1.10x as this default, run BX) and 0.99-1.06x at 16k (runs BW, BX), 0.98-0.99x at 32k (runs BV, BW),
+# and level on one sample at 8k-16k (0.96-1.02x).
 BACKWARD_MODES = ("auto", "split", "fused", "dq_thread")
 BACKWARD = {"mode": "auto"}
 DQ_THREAD_FROM = 8192
