@@ -7,7 +7,12 @@
 Shapes: B=1, Hq=32, Hkv=8, D=128, bf16. Masks: ``causal`` and ``full`` (plain),
 and ``causal-packed4`` / ``full-packed4``: 4 packed samples of S/4 tokens
 each (segment ids and positions passed as arguments, as in training; cuDNN
-through JAX cannot run these). ``--rounds N`` compiles every row of a length
+through JAX cannot run these). ``causal-batch4`` / ``full-batch4`` hold the
+same 4 samples as 4 batch items of S/4 tokens (the same tensors, reshaped):
+the unpacked form of the same work, which cuDNN runs too, so that a packed
+row's ratio to its own plain rate splits into what the shorter samples cost
+every kernel (a batched row over its plain one, cuDNN's included) and what the
+packing adds (the packed row over the batched one). ``--rounds N`` compiles every row of a length
 first and times them in N interleaved rounds (medians), so that a drifting
 clock hits all rows alike; each row then also prints its fwd+bwd ratio to
 cuDNN round by round (median and range: a round's two samples are seconds
@@ -15,7 +20,9 @@ apart, so this is the ratio's own spread, and ``--json`` keeps the samples).
 FLOPs: forward ``4 * B * S^2 * Hq * D`` for the full mask, half that causal;
 packed masks count only the visible work (the sum over samples, 1/4 of the
 plain mask); forward+backward is 3.5x the forward. Every row prints its
-ratio to JAX cuDNN on the plain mask of the same kind and S, and to the
+ratio to JAX cuDNN on the plain mask of the same kind and S (a batched row:
+on the same batched mask; packed and batched rows also to their own plain
+rate, round by round too with ``--rounds``), and to the
 measured bf16 matmul ceiling (8192^3), all in the same run. On the plain
 masks each row also prints its largest relative error against cuDNN over
 out, dq, dk and dv (a wrong kernel cannot hide behind a good speed). ``--json`` keeps the rows,
@@ -132,6 +139,26 @@ def packed_tokens(length, n_segments):
     seg = np.repeat(np.arange(1, n_segments + 1), per)
     pos = np.tile(np.arange(per), n_segments)
     return jnp.asarray(seg[None], jnp.int32), jnp.asarray(pos[None], jnp.int32)
+
+
+MASK_LAYOUTS = {"": 1, "packed4": 4, "batch4": 4}  # suffix -> samples per sequence
+
+
+def mask_layout(mask):
+    """``causal-packed4`` -> ``("causal", "packed4", 4)``: the plain mask, the layout suffix ("" plain,
+    "packed4" one sequence of 4 samples told apart by segment ids, "batch4" the 4 samples as batch items)
+    and the samples per sequence."""
+    plain, _, layout = mask.partition("-")
+    if plain not in ("causal", "full") or layout not in MASK_LAYOUTS:
+        raise ValueError(f"bench mask {mask!r}: expected causal or full, optionally with -packed4 or -batch4 "
+                         f"(e.g. causal-packed4)")
+    return plain, layout, MASK_LAYOUTS[layout]
+
+
+def anchor_mask(mask):
+    """The JAX cuDNN row a row is compared with: the same batched mask (cuDNN runs it), else the plain one."""
+    plain, layout, _ = mask_layout(mask)
+    return mask if layout == "batch4" else plain
 
 
 def forward_flops(length, causal, n_segments):
@@ -253,11 +280,13 @@ class Row:
 
     def __init__(self, impl, length, mask, tensors, block_q, block_k, budget_s):
         self.impl, self.length, self.mask = impl, length, mask
-        causal = mask.startswith("causal")
-        n_segments = 4 if mask.endswith("packed4") else 1
+        plain, layout, n_segments = mask_layout(mask)
+        causal = plain == "causal"
         q, k, v, dout = tensors
-        tokens = packed_tokens(length, n_segments) if n_segments > 1 else ()
-        f = attention_fn(use_impl(impl), causal, n_segments, block_q, block_k)
+        if layout == "batch4":  # the packed samples as batch items: [1, S] -> [4, S / 4], no ids
+            q, k, v, dout = (x.reshape(n_segments, length // n_segments, *x.shape[2:]) for x in (q, k, v, dout))
+        tokens = packed_tokens(length, n_segments) if layout == "packed4" else ()
+        f = attention_fn(use_impl(impl), causal, n_segments if tokens else 1, block_q, block_k)
         self.fwd = jax.jit(f)
         self.fwd_bwd = jax.jit(lambda q, k, v, dout, *tokens: jax.vjp(lambda *a: f(*a, *tokens), q, k, v)[1](dout))
         self.fwd_args, self.fwd_bwd_args = (q, k, v, *tokens), (q, k, v, dout, *tokens)
@@ -398,21 +427,23 @@ def main():
         for spec in args.triton_tiles.split("|"):
             set_triton_tiles(spec)
         set_triton_tiles("")
+    for mask in args.masks.split(","):  # a bad mask stops here, before any compile
+        mask_layout(mask)
     rows = []
     for length in (int(s) for s in args.seqs.split(",")):
         tensors = inputs(length)
         built, errors, anchor_outputs = [], {}, {}
         for mask in args.masks.split(","):
-            plain = mask.split("-")[0]
-            for impl in (["jax-cudnn"] if mask == plain else []) + impl_names:
+            cudnn_runs = anchor_mask(mask) == mask  # plain or batched: cuDNN's own row, and the error check
+            for impl in (["jax-cudnn"] if cudnn_runs else []) + impl_names:
                 try:
                     row = Row(impl, length, mask, tensors, args.block_q, args.block_k, args.budget_s)
-                    if mask == plain:  # the error check against cuDNN (plain masks only)
+                    if cudnn_runs:
                         outputs = row.outputs()
                         if impl == "jax-cudnn":
-                            anchor_outputs[plain] = outputs
-                        elif plain in anchor_outputs:
-                            errors[(impl, mask)] = max(rel_err(a, b) for a, b in zip(outputs, anchor_outputs[plain]))
+                            anchor_outputs[mask] = outputs
+                        elif mask in anchor_outputs:
+                            errors[(impl, mask)] = max(rel_err(a, b) for a, b in zip(outputs, anchor_outputs[mask]))
                         del outputs
                     if not args.rounds:
                         row.time_alone()
@@ -426,9 +457,10 @@ def main():
                 row.sample()
         results = {(row.impl, row.mask): row.result() for row in built}
         anchor_rows = {row.mask: row for row in built if row.impl == "jax-cudnn"}
+        own_rows = {(row.impl, row.mask): row for row in built}
         for row in built:
-            r, plain = results[(row.impl, row.mask)], row.mask.split("-")[0]
-            anchor, own = results.get(("jax-cudnn", plain)), results.get((row.impl, plain))
+            r, plain = results[(row.impl, row.mask)], mask_layout(row.mask)[0]
+            anchor, own = results.get(("jax-cudnn", anchor_mask(row.mask))), results.get((row.impl, plain))
 
             def ratio(key, base):
                 return f"{r[key] / base[key]:.2f}" if base else "-"
@@ -439,7 +471,10 @@ def main():
                              ratio_fwd=ratio("fwd_tflops", anchor), ratio_fwd_bwd=ratio("fwd_bwd_tflops", anchor),
                              ratio_own_plain=ratio("fwd_bwd_tflops", own) if row.mask != plain else "-",
                              max_rel_err_vs_cudnn=err,
-                             ratio_fwd_bwd_rounds=round_ratios(row, anchor_rows.get(plain)) if args.rounds else []))
+                             ratio_fwd_bwd_rounds=round_ratios(row, anchor_rows.get(anchor_mask(row.mask)))
+                             if args.rounds else [],
+                             ratio_own_plain_rounds=round_ratios(row, own_rows.get((row.impl, plain)))
+                             if args.rounds else []))
             print(f"| {row.impl} | {length} | {row.mask} | {r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} "
                   f"| {rows[-1]['ratio_fwd']} | {rows[-1]['ratio_fwd_bwd']} | {rows[-1]['ratio_own_plain']} "
                   f"| {r['fwd_bwd_tflops'] / ceiling:.2f} | {err} | {r['fwd_ms']:.3f} / {r['fwd_bwd_ms']:.3f} "
@@ -448,6 +483,10 @@ def main():
             if r["seq"] == length and r["impl"] != "jax-cudnn" and len(r["ratio_fwd_bwd_rounds"]) > 1:
                 paired = r["ratio_fwd_bwd_rounds"]
                 print(f"# {r['impl']} {length} {r['mask']}: fwd+bwd / cuDNN per round {statistics.median(paired):.3f} "
+                      f"(median of {len(paired)}; {min(paired):.3f}-{max(paired):.3f})")
+            if r["seq"] == length and len(r["ratio_own_plain_rounds"]) > 1:
+                paired = r["ratio_own_plain_rounds"]
+                print(f"# {r['impl']} {length} {r['mask']}: fwd+bwd / own plain per round {statistics.median(paired):.3f} "
                       f"(median of {len(paired)}; {min(paired):.3f}-{max(paired):.3f})")
         if args.trace_dir:
             print_traces(built, args.trace_dir)

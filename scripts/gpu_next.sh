@@ -19,7 +19,8 @@
 # of one 32k step of mosaic and of JAX cuDNN (runs BY-BZ ran it with a dQ-start variant since removed).
 # accept: the whole bench table in 3 interleaved rounds (mosaic, triton and JAX cuDNN; causal, full and 4
 # packed samples of each; 8k and 32k; forward and fwd+bwd) with the PyTorch anchors (FlashAttention-2, cuDNN SDPA) and
-# the matmul ceiling in the same run; accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
+# the matmul ceiling in the same run, and the packed causal samples as 4 batch items (causal-batch4: what the shorter
+# samples cost every kernel, cuDNN's included, apart from what the packing costs); accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
@@ -33,7 +34,7 @@ case "${1:-}" in
   4) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
        exec bash "$here/gpu_kernels.sh" ;;
   5) STEPS="profile" PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4" exec bash "$here/gpu_kernels.sh" ;;
-  accept) STEPS="anchor bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,triton,jax-cudnn --seqs 8192,32768 --masks causal,full,causal-packed4,full-packed4 --rounds 3 --budget-s 1" \
+  accept) STEPS="anchor bench" BENCH_TIMEOUT=470 BENCH_ARGS="--impls mosaic,triton,jax-cudnn --seqs 8192,32768 --masks causal,full,causal-packed4,full-packed4,causal-batch4 --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
   h100-packed) STEPS="bench" BENCH_TIMEOUT=300 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread --seqs 8192,16384 --masks causal,causal-packed4 --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;

@@ -4,8 +4,8 @@
     python scripts/bench_attention.py ... --json rows.json --plot bench.png     (the same, at the end of a run)
 
 One panel per sequence length; per mask a group of bars, one per backend row (tunings included), each
-labelled with its ratio to JAX cuDNN on the plain mask of that kind (packed masks: to the row's own plain
-rate, the goal's measure); a dashed line at the run's bf16 matmul ceiling.
+labelled with its ratio to JAX cuDNN on the plain mask of that kind (packed and batched masks: to the row's
+own plain rate, the goal's measure); a dashed line at the run's bf16 matmul ceiling.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def plot_rows(run: dict, path) -> Path:
                     continue
                 x = j + (i - (len(impls) - 1) / 2) * width
                 ax.bar(x, row["fwd_bwd_tflops"], width, color=colours(i % 10), label=impl if j == 0 else None)
-                ratio = row["ratio_own_plain"] if "-packed" in mask else row["ratio_fwd_bwd"]
+                ratio = row["ratio_own_plain"] if "-" in mask else row["ratio_fwd_bwd"]
                 if ratio != "-":
                     ax.text(x, row["fwd_bwd_tflops"], f"{ratio}x", ha="center", va="bottom", fontsize=7,
                             rotation=90 if len(impls) > 3 else 0)

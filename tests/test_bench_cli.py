@@ -32,15 +32,21 @@ def table_rows(text):
 
 
 def test_bench_attention_writes_a_row_per_backend_and_mask(tmp_path):
-    out = run_script("bench_attention.py", "--impls", "xla", "--seqs", "256", "--masks", "causal,causal-packed4",
+    out = run_script("bench_attention.py", "--impls", "xla", "--seqs", "256", "--masks",
+                     "causal,causal-packed4,causal-batch4",
                      "--ceiling-size", "256", "--budget-s", "0.2", "--rounds", "2", "--block-q", "64",
                      "--block-k", "64", "--json", str(tmp_path / "rows.json"), "--plot", str(tmp_path / "rows.png"))
     assert "jax-cudnn | 256 | causal | failed" in out  # the anchor row says why it is missing
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
-    assert [(r["impl"], r["mask"]) for r in rows] == [("xla", "causal"), ("xla", "causal-packed4")]
-    plain, packed = rows
-    assert plain["ratio_own_plain"] == "-"
-    assert float(packed["ratio_own_plain"]) == round(packed["fwd_bwd_tflops"] / plain["fwd_bwd_tflops"], 2)
+    assert "jax-cudnn | 256 | causal-batch4 | failed" in out  # cuDNN runs batched masks too (not on CPU)
+    assert [(r["impl"], r["mask"]) for r in rows] == [("xla", "causal"), ("xla", "causal-packed4"),
+                                                      ("xla", "causal-batch4")]
+    plain, packed, batched = rows
+    assert plain["ratio_own_plain"] == "-" and plain["ratio_own_plain_rounds"] == []
+    for row in (packed, batched):  # a quarter of the plain mask's FLOPs: rate ratio = plain ms / (4 x own ms)
+        assert float(row["ratio_own_plain"]) == round(row["fwd_bwd_tflops"] / plain["fwd_bwd_tflops"], 2)
+        assert row["ratio_own_plain_rounds"] == pytest.approx(
+            [p / (4 * m) for p, m in zip(plain["fwd_bwd_ms_samples"], row["fwd_bwd_ms_samples"])])
     assert all(r["samples"] == 2 and r["fwd_bwd_ms"] > 0 for r in rows)
     # one sample per round kept; no per-round ratios without the cuDNN anchor (it cannot run on CPU)
     assert all(len(r["fwd_bwd_ms_samples"]) == 2 and r["ratio_fwd_bwd_rounds"] == [] for r in rows)

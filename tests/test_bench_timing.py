@@ -84,3 +84,31 @@ def test_round_ratios_pair_each_round_with_the_anchor_sample_of_the_same_round()
     assert bench_attention.round_ratios(plain, anchor) == pytest.approx([1.25, 1.25, 1.0])
     assert bench_attention.round_ratios(packed, anchor) == pytest.approx([0.5, 0.5, 1.0])
     assert bench_attention.round_ratios(anchor, anchor) == [] and bench_attention.round_ratios(plain, None) == []
+
+
+def test_mask_layouts_and_their_cudnn_anchor():
+    assert bench_attention.mask_layout("full") == ("full", "", 1)
+    assert bench_attention.mask_layout("causal-packed4") == ("causal", "packed4", 4)
+    assert bench_attention.anchor_mask("causal-packed4") == "causal"  # cuDNN cannot take segment ids
+    assert bench_attention.anchor_mask("full-batch4") == "full-batch4"  # the same work, unpacked: cuDNN runs it
+    for bad in ("causal-packed8", "sliding", "causal-batch4-x"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            bench_attention.mask_layout(bad)
+
+
+def test_a_batched_row_runs_the_packed_rows_samples_as_batch_items():
+    """The xla backend on 4 packed causal samples (segment ids, restarting positions) and on the same
+    tensors as 4 batch items: the same attention, so out, dq, dk and dv agree once reshaped."""
+    import jax
+    import numpy as np
+
+    length = 256
+    key = jax.random.key(np.random.SeedSequence().entropy % 2**31)  # fresh inputs every run
+    q, k, v, dout = (jax.random.normal(kk, (1, length, heads, bench_attention.HEAD_DIM), "bfloat16")
+                     for kk, heads in zip(jax.random.split(key, 4), (4, 2, 2, 4)))
+    packed, batched = (bench_attention.Row("xla", length, mask, (q, k, v, dout), 64, 64, budget_s=0.01).outputs()
+                       for mask in ("causal-packed4", "causal-batch4"))
+    assert batched[0].shape == (4, length // 4, 4, bench_attention.HEAD_DIM)
+    for got, want in zip(batched, packed):
+        np.testing.assert_allclose(np.asarray(got, np.float32).reshape(want.shape), np.asarray(want, np.float32),
+                                   rtol=2e-2, atol=2e-2)
