@@ -183,6 +183,18 @@ def attention_fn(impl, causal, n_segments, block_q, block_k):
     return lambda q, k, v: flash_attention(q, k, v, **kwargs)[0]
 
 
+def mask_call(impl, length, mask, tensors, block_q, block_k):
+    """``(f, (q, k, v, dout), tokens, forward FLOPs)`` of one backend (a name, tuning applied) and
+    mask on one length's ``[1, S, H, D]`` tensors: a batched mask reshapes them to ``[4, S / 4, H, D]``
+    (the packed samples as batch items), a packed one adds its segment ids and positions."""
+    plain, layout, n_segments = mask_layout(mask)
+    if layout == "batch4":
+        tensors = tuple(x.reshape(n_segments, length // n_segments, *x.shape[2:]) for x in tensors)
+    tokens = packed_tokens(length, n_segments) if layout == "packed4" else ()
+    f = attention_fn(impl, plain == "causal", n_segments if tokens else 1, block_q, block_k)
+    return f, tensors, tokens, forward_flops(length, plain == "causal", n_segments)
+
+
 DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 
@@ -280,17 +292,10 @@ class Row:
 
     def __init__(self, impl, length, mask, tensors, block_q, block_k, budget_s):
         self.impl, self.length, self.mask = impl, length, mask
-        plain, layout, n_segments = mask_layout(mask)
-        causal = plain == "causal"
-        q, k, v, dout = tensors
-        if layout == "batch4":  # the packed samples as batch items: [1, S] -> [4, S / 4], no ids
-            q, k, v, dout = (x.reshape(n_segments, length // n_segments, *x.shape[2:]) for x in (q, k, v, dout))
-        tokens = packed_tokens(length, n_segments) if layout == "packed4" else ()
-        f = attention_fn(use_impl(impl), causal, n_segments if tokens else 1, block_q, block_k)
+        f, (q, k, v, dout), tokens, self.flops = mask_call(use_impl(impl), length, mask, tensors, block_q, block_k)
         self.fwd = jax.jit(f)
         self.fwd_bwd = jax.jit(lambda q, k, v, dout, *tokens: jax.vjp(lambda *a: f(*a, *tokens), q, k, v)[1](dout))
         self.fwd_args, self.fwd_bwd_args = (q, k, v, *tokens), (q, k, v, dout, *tokens)
-        self.flops = forward_flops(length, causal, n_segments)
         self.budget_s = budget_s
         self.repeats = (batch_size(self.fwd, *self.fwd_args, budget_s=budget_s),
                         batch_size(self.fwd_bwd, *self.fwd_bwd_args, budget_s=budget_s))

@@ -30,22 +30,20 @@ if "--command-buffers" not in sys.argv:
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_attention as ba  # noqa: E402
 from trace_summary import device_ops  # noqa: E402
 
 
-def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool):
-    """``(jitted step(q, k, v, dout, *tokens) -> (dq, dk, dv), tokens)``."""
-    causal, n_segments = mask.startswith("causal"), 4 if mask.endswith("packed4") else 1
-    tokens = ba.packed_tokens(seq_len, n_segments) if n_segments > 1 else ()
-
-    if impl == "jax-cudnn" and n_segments > 1:
+def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool, tensors):
+    """``(jitted step(q, k, v, dout, *tokens) -> (dq, dk, dv), (q, k, v, dout), tokens)`` on one length's
+    ``[1, S, H, D]`` tensors (reshaped for a batched mask)."""
+    if impl == "jax-cudnn" and ba.anchor_mask(mask) != mask:
         raise SystemExit(f"--impl jax-cudnn (the bench's anchor, jax.nn.dot_product_attention) takes the plain "
-                         f"masks only, got --mask {mask}")
-    attend = ba.attention_fn(impl, causal, n_segments, ba.XLA_TILE, ba.XLA_TILE)  # as the bench builds its rows
+                         f"and batched masks only, got --mask {mask}")
+    # as the bench builds its rows
+    attend, tensors, tokens, _ = ba.mask_call(impl, seq_len, mask, tensors, ba.XLA_TILE, ba.XLA_TILE)
 
     if tokens and not tokens_as_args:
         constants, tokens = tokens, ()
@@ -55,7 +53,7 @@ def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool):
     else:
         def step(q, k, v, dout, *ids):
             return jax.vjp(lambda q, k, v: attend(q, k, v, *ids), q, k, v)[1](dout)
-    return jax.jit(step), tokens
+    return jax.jit(step), tensors, tokens
 
 
 def main():
@@ -64,7 +62,8 @@ def main():
                         help="backend, with a tuning as in bench_attention.py, or jax-cudnn (its anchor; plain masks)")
     parser.add_argument("--seq", type=int, default=8192)
     parser.add_argument("--mask", default="causal-packed4", choices=("causal", "full", "causal-packed4",
-                                                                       "full-packed4"))
+                                                                       "full-packed4", "causal-batch4", "full-batch4"),
+                        help="as in bench_attention.py (batch4: the packed samples as 4 batch items)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tokens-as-constants", action="store_true",
                         help="close over the packed masks' ids (their visit lists then become constants)")
@@ -76,18 +75,13 @@ def main():
     args = parser.parse_args()
     if args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
-    if args.seq < 4 or (args.mask.endswith("packed4") and args.seq % 4):
-        raise SystemExit(f"--seq must be at least 4, and a multiple of 4 for the packed masks (4 samples of "
-                         f"S/4 tokens), got {args.seq}")
+    if args.seq < 4 or ("-" in args.mask and args.seq % 4):
+        raise SystemExit(f"--seq must be at least 4, and a multiple of 4 for the packed and batched masks (4 "
+                         f"samples of S/4 tokens), got {args.seq}")
 
     impl = ba.use_impl(args.impl)
-    step, tokens = step_fn(impl, args.seq, args.mask, not args.tokens_as_constants)
-    keys = jax.random.split(jax.random.key(args.seq), 4)
-    q = jax.random.normal(keys[0], (ba.BATCH, args.seq, ba.Q_HEADS, ba.HEAD_DIM), jnp.bfloat16)
-    k, v = (jax.random.normal(key, (ba.BATCH, args.seq, ba.KV_HEADS, ba.HEAD_DIM), jnp.bfloat16)
-            for key in keys[1:3])
-    dout = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
-    inputs = (q, k, v, dout, *tokens)
+    step, tensors, tokens = step_fn(impl, args.seq, args.mask, not args.tokens_as_constants, ba.inputs(args.seq))
+    inputs = (*tensors, *tokens)
     if args.dump_hlo:
         pathlib.Path(args.dump_hlo).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.dump_hlo).write_text(step.lower(*inputs).compile().as_text())

@@ -72,6 +72,11 @@ def test_profile_attention_prints_the_step_op_by_op(tmp_path):
     assert total and int(total.group(1)) >= 3 and float(total.group(2)) > 0
     assert "HloModule" in (tmp_path / "step.hlo").read_text()
     assert list((tmp_path / "trace").rglob("*.json.gz"))
+    # the same samples as 4 batch items: the step's HLO takes [4, 16, H, D] tensors and no ids
+    run_script("profile_attention.py", "--impl", "xla", "--seq", "64", "--mask", "causal-batch4", "--steps", "1",
+               "--top", "1", "--dump-hlo", str(tmp_path / "batched.hlo"))
+    entry = next(line for line in (tmp_path / "batched.hlo").read_text().splitlines() if line.startswith("ENTRY"))
+    assert "bf16[4,16,32,128]" in entry and "s32[" not in entry
 
 
 def test_bench_row_stats_times_each_form():

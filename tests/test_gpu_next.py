@@ -44,6 +44,9 @@ def test_the_queue_names_known_steps_and_scripts():
         source = (SCRIPTS / script).read_text()
         for flag in re.findall(r"(--[\w-]+)", " ".join(re.findall(variable + r'="([^"]+)"', QUEUE))):
             assert f'"{flag}"' in source, (script, flag)
+    for masks in re.findall(r"--masks? ([\w,-]+)", QUEUE):  # every mask a call names is one the scripts know
+        for mask in masks.split(","):
+            bench_attention.mask_layout(mask)
     assert {"", "forward_loop=pingpong", "mask_tiles=full", "backward=split",
             "backward=dq_thread;dq_thread=compute:208,thread2:88"} <= set(queued_tunings())
 
