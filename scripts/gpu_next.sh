@@ -21,6 +21,8 @@
 # packed samples of each; 8k and 32k; forward and fwd+bwd) with the PyTorch anchors (FlashAttention-2, cuDNN SDPA) and
 # the matmul ceiling in the same run, and the packed causal samples as 4 batch items (causal-batch4: what the shorter
 # samples cost every kernel, cuDNN's included, apart from what the packing costs);
+# batch4: the goal rows at 8k and 32k with the causal-batch4 rows (ours and cuDNN's) in 3 interleaved rounds, then
+# packed-profile's five profiles (for a machine other than the H100, whose accept call has these rows);
 # packed-profile: device profiles of one 8k causal step, plain, 4 packed samples and the same samples as 4 batch
 # items, ours and JAX cuDNN's (where the packed step's time goes against the batched one, kernel by kernel);
 # accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
@@ -43,8 +45,11 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   h100-32k) STEPS="bench profile" BENCH_TIMEOUT=330 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread;dq_thread=compute:208,thread2:88 --seqs 8192,32768 --masks causal --rounds 6 --budget-s 1" \
        PROFILE_LINES=22 PROFILE_ARGS="--seq 32768 --mask causal --steps 3 --top 8|--impl jax-cudnn --seq 32768 --mask causal --steps 3 --top 8" exec bash "$here/gpu_kernels.sh" ;;
+  batch4) STEPS="bench profile" BENCH_TIMEOUT=300 BENCH_ARGS="--impls mosaic,jax-cudnn --seqs 8192,32768 --masks causal,causal-packed4,causal-batch4 --rounds 3 --budget-s 1" \
+       PROFILE_LINES=14 PROFILE_ARGS="--seq 8192 --mask causal --steps 5 --top 8|--seq 8192 --mask causal-packed4 --steps 5 --top 8|--seq 8192 --mask causal-batch4 --steps 5 --top 8|--impl jax-cudnn --seq 8192 --mask causal --steps 5 --top 8|--impl jax-cudnn --seq 8192 --mask causal-batch4 --steps 5 --top 8" \
+       exec bash "$here/gpu_kernels.sh" ;;
   packed-profile) STEPS="profile" PROFILE_LINES=14 PROFILE_ARGS="--seq 8192 --mask causal --steps 5 --top 8|--seq 8192 --mask causal-packed4 --steps 5 --top 8|--seq 8192 --mask causal-batch4 --steps 5 --top 8|--impl jax-cudnn --seq 8192 --mask causal --steps 5 --top 8|--impl jax-cudnn --seq 8192 --mask causal-batch4 --steps 5 --top 8" \
        exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|packed-profile|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|packed-profile|batch4|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac
