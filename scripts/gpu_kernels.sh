@@ -9,6 +9,8 @@
 #   STEPS="rowstats" (scripts/bench_row_stats.py)  STEPS="grid"  GRID_ARGS="--seqs 8192 --rounds 3" (scripts/bench_mosaic_grid.py)
 #   STEPS="profile"  PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4"
 #     (scripts/profile_attention.py once per '|'-separated argument set)
+#   STEPS="power"  POWER_ARGS="--seq 32768 --mask causal|--seq 8192 --mask causal" (scripts/power_attention.py once per
+#     '|'-separated argument set: rate, SM clock and power of steps run back to back under the power cap)
 #   STEPS="kernels ptxas"  KERNEL_ARGS="--seqs 32768 --masks causal --fused-ablations"
 #     kernels: scripts/bench_mosaic_kernels.py; ptxas: each Mosaic kernel's ptxas report (registers,
 #     spills, wgmma serialization), compiled once at S = 1024; PTXAS_SCRIPT="scripts/bench_attention.py
@@ -52,6 +54,13 @@ if [[ " $STEPS " == *" profile "* ]]; then
   for i in "${!profiles[@]}"; do
     timeout ${PROFILE_TIMEOUT:-120} python3 scripts/profile_attention.py ${profiles[$i]} 2>&1 \
       | tee "$OUT/profile_$i.log" | grep -v "^WARNING" | tail -${PROFILE_LINES:-30}
+  done
+fi
+if [[ " $STEPS " == *" power "* ]]; then
+  IFS='|' read -ra powers <<< "${POWER_ARGS:---seq 32768 --mask causal}"
+  for i in "${!powers[@]}"; do
+    timeout ${POWER_TIMEOUT:-200} python3 scripts/power_attention.py ${powers[$i]} 2>&1 \
+      | tee "$OUT/power_$i.log" | grep -v "^WARNING" | tail -20
   done
 fi
 if [[ " $STEPS " == *" kernels "* ]]; then

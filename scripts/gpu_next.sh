@@ -25,6 +25,8 @@
 # packed-profile's five profiles (for a machine other than the H100, whose accept call has these rows);
 # packed-profile: device profiles of one 8k causal step, plain, 4 packed samples and the same samples as 4 batch
 # items, ours and JAX cuDNN's (where the packed step's time goes against the batched one, kernel by kernel);
+# power: each backend's 32k and 8k causal step run back to back, A B A B, with the SM clock and the power draw
+# (does our 32k step lose its clock under the 700 W cap where cuDNN's keeps it: TFLOP/s per GHz);
 # accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
@@ -50,6 +52,8 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   packed-profile) STEPS="profile" PROFILE_LINES=14 PROFILE_ARGS="--seq 8192 --mask causal --steps 5 --top 8|--seq 8192 --mask causal-packed4 --steps 5 --top 8|--seq 8192 --mask causal-batch4 --steps 5 --top 8|--impl jax-cudnn --seq 8192 --mask causal --steps 5 --top 8|--impl jax-cudnn --seq 8192 --mask causal-batch4 --steps 5 --top 8" \
        exec bash "$here/gpu_kernels.sh" ;;
+  power) STEPS="power" POWER_ARGS="--impls mosaic,jax-cudnn --seq 32768 --mask causal --seconds 10 --rounds 2|--impls mosaic,jax-cudnn --seq 8192 --mask causal --seconds 8 --rounds 2" \
+       exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|packed-profile|batch4|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac
