@@ -61,7 +61,7 @@ def plot_rows(run: dict, path) -> Path:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
     fig.suptitle(f"{run.get('device', '?')}, jax {run.get('jax', '?')}: ratio to JAX cuDNN (plain masks) "
-                 "or to the own plain rate (packed)", fontsize=9)
+                 "or to the own plain rate (packed, batched)", fontsize=9)
     fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(labels) - 1) // 4), 1, 0.95))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
