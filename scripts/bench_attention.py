@@ -491,8 +491,8 @@ def main():
                       f"(median of {len(paired)}; {min(paired):.3f}-{max(paired):.3f})")
             if r["seq"] == length and len(r["ratio_own_plain_rounds"]) > 1:
                 paired = r["ratio_own_plain_rounds"]
-                print(f"# {r['impl']} {length} {r['mask']}: fwd+bwd / own plain per round {statistics.median(paired):.3f} "
-                      f"(median of {len(paired)}; {min(paired):.3f}-{max(paired):.3f})")
+                print(f"# {r['impl']} {length} {r['mask']}: fwd+bwd / own plain per round "
+                      f"{statistics.median(paired):.3f} (median of {len(paired)}; {min(paired):.3f}-{max(paired):.3f})")
         if args.trace_dir:
             print_traces(built, args.trace_dir)
         del built, tensors

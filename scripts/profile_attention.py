@@ -61,8 +61,9 @@ def main():
     parser.add_argument("--impl", default="mosaic",
                         help="backend, with a tuning as in bench_attention.py, or jax-cudnn (its anchor; plain masks)")
     parser.add_argument("--seq", type=int, default=8192)
-    parser.add_argument("--mask", default="causal-packed4", choices=("causal", "full", "causal-packed4",
-                                                                       "full-packed4", "causal-batch4", "full-batch4"),
+    parser.add_argument("--mask", default="causal-packed4",
+                        choices=[plain + (layout and "-" + layout)
+                                 for plain in ("causal", "full") for layout in ba.MASK_LAYOUTS],
                         help="as in bench_attention.py (batch4: the packed samples as 4 batch items)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tokens-as-constants", action="store_true",

@@ -80,7 +80,7 @@ def test_profile_attention_prints_the_step_op_by_op(tmp_path):
 
 
 def test_power_attention_alternates_the_backends_round_by_round():
-    # two tunings of the xla backend stand for two backends; on CPU there is no nvidia-smi to read
+    # the xla backend named twice stands for two backends; on CPU there is no nvidia-smi to read
     out = run_script("power_attention.py", "--impls", "xla,xla", "--seq", "128", "--mask", "causal-packed4",
                      "--seconds", "0.2", "--rounds", "2", "--sample-s", "0.05")
     rows = [row.split(" | ") for row in table_rows(out)[1:]]
@@ -88,8 +88,9 @@ def test_power_attention_alternates_the_backends_round_by_round():
     for r in rows:
         tflops, ms = float(r[2]), float(r[3])
         assert tflops > 0 and ms > 0
-        # 4 samples of 32 causal tokens, Hq 32, D 128: fwd+bwd = 3.5 x forward FLOPs, rate = FLOPs / time
-        assert tflops == pytest.approx(3.5 * 4 * 32 * 32 * 32 * 128 * 4 / 2 / (ms * 1e-3) / 1e12, rel=2e-3)  # both printed to 4 digits
+        # 4 samples of 32 causal tokens, Hq 32, D 128: fwd+bwd = 3.5 x forward FLOPs, rate = FLOPs / time (both
+        # printed to 4 digits)
+        assert tflops == pytest.approx(3.5 * 4 * 32 * 32 * 32 * 128 * 4 / 2 / (ms * 1e-3) / 1e12, rel=2e-3)
         assert r[4:7] == ["n/a"] * 3
     with pytest.raises(AssertionError, match="bench mask 'causal-packed3'"):
         run_script("power_attention.py", "--impls", "xla", "--seq", "128", "--mask", "causal-packed3")
