@@ -155,6 +155,15 @@ def mask_layout(mask):
     return plain, layout, MASK_LAYOUTS[layout]
 
 
+def check_length(mask, *lengths):
+    """Raise ``ValueError`` naming ``mask`` or the length unless every length splits into its samples."""
+    _, _, n_samples = mask_layout(mask)
+    for length in lengths:
+        if length < n_samples or length % n_samples:
+            raise ValueError(f"bench mask {mask!r} splits each sequence into {n_samples} samples: the length must be a "
+                             f"multiple of {n_samples}, got {length}")
+
+
 def anchor_mask(mask):
     """The JAX cuDNN row a row is compared with: the same batched mask (cuDNN runs it), else the plain one."""
     plain, layout, _ = mask_layout(mask)
@@ -432,8 +441,8 @@ def main():
         for spec in args.triton_tiles.split("|"):
             set_triton_tiles(spec)
         set_triton_tiles("")
-    for mask in args.masks.split(","):  # a bad mask stops here, before any compile
-        mask_layout(mask)
+    for mask in args.masks.split(","):  # a bad mask or length stops here, before any compile
+        check_length(mask, *(int(s) for s in args.seqs.split(",")))
     rows = []
     for length in (int(s) for s in args.seqs.split(",")):
         tensors = inputs(length)

@@ -103,7 +103,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sample-s", type=float, default=0.25, help="seconds between two nvidia-smi readings")
     args = parser.parse_args()
-    ba.mask_layout(args.mask)  # a bad mask stops here, before any compile
+    ba.check_length(args.mask, args.seq)  # a bad mask or length stops here, before any compile
     if args.seconds <= 0 or args.rounds < 1 or args.sample_s <= 0:
         raise SystemExit(f"--seconds and --sample-s must be positive and --rounds at least 1, got {args.seconds}, "
                          f"{args.sample_s}, {args.rounds}")

@@ -94,6 +94,10 @@ def test_mask_layouts_and_their_cudnn_anchor():
     for bad in ("causal-packed8", "sliding", "causal-batch4-x"):
         with pytest.raises(ValueError, match=repr(bad)):
             bench_attention.mask_layout(bad)
+    bench_attention.check_length("causal", 257)  # one sample: any length
+    bench_attention.check_length("full-batch4", 256, 1024)
+    with pytest.raises(ValueError, match="multiple of 4, got 258"):
+        bench_attention.check_length("causal-packed4", 256, 258)
 
 
 def test_a_batched_row_runs_the_packed_rows_samples_as_batch_items():
