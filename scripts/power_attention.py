@@ -21,17 +21,29 @@ import subprocess
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import jax
 
 sys.path.insert(0, os.path.dirname(__file__))  # run as ``python -P``, the script's folder is not on the path
 import bench_attention as ba  # noqa: E402
 
-QUERY = "clocks.sm,power.draw,clocks_throttle_reasons.active"
+QUERY = "clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"
 
 
-def read_gpu() -> tuple[float, float, str] | None:
-    """``(SM MHz, watts, throttle reasons)`` of GPU 0 now, or None without a readable ``nvidia-smi``."""
+class GpuReading(NamedTuple):
+    mhz: float  # SM clock
+    watts: float
+    celsius: float
+    reasons: str  # throttle reasons, a bit mask (0x4: the software power cap)
+
+    def __str__(self):
+        return (f"SM clock, power, temperature, throttle reasons: {self.mhz:.0f} MHz, {self.watts:.2f} W, "
+                f"{self.celsius:.0f} C, {self.reasons}")
+
+
+def read_gpu() -> GpuReading | None:
+    """GPU 0 now, or None without a readable ``nvidia-smi`` (on CPU)."""
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits", "-i", "0"],
                              capture_output=True, text=True, timeout=10)
@@ -39,7 +51,7 @@ def read_gpu() -> tuple[float, float, str] | None:
         return None
     fields = [f.strip() for f in out.stdout.strip().split(",")]
     try:
-        return float(fields[0]), float(fields[1]), fields[2]
+        return GpuReading(float(fields[0]), float(fields[1]), float(fields[2]), fields[3])
     except (IndexError, ValueError):
         return None
 
@@ -125,10 +137,10 @@ def main():
             readings = sampler.stop()
             tflops = flops / seconds / 1e12
             if readings:
-                mhz = statistics.median(r[0] for r in readings)
-                watts = statistics.median(r[1] for r in readings)
-                clock = f"{mhz:.0f} | {watts:.0f} | {tflops / (mhz / 1e3):.1f}"
-                reasons = ", ".join(sorted({r[2] for r in readings}))
+                mhz = statistics.median(r.mhz for r in readings)
+                watts = statistics.median(r.watts for r in readings)
+                clock = f"{mhz:.0f} | {watts:.0f} | {tflops / (mhz / 1e3):.4g}"
+                reasons = ", ".join(sorted({r.reasons for r in readings}))
             else:
                 clock, reasons = "n/a | n/a | n/a", "n/a"
             print(f"| {impl} | {round_ + 1} | {tflops:.4g} | {seconds * 1e3:.4g} | {clock} | {len(readings)} "

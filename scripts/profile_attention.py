@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ import jax  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_attention as ba  # noqa: E402
+from power_attention import read_gpu  # noqa: E402
 from trace_summary import device_ops  # noqa: E402
 
 
@@ -76,9 +76,12 @@ def main():
     args = parser.parse_args()
     if args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
-    if args.seq < 4 or ("-" in args.mask and args.seq % 4):
-        raise SystemExit(f"--seq must be at least 4, and a multiple of 4 for the packed and batched masks (4 "
-                         f"samples of S/4 tokens), got {args.seq}")
+    if args.seq < 4:
+        raise SystemExit(f"--seq must be at least 4, got {args.seq}")
+    try:
+        ba.check_length(args.mask, args.seq)
+    except ValueError as err:
+        raise SystemExit(f"--seq: {err}") from None
 
     impl = ba.use_impl(args.impl)
     step, tensors, tokens = step_fn(impl, args.seq, args.mask, not args.tokens_as_constants, ba.inputs(args.seq))
@@ -125,13 +128,9 @@ def main():
 
 
 def gpu_clocks() -> str:
-    """The GPU's SM clock and power draw now (nvidia-smi), or what kept them from being read."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"no clocks ({type(err).__name__})"
-    return "SM clock, power, temperature, throttle reasons: " + (out.stdout.strip() or out.stderr.strip())
+    """The GPU's SM clock, power draw, temperature and throttle reasons now (nvidia-smi)."""
+    reading = read_gpu()
+    return str(reading) if reading else "no clocks (nvidia-smi not readable)"
 
 
 if __name__ == "__main__":

@@ -96,6 +96,18 @@ def test_power_attention_alternates_the_backends_round_by_round():
         run_script("power_attention.py", "--impls", "xla", "--seq", "128", "--mask", "causal-packed3")
 
 
+def test_power_attention_reads_the_clock_and_power(tmp_path):
+    # a stand-in nvidia-smi that answers as an H100 at its power cap does
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '1545, 698.12, 61, 0x0000000000000004'\n")
+    fake.chmod(0o755)
+    out = run_script("power_attention.py", "--impls", "xla", "--seq", "128", "--mask", "causal", "--seconds", "0.3",
+                     "--rounds", "1", "--sample-s", "0.05", PATH=f"{tmp_path}:{os.environ['PATH']}")
+    (row,) = [r.split(" | ") for r in table_rows(out)[1:]]
+    assert row[4:6] == ["1545", "698"] and int(row[7]) >= 1 and row[8].startswith("0x0000000000000004")
+    assert float(row[6]) == pytest.approx(float(row[2]) / 1.545, rel=2e-3)  # TFLOP/s per GHz
+
+
 def test_bench_row_stats_times_each_form():
     out = run_script("bench_row_stats.py", "--seqs", "256", "--steps", "2")
     forms = [row.split(" | ")[1] for row in table_rows(out)[1:]]
