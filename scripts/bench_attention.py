@@ -204,6 +204,12 @@ def mask_call(impl, length, mask, tensors, block_q, block_k):
     return f, tensors, tokens, forward_flops(length, plain == "causal", n_segments)
 
 
+def fwd_bwd_fn(f):
+    """``f(q, k, v, *tokens) -> out`` -> ``step(q, k, v, dout, *tokens) -> (dq, dk, dv)``: the forward+backward
+    every attention bench times (the tokens are arguments, not differentiated)."""
+    return lambda q, k, v, dout, *tokens: jax.vjp(lambda *qkv: f(*qkv, *tokens), q, k, v)[1](dout)
+
+
 DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 
@@ -303,7 +309,7 @@ class Row:
         self.impl, self.length, self.mask = impl, length, mask
         f, (q, k, v, dout), tokens, self.flops = mask_call(use_impl(impl), length, mask, tensors, block_q, block_k)
         self.fwd = jax.jit(f)
-        self.fwd_bwd = jax.jit(lambda q, k, v, dout, *tokens: jax.vjp(lambda *a: f(*a, *tokens), q, k, v)[1](dout))
+        self.fwd_bwd = jax.jit(fwd_bwd_fn(f))
         self.fwd_args, self.fwd_bwd_args = (q, k, v, *tokens), (q, k, v, dout, *tokens)
         self.budget_s = budget_s
         self.repeats = (batch_size(self.fwd, *self.fwd_args, budget_s=budget_s),
@@ -470,8 +476,7 @@ def main():
             for row in built:
                 row.sample()
         results = {(row.impl, row.mask): row.result() for row in built}
-        anchor_rows = {row.mask: row for row in built if row.impl == "jax-cudnn"}
-        own_rows = {(row.impl, row.mask): row for row in built}
+        built_rows = {(row.impl, row.mask): row for row in built}
         for row in built:
             r, plain = results[(row.impl, row.mask)], mask_layout(row.mask)[0]
             anchor, own = results.get(("jax-cudnn", anchor_mask(row.mask))), results.get((row.impl, plain))
@@ -485,9 +490,9 @@ def main():
                              ratio_fwd=ratio("fwd_tflops", anchor), ratio_fwd_bwd=ratio("fwd_bwd_tflops", anchor),
                              ratio_own_plain=ratio("fwd_bwd_tflops", own) if row.mask != plain else "-",
                              max_rel_err_vs_cudnn=err,
-                             ratio_fwd_bwd_rounds=round_ratios(row, anchor_rows.get(anchor_mask(row.mask)))
+                             ratio_fwd_bwd_rounds=round_ratios(row, built_rows.get(("jax-cudnn", anchor_mask(row.mask))))
                              if args.rounds else [],
-                             ratio_own_plain_rounds=round_ratios(row, own_rows.get((row.impl, plain)))
+                             ratio_own_plain_rounds=round_ratios(row, built_rows.get((row.impl, plain)))
                              if args.rounds else []))
             print(f"| {row.impl} | {length} | {row.mask} | {r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} "
                   f"| {rows[-1]['ratio_fwd']} | {rows[-1]['ratio_fwd_bwd']} | {rows[-1]['ratio_own_plain']} "

@@ -77,7 +77,7 @@ def variants(seq_len, mask):
         mb.TUNING["dq"] = dq_tuning or saved_tuning["dq"]
         mb.set_dq_prefetch(prefetch)
         f = ba.attention_fn("mosaic", causal, n_segments, 0, 0)
-        whole = jax.jit(lambda q, k, v, dout, *tokens, f=f: jax.vjp(lambda *a: f(*a, *tokens), q, k, v)[1](dout))
+        whole = jax.jit(ba.fwd_bwd_fn(f))
         jax.block_until_ready(whole(q, k, v, dout, *tokens))  # traced and compiled under these settings
         out.append(("forward+backward", name, 3.5, whole, (q, k, v, dout, *tokens)))
     mb.GRID.update(mb.DEFAULT_GRID)

@@ -84,7 +84,7 @@ class Sampler:
 def build_step(impl: str, seq: int, mask: str, tensors):
     """``(jitted fwd+bwd step, its arguments, fwd+bwd FLOPs)``, compiled under ``impl``'s tuning."""
     f, (q, k, v, dout), tokens, flops = ba.mask_call(ba.use_impl(impl), seq, mask, tensors, ba.XLA_TILE, ba.XLA_TILE)
-    step = jax.jit(lambda q, k, v, dout, *tokens: jax.vjp(lambda *a: f(*a, *tokens), q, k, v)[1](dout))
+    step = jax.jit(ba.fwd_bwd_fn(f))
     args = (q, k, v, dout, *tokens)
     jax.block_until_ready(step(*args))  # compile now, under this impl's tuning
     return step, args, 3.5 * flops

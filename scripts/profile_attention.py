@@ -47,13 +47,8 @@ def step_fn(impl: str, seq_len: int, mask: str, tokens_as_args: bool, tensors):
 
     if tokens and not tokens_as_args:
         constants, tokens = tokens, ()
-
-        def step(q, k, v, dout):
-            return jax.vjp(lambda q, k, v: attend(q, k, v, *constants), q, k, v)[1](dout)
-    else:
-        def step(q, k, v, dout, *ids):
-            return jax.vjp(lambda q, k, v: attend(q, k, v, *ids), q, k, v)[1](dout)
-    return jax.jit(step), tensors, tokens
+        return jax.jit(ba.fwd_bwd_fn(lambda q, k, v: attend(q, k, v, *constants))), tensors, tokens
+    return jax.jit(ba.fwd_bwd_fn(attend)), tensors, tokens
 
 
 def main():
