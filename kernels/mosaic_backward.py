@@ -363,10 +363,11 @@ DQ_LOOPS = ("serial", "overlap")
 
 def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
        workers: int | None = None, store: str = "smem", loop: str = "serial", prefetch: bool = False, out=None,
-       positions_mask: bool = True, interpret=None):
+       positions_mask: bool = True, item_order: str = "auto", interpret=None):
     """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
     (``tuning.block``). ``workers``: CTAs of a persistent grid (None: one per query block and head);
-    the next item's q, tokens and stats are fetched once the current item's last s is computed.
+    the next item's q, tokens and stats are fetched once the current item's last s is computed;
+    ``item_order``: the order its items are taken in (``mosaic_schedule.ITEM_ORDERS``).
     ``loop``: see ``DQ_LOOPS``. ``store``: how dq leaves, ``smem`` (staged in dout's buffer, then one
     TMA store; the next dout is fetched once that store has read the buffer) or ``registers`` (stored
     to GMEM straight from the wgmma accumulator layout; the next dout is fetched with q).
@@ -401,7 +402,8 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                          f"take {tile_bytes // 1024} KB of SMEM, over {DQ_TILE_BYTES // 1024} KB: stream 64-key "
                          f"blocks in 2 stages (mosaic_backend.set_tuning('dq', 64, 2))")
     # prefetch: item i + 1's rows are fetched as item i starts, so its list must have arrived by then
-    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=prefetch)
+    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=prefetch,
+                                       order=item_order)
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
         if own_delta:

@@ -2,7 +2,8 @@
 
 Work items ``(b, r, h)``, heads fastest so the query heads of one GQA group
 run side by side and share their K/V blocks in L2; query blocks run in the
-order of their visit lists, longest first (:mod:`.mosaic_plan`). One CTA per
+order of their visit lists, longest first (:mod:`.mosaic_plan`; batch rows one
+after another or side by side: :mod:`.mosaic_schedule`). One CTA per
 item, or a persistent grid of ``workers`` CTAs (:mod:`.mosaic_schedule`): by default
 q is loaded into registers as an item starts and the next item's query rows are
 fetched at once (else once the current item's last ``q k^T`` is computed).
@@ -31,7 +32,7 @@ SCALE_AT = ("scores", "exponent")
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
             pipelined: bool = True, pingpong: bool = False, workers: int | None = None, q_operand: str = "registers",
-            scale_at: str = "exponent", positions_mask: bool = True, interpret=None):
+            scale_at: str = "exponent", positions_mask: bool = True, item_order: str = "auto", interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -45,7 +46,8 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     turns issuing their steps' products (two barriers, the turns running on across the items of a
     persistent CTA), so one thread's softmax, item prologue and epilogue run while the other's products are
     on the tensor cores rather than both threads stalling at once.
-    ``workers``: CTAs of a persistent grid (None: one CTA per query block and head).
+    ``workers``: CTAs of a persistent grid (None: one CTA per query block and head); ``item_order``:
+    the order its items are taken in (``mosaic_schedule.ITEM_ORDERS``).
     ``q_operand``: where ``s = q k^T`` reads q, ``registers`` (q loaded once per item, so each s reads
     only k from SMEM, and the next item's q is fetched as soon as it is loaded) or ``smem`` (both
     operands from SMEM; the next item's q is fetched once the current item's last s is computed).
@@ -72,7 +74,8 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     tile = (mc.ROWS, kv_block)
     # q from registers: the next item's q is fetched as the current item starts, so its list must
     # have arrived by then (lookahead)
-    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=q_in_registers)
+    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=q_in_registers,
+                                       order=item_order)
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, q_stage,

@@ -2,10 +2,17 @@
 
 A work item is one resident block of one head: ``(b, r, h)`` over ``(B, n_lists, H)``, heads fastest
 (the heads of one GQA group run side by side and share their streamed blocks in L2), ``r`` naming a
-visit list (lists come longest first, :mod:`.mosaic_plan`). With ``workers`` equal to the number of
-items every CTA runs one item (a grid as large as the work). With fewer workers (the SM count) the
-grid is persistent: worker ``w`` runs items in waves of ``workers``, in snake order (``w`` in even
-waves, ``workers - 1 - w`` in odd ones) so that long and short lists even out over the waves. The
+visit list (each batch row's lists come longest first, :mod:`.mosaic_plan`). Items are taken in
+``ITEM_ORDERS`` order: "batch" (``b`` slowest: one row's lists, then the next row's) or "rank" (``r``
+slowest: every row's longest list, then every row's second, so the whole call runs longest first).
+With ``workers`` equal to the number of items every CTA runs one item (a grid as large as the work).
+With fewer workers (the SM count) the grid is persistent: worker ``w`` runs items in waves of
+``workers``, in snake order (``w`` in even waves, ``workers - 1 - w`` in odd ones) so that long and
+short lists even out over the waves; that needs the lengths to fall along the order, which "batch"
+breaks at each row's end when a row's items fill only a few waves (4 rows of 2k causal tokens, under 4
+waves each: the forward's worker loads 22% over their mean against 3% by rank, ``scripts/grid_balance.py``).
+"auto" takes "rank" there (a persistent grid, B > 1, a row's items under ``ROW_WAVES`` waves) and
+"batch" elsewhere, where the rows' order costs no balance and one row's blocks stay together in L2. The
 memory thread then streams the blocks of all its items as one sequence: the SMEM slots refill across
 an item boundary, and the next item's visit list is fetched while the compute threads finish the
 current one (lists are double-buffered, released on ``list_free``). With ``lookahead`` there are three
@@ -30,17 +37,36 @@ LOOKAHEAD_SLOTS = 3  # with lookahead: the previous item's (until released), the
 # tiles beside them (of 227 KB). Longer lists (two slots: over 3,070 streamed blocks, 393k keys in 128-key
 # blocks; three: over 2,046, 262k keys) run one CTA per block, with one slot.
 LIST_SMEM_BYTES = 24 * 1024
+ITEM_ORDERS = ("auto", "rank", "batch")
+# "auto" orders a persistent grid's items by rank when one batch row's items fill fewer waves than this
+# (the model's worker loads over their mean, 132 workers, 32 heads, causal rows, batch order against rank:
+# 2k +22% / +3%, 4k +8% / +0.3%, 8k +0.4% / +0.1%)
+ROW_WAVES = 8
+
+
+def item_order(shape: tuple[int, int, int], workers: int, order: str = "auto") -> str:
+    """``order`` with "auto" resolved (module docstring) for ``shape = (B, n_lists, H)`` items on
+    ``workers`` CTAs: "rank" or "batch"."""
+    if order not in ITEM_ORDERS:
+        raise ValueError(f"work item order must be one of {ITEM_ORDERS}, got {order!r}")
+    if order != "auto":
+        return order
+    batch, n_lists, heads = shape
+    persistent = workers < batch * n_lists * heads
+    return "rank" if persistent and batch > 1 and n_lists * heads < ROW_WAVES * workers else "batch"
 
 
 class Work:
-    """Items ``(b, r, h)`` of a ``shape = (B, n_lists, H)`` grid shared by ``workers`` CTAs."""
+    """Items ``(b, r, h)`` of a ``shape = (B, n_lists, H)`` grid shared by ``workers`` CTAs, taken in
+    ``order`` (``ITEM_ORDERS``; the module docstring)."""
 
-    def __init__(self, shape: tuple[int, int, int], workers: int, list_slots: int = 1):
+    def __init__(self, shape: tuple[int, int, int], workers: int, list_slots: int = 1, order: str = "auto"):
         self.shape = shape
         self.n_items = shape[0] * shape[1] * shape[2]
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = min(workers, self.n_items)
+        self.order = item_order(shape, self.workers, order)
         self.list_slots = list_slots
         # the memory thread fetches item i + 1's list as it starts item i (needs a third slot)
         self.lookahead = list_slots >= LOOKAHEAD_SLOTS
@@ -62,22 +88,25 @@ class Work:
         """``(b, r, h)`` of worker ``w``'s ``i``-th item."""
         position = jnp.where(lax.rem(i, 2) == 0, w, self.workers - 1 - w)
         t = i * self.workers + position
-        _, n_lists, heads = self.shape
+        batch, n_lists, heads = self.shape
+        if self.order == "rank":
+            return lax.rem(t // heads, batch), t // (batch * heads), lax.rem(t, heads)
         return t // (n_lists * heads), lax.rem(t // heads, n_lists), lax.rem(t, heads)
 
 
 def plan_work(shape: tuple[int, int, int], workers: int | None, list_shape: tuple[int, ...],
-              lookahead: bool = False):
+              lookahead: bool = False, order: str = "auto"):
     """``(Work, list slots)`` for a kernel over ``shape = (B, n_lists, H)`` items whose visit lists
     have ``list_shape`` (``[..., rows, row_len]`` int32): a persistent grid of ``workers`` CTAs with
     two list slots (``lookahead``: three, see the module docstring), or (``workers`` None, or the
-    slots too large for ``LIST_SMEM_BYTES``) one CTA per item with one slot."""
+    slots too large for ``LIST_SMEM_BYTES``) one CTA per item with one slot. ``order``: the items'
+    (``ITEM_ORDERS``)."""
     n_items = shape[0] * shape[1] * shape[2]
     list_bytes = 4 * list_shape[-1] * list_shape[-2]
     slots = LOOKAHEAD_SLOTS if lookahead else LIST_SLOTS
     if workers is None or workers >= n_items or slots * list_bytes > LIST_SMEM_BYTES:
-        return Work(shape, n_items), 1
-    return Work(shape, workers, slots), slots
+        return Work(shape, n_items, order=order), 1
+    return Work(shape, workers, slots, order=order), slots
 
 
 def fetch_list(work, w, i, list_ref, list_s, list_bar, list_free):

@@ -27,7 +27,10 @@
 # items, ours and JAX cuDNN's (where the packed step's time goes against the batched one, kernel by kernel);
 # power: each backend's 32k and 8k causal step run back to back, A B A B, with the SM clock and the power draw
 # (does our 32k step lose its clock under the 700 W cap where cuDNN's keeps it: TFLOP/s per GHz);
-# accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic).
+# accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic);
+# order: the persistent forward's items by rank across batch rows (the default for several short rows since the
+# fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
+# causal tokens, with the packed rows beside them, in 4 interleaved rounds (prediction in kernels/NOTES.md).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
@@ -54,6 +57,8 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   power) STEPS="power" POWER_ARGS="--impls mosaic,jax-cudnn --seq 32768 --mask causal --seconds 10 --rounds 2|--impls mosaic,jax-cudnn --seq 8192 --mask causal --seconds 8 --rounds 2" \
        exec bash "$here/gpu_kernels.sh" ;;
+  order) STEPS="bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|item_order=batch --seqs 8192,16384 --masks causal,causal-packed4,causal-batch4 --rounds 4 --budget-s 1" \
+       exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|order|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

@@ -7,10 +7,13 @@ instead: an item is one K/V head's key block, its tiles the query blocks of all 
 
 * one CTA per item: the hardware starts the items in grid order, each on the first SM that is free
   (greedy list scheduling; one CTA per SM, as the kernels' SMEM allows);
-* persistent: ``workers`` CTAs, each running the items ``Work`` gives it (snake order over waves).
+* persistent: ``workers`` CTAs, each running the items ``Work`` gives it (snake order over waves, the
+  batch rows' items in ``--order``: ``mosaic_schedule.ITEM_ORDERS``).
 
-Per grid it prints the makespan and its excess over the mean load, the part of a kernel's time that
-imbalance costs. Usage: ``python scripts/grid_balance.py --seqs 8192,32768 --masks causal,causal-packed4``.
+A ``-batchN`` mask (``causal-batch4``) splits each sequence into N batch rows of S/N tokens, as the bench's
+batched rows do. Per grid it prints the makespan and its excess over the mean load, the part of a kernel's
+time that imbalance costs. Usage: ``python scripts/grid_balance.py --seqs 8192,32768 --masks
+causal,causal-packed4,causal-batch4 --order auto``.
 """
 
 from __future__ import annotations
@@ -31,12 +34,27 @@ from longvila_jax.kernels import mosaic_plan as plan  # noqa: E402
 from longvila_jax.kernels import mosaic_schedule as sched  # noqa: E402
 
 
+def mask_rows(length: int, mask: str) -> tuple[int, int, str]:
+    """``(batch rows, tokens per row, the row's mask)``: ``causal-batch4`` at 8,192 tokens is 4 rows of
+    2,048 plain causal tokens; any other mask one row of ``length``."""
+    kind, _, rows = mask.partition("-batch")
+    if not rows:
+        return 1, length, mask
+    if not rows.isdigit() or int(rows) < 1:
+        raise ValueError(f"mask must be causal, full, causal-packedN, full-packedN, causal-batchN or full-batchN, "
+                         f"got {mask!r}")
+    if length % int(rows):
+        raise ValueError(f"{length} tokens do not split into {rows} batch rows")
+    return int(rows), length // int(rows), kind
+
+
 def mask_tokens(length: int, mask: str):
     """Segment ids and positions ``[1, length]`` of a bench mask (``causal``, ``causal-packedN``,
     ``full``, ``full-packedN``) and whether it is causal."""
     kind, _, packed = mask.partition("-packed")
     if kind not in ("causal", "full") or (packed and not packed.isdigit()):
-        raise ValueError(f"mask must be causal, full, causal-packedN or full-packedN, got {mask!r}")
+        raise ValueError(f"mask must be causal, full, causal-packedN, full-packedN, causal-batchN or full-batchN, "
+                         f"got {mask!r}")
     n_segments = int(packed or 1)
     if length % n_segments:
         raise ValueError(f"{length} tokens do not split into {n_segments} samples")
@@ -74,14 +92,16 @@ def greedy_makespan(costs: np.ndarray, sms: int) -> float:
     return max(free_at)
 
 
-def persistent_makespan(costs: np.ndarray, n_lists: int, heads: int, workers: int) -> float:
-    """Each worker runs the items ``mosaic_schedule.Work`` assigns it, back to back."""
-    work = sched.Work((1, n_lists, heads), workers)
+def persistent_makespan(costs: np.ndarray, n_lists: int, heads: int, workers: int, batch: int = 1,
+                        order: str = "auto") -> float:
+    """Each worker runs the items ``mosaic_schedule.Work`` assigns it (``order``), back to back; ``costs``
+    ``[batch * n_lists * heads]`` row after row."""
+    work = sched.Work((batch, n_lists, heads), workers, order=order)
     w = jnp.arange(work.workers)[:, None]
     i = jnp.arange(-(-work.n_items // work.workers))[None, :]
-    _, r, h = work.item(w, i)
+    b, r, h = work.item(w, i)
     owned = np.asarray(i < work.count(w))
-    t = np.asarray(r * heads + h)
+    t = np.asarray((b * n_lists + r) * heads + h)
     return float(np.where(owned, costs[np.where(owned, t, 0)], 0.0).sum(axis=1).max())
 
 
@@ -106,6 +126,8 @@ def main(argv=None):
     parser.add_argument("--per-item", type=float, help="us per item besides its tiles (default: per kernel)")
     parser.add_argument("--per-tile", type=float, help="us per visited tile of one query head (default: per kernel)")
     parser.add_argument("--sms", type=int, default=132, help="SMs (and persistent workers)")
+    parser.add_argument("--order", choices=sched.ITEM_ORDERS, default="auto",
+                        help="the order the persistent grid takes the batch rows' items in")
     args = parser.parse_args(argv)
     for name in ("heads", "kv_heads", "kv_block", "q_block", "sms"):
         if getattr(args, name) < 1:
@@ -117,22 +139,24 @@ def main(argv=None):
     key_side = args.kernel == "key"
     block = f"{args.q_block}-query" if key_side else f"{args.kv_block}-key"
     print(f"model ({args.kernel} lists): {per_item} us per item + {per_tile} us per tile, {args.sms} SMs, "
-          f"{args.heads} heads, {block} blocks")
+          f"{args.heads} heads, {block} blocks, item order {args.order}")
     print(f"{'S':>6} {'mask':<15} {'items':>6} {'mean us':>9} {'per CTA us':>11} {'excess':>7} "
-          f"{'persistent us':>14} {'excess':>7}")
+          f"{'persistent us':>14} {'excess':>7} {'order':>6}")
     for length in (int(s) for s in args.seqs.split(",")):
         for mask in args.masks.split(","):
+            rows, row_length, row_mask = mask_rows(length, mask)
             if key_side:  # an item: one K/V head's key block, its group's query heads one after another
                 group = args.heads // args.kv_heads
-                lengths, heads = key_list_lengths(length, mask, args.q_block) * group, args.kv_heads
+                lengths, heads = key_list_lengths(row_length, row_mask, args.q_block) * group, args.kv_heads
             else:
-                lengths, heads = list_lengths(length, mask, args.kv_block), args.heads
-            costs = item_costs(lengths, heads, per_item, per_tile)
+                lengths, heads = list_lengths(row_length, row_mask, args.kv_block), args.heads
+            costs = np.tile(item_costs(lengths, heads, per_item, per_tile), rows)  # row after row
             mean = costs.sum() / args.sms
             greedy = greedy_makespan(costs, args.sms)
-            snake = persistent_makespan(costs, len(lengths), heads, args.sms)
+            snake = persistent_makespan(costs, len(lengths), heads, args.sms, rows, args.order)
+            order = sched.Work((rows, len(lengths), heads), args.sms, order=args.order).order
             print(f"{length:>6} {mask:<15} {len(costs):>6} {mean:>9.1f} {greedy:>11.1f} {greedy / mean - 1:>+7.1%} "
-                  f"{snake:>14.1f} {snake / mean - 1:>+7.1%}")
+                  f"{snake:>14.1f} {snake / mean - 1:>+7.1%} {order:>6}")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,27 @@ def test_makespans_match_the_schedules_written_out(rng, n_lists, heads, workers)
     assert persistent_makespan(costs, n_lists, heads, workers) == pytest.approx(
         snake_loads(costs, min(workers, len(costs))).max())
     assert greedy_makespan(costs, workers) == pytest.approx(greedy_loads(costs, min(workers, len(costs))).max())
+
+
+@pytest.mark.parametrize("order,makespan", [("batch", "9.0"), ("rank", "7.0"), ("auto", "7.0")])
+def test_batch_rows_by_rank_even_out_the_persistent_grid(capsys, order, makespan):
+    # 2 rows of 512 causal tokens: each row's lists [4, 3, 2, 1] tiles, 1 us per tile, one head, 3 workers.
+    # Row after row the items are [4, 3, 2, 1, 4, 3, 2, 1]; snake waves give worker 0 4 + 3 + 2, worker 1
+    # 3 + 4 + 1, worker 2 2 + 1: 9. By rank they are [4, 4, 3, 3, 2, 2, 1, 1]: 4 + 2 + 1, 4 + 2 + 1, 3 + 3: 7.
+    main(["--seqs", "1024", "--masks", "causal-batch2", "--heads", "1", "--kv-heads", "1", "--per-item", "0",
+          "--per-tile", "1", "--sms", "3", "--order", order])
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[:4] == ["1024", "causal-batch2", "8", "6.7"]
+    assert row[6] == makespan
+    assert row[8] == ("batch" if order == "batch" else "rank")  # auto: several short rows on a persistent grid
+
+
+def test_bad_batch_mask_names_the_choices():
+    from grid_balance import mask_rows
+
+    assert mask_rows(8192, "causal-batch4") == (4, 2048, "causal")
+    assert mask_rows(8192, "full-packed4") == (1, 8192, "full-packed4")
+    with pytest.raises(ValueError, match="causal-batchN"):
+        mask_rows(1024, "causal-batchx")
+    with pytest.raises(ValueError, match="do not split into 3 batch rows"):
+        mask_rows(1024, "causal-batch3")

@@ -123,18 +123,19 @@ def test_bad_tuning_names_the_kernel_and_the_valid_values():
         mosaic_backend.set_tuning("dq", 96, 2)
 
 
-def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal):
-    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, q_len, kv_len, q_heads, kv_heads, head_dim))
+def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal, batch=1):
+    q, k, v = (jnp.asarray(x, jnp.bfloat16)
+               for x in random_qkv(rng, batch, q_len, kv_len, q_heads, kv_heads, head_dim))
     q_seg, q_pos, kv_seg, kv_pos = (jnp.asarray(x) for x in query_key_layouts(
-        rng, 1, q_len, kv_len, max_segments=3, shuffle=layout == "shuffled"))
+        rng, batch, q_len, kv_len, max_segments=3, shuffle=layout == "shuffled"))
     if layout == "plain":
         q_seg, kv_seg = jnp.ones_like(q_seg), jnp.ones_like(kv_seg)
-        q_pos, kv_pos = (jnp.arange(n, dtype=jnp.int32)[None] for n in (q_len, kv_len))
+        q_pos, kv_pos = (jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n)) for n in (q_len, kv_len))
     else:
         q_seg = q_seg.at[:, :5].set(0)  # fully masked rows
     mask = dict(q_segment_ids=q_seg, kv_segment_ids=kv_seg, q_positions=q_pos, kv_positions=kv_pos, causal=causal)
     dout = jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16)
-    dlse = jnp.asarray(rng.standard_normal((1, q_heads, q_len)), jnp.float32)
+    dlse = jnp.asarray(rng.standard_normal((batch, q_heads, q_len)), jnp.float32)
 
     def loss(attention, *qkv):
         out, lse = attention(*qkv)
@@ -155,7 +156,7 @@ def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal)
     ref_grads = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(*f32)
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
-    assert (np.asarray(out, np.float32)[0].transpose(1, 0, 2)[~finite[0]] == 0).all()  # empty rows: out 0
+    assert (np.asarray(out, np.float32).transpose(0, 2, 1, 3)[~finite] == 0).all()  # empty rows: out 0
     assert rel_err(out, ref_out) <= TOL
     np.testing.assert_allclose(np.asarray(lse)[finite], np.asarray(ref_lse)[finite], rtol=1e-4, atol=1e-4)
     for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
@@ -467,20 +468,58 @@ def test_dq_kernel_hands_on_delta(rng, workers):
                                rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("n_items,workers", [(8, 3), (8, 5), (12, 4), (7, 1), (5, 9), (264, 132), (100, 132)])
-def test_persistent_work_covers_every_item_once(n_items, workers):
+@pytest.mark.parametrize("order", ["batch", "rank"])
+@pytest.mark.parametrize("shape,workers", [((2, 4, 1), 3), ((2, 4, 1), 5), ((3, 2, 2), 4), ((1, 7, 1), 1),
+                                           ((1, 5, 1), 9), ((2, 66, 2), 132), ((2, 25, 2), 132)])
+def test_persistent_work_covers_every_item_once(shape, workers, order):
     """Worker w's items in snake order: every (b, r, h) exactly once, counts as promised, and in
-    each wave the workers hold consecutive items (the heads of a GQA group side by side)."""
-    shape = (2, n_items // 2, 1) if n_items % 2 == 0 else (1, n_items, 1)
-    work = mosaic_schedule.Work(shape, workers)
+    each wave the workers hold consecutive items of the order (the heads of a GQA group side by
+    side): row after row ("batch"), or every row's r-th list before any row's (r+1)-th ("rank")."""
+    work = mosaic_schedule.Work(shape, workers, order=order)
+    batch, n_lists, heads = shape
     seen = []
     for w in range(work.workers):
         count = int(work.count(jnp.int32(w)))
         items = [tuple(int(x) for x in work.item(jnp.int32(w), jnp.int32(i))) for i in range(count)]
-        seen += [(b * shape[1] + r) * shape[2] + h for b, r, h in items]
+        if order == "batch":
+            seen += [(b * n_lists + r) * heads + h for b, r, h in items]
+        else:
+            seen += [(r * batch + b) * heads + h for b, r, h in items]
         for i, flat in enumerate(seen[-count:]):
             assert i * work.workers <= flat < (i + 1) * work.workers  # item i lies in wave i
-    assert sorted(seen) == list(range(n_items))
+    assert sorted(seen) == list(range(work.n_items))
+
+
+def test_auto_item_order_runs_short_rows_by_rank():
+    """"auto": rank order for a persistent grid over several rows whose items fill under ``ROW_WAVES``
+    waves each (4 rows of 16 query blocks, 32 heads: 3.9 waves of 132), else batch order: long rows
+    (64 blocks: 15.5 waves), one row, one CTA per item."""
+    assert mosaic_schedule.Work((4, 16, 32), 132).order == "rank"
+    assert mosaic_schedule.Work((4, 64, 32), 132).order == "batch"
+    assert mosaic_schedule.Work((1, 16, 32), 132).order == "batch"
+    assert mosaic_schedule.Work((4, 16, 32), 4 * 16 * 32).order == "batch"
+    assert mosaic_schedule.plan_work((4, 16, 32), 132, (4, 16, 1, 32))[0].order == "rank"
+    assert mosaic_schedule.plan_work((4, 16, 32), 132, (4, 16, 1, 32), order="batch")[0].order == "batch"
+    with pytest.raises(ValueError, match="item order must be one of .'auto', 'rank', 'batch'., got 'rows'"):
+        mosaic_schedule.Work((4, 16, 32), 132, order="rows")
+    with pytest.raises(ValueError, match="item order: mode must be one of"):
+        mosaic_backend.set_item_order("rows")
+
+
+@pytest.mark.parametrize("order", ["rank", "batch"])
+def test_persistent_grids_over_batch_rows(rng, order):
+    """Two batch rows of their own packed layouts on 3 persistent CTAs (forward and dQ; 16 items, the last
+    wave partial), items taken by rank (one row's list beside the other's) or row after row: each row's
+    out, lse and grads against the float32 reference."""
+    mosaic_backend.set_grid("persistent")
+    mosaic_backend.PERSISTENT_WORKERS["count"] = 3
+    mosaic_backend.set_item_order(order)
+    try:
+        run_case(rng, 200, 200, 4, 2, 64, layout="packed", causal=True, batch=2)
+    finally:
+        mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
+        mosaic_backend.PERSISTENT_WORKERS["count"] = None
+        mosaic_backend.set_item_order("auto")
 
 
 def test_persistent_grid_only_where_two_lists_fit_smem():
@@ -625,6 +664,29 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
         mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
     assert kernels == {"split": 3, "fused": 2, "dq_thread": 2}[backward_mode]
+
+
+def test_rank_ordered_persistent_grids_lower_for_cuda_without_a_gpu():
+    """Three batch rows on 4 persistent CTAs by rank (the item's row and list from the rank order's
+    index math) through the whole Mosaic GPU lowering at D = 128: forward, dK/dV and a persistent dQ."""
+    mosaic_backend.set_grid("persistent")
+    mosaic_backend.PERSISTENT_WORKERS["count"] = 4
+    mosaic_backend.set_item_order("rank")
+
+    def fwd_bwd(q, k, v, dout, seg, pos):
+        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
+                                                               scale=0.1)[0], q, k, v)
+        return vjp(dout)
+
+    shapes = [jax.ShapeDtypeStruct((3, 300, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+    shapes += [jax.ShapeDtypeStruct((3, 300), jnp.int32)] * 2
+    try:
+        module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
+    finally:
+        mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
+        mosaic_backend.PERSISTENT_WORKERS["count"] = None
+        mosaic_backend.set_item_order("auto")
+    assert module.count("stablehlo.custom_call @mosaic_gpu") == 3
 
 
 @pytest.mark.parametrize("kernel,loop", [("dkdv", "pipelined"), ("dkdv", "overlap"), ("dkdv", "overlap_dv"),
