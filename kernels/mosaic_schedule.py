@@ -40,7 +40,7 @@ LIST_SMEM_BYTES = 24 * 1024
 ITEM_ORDERS = ("auto", "rank", "batch")
 # "auto" orders a persistent grid's items by rank when one batch row's items fill fewer waves than this
 # (the model's worker loads over their mean, 132 workers, 32 heads, causal rows, batch order against rank:
-# 2k +22% / +3%, 4k +8% / +0.3%, 8k +0.4% / +0.1%)
+# 2k +22.4% / +3.1%, 4k +8.9% / +0.3%, 8k +0.4% / +0.1%: scripts/grid_balance.py --masks causal-batch4)
 ROW_WAVES = 8
 
 
