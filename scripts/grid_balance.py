@@ -34,6 +34,9 @@ from longvila_jax.kernels import mosaic_plan as plan  # noqa: E402
 from longvila_jax.kernels import mosaic_schedule as sched  # noqa: E402
 
 
+MASKS = "causal, full, causal-packedN, full-packedN, causal-batchN or full-batchN"  # what --masks takes
+
+
 def mask_rows(length: int, mask: str) -> tuple[int, int, str]:
     """``(batch rows, tokens per row, the row's mask)``: ``causal-batch4`` at 8,192 tokens is 4 rows of
     2,048 plain causal tokens; any other mask one row of ``length``."""
@@ -41,8 +44,7 @@ def mask_rows(length: int, mask: str) -> tuple[int, int, str]:
     if not rows:
         return 1, length, mask
     if not rows.isdigit() or int(rows) < 1:
-        raise ValueError(f"mask must be causal, full, causal-packedN, full-packedN, causal-batchN or full-batchN, "
-                         f"got {mask!r}")
+        raise ValueError(f"mask must be {MASKS}, got {mask!r}")
     if length % int(rows):
         raise ValueError(f"{length} tokens do not split into {rows} batch rows")
     return int(rows), length // int(rows), kind
@@ -53,8 +55,7 @@ def mask_tokens(length: int, mask: str):
     ``full``, ``full-packedN``) and whether it is causal."""
     kind, _, packed = mask.partition("-packed")
     if kind not in ("causal", "full") or (packed and not packed.isdigit()):
-        raise ValueError(f"mask must be causal, full, causal-packedN, full-packedN, causal-batchN or full-batchN, "
-                         f"got {mask!r}")
+        raise ValueError(f"mask must be {MASKS}, got {mask!r}")
     n_segments = int(packed or 1)
     if length % n_segments:
         raise ValueError(f"{length} tokens do not split into {n_segments} samples")

@@ -507,19 +507,15 @@ def test_auto_item_order_runs_short_rows_by_rank():
 
 
 @pytest.mark.parametrize("order", ["rank", "batch"])
-def test_persistent_grids_over_batch_rows(rng, order):
+def test_persistent_grids_over_batch_rows(rng, order, monkeypatch):
     """Two batch rows of their own packed layouts on 3 persistent CTAs (forward and dQ; 16 items, the last
     wave partial), items taken by rank (one row's list beside the other's) or row after row: each row's
     out, lse and grads against the float32 reference."""
-    mosaic_backend.set_grid("persistent")
-    mosaic_backend.PERSISTENT_WORKERS["count"] = 3
-    mosaic_backend.set_item_order(order)
-    try:
-        run_case(rng, 200, 200, 4, 2, 64, layout="packed", causal=True, batch=2)
-    finally:
-        mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
-        mosaic_backend.PERSISTENT_WORKERS["count"] = None
-        mosaic_backend.set_item_order("auto")
+    for kernel in mosaic_backend.GRID_KERNELS:
+        monkeypatch.setitem(mosaic_backend.GRID, kernel, "persistent")
+    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
+    monkeypatch.setitem(mosaic_backend.ITEM_ORDER, "mode", order)
+    run_case(rng, 200, 200, 4, 2, 64, layout="packed", causal=True, batch=2)
 
 
 def test_persistent_grid_only_where_two_lists_fit_smem():
@@ -637,6 +633,19 @@ def test_dq_from_registers_lowers_for_cuda_without_a_gpu():
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
 
 
+def _fwd_bwd_for_cuda(batch: int) -> str:
+    """The MLIR text of a causal fwd+bwd through the mosaic backend exported for CUDA (the whole Mosaic GPU
+    lowering, on CPU): ``batch`` rows of 300 tokens (ragged), D = 128, GQA 4/2, traced ids and positions."""
+    def fwd_bwd(q, k, v, dout, seg, pos):
+        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
+                                                               scale=0.1)[0], q, k, v)
+        return vjp(dout)
+
+    shapes = [jax.ShapeDtypeStruct((batch, 300, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
+    shapes += [jax.ShapeDtypeStruct((batch, 300), jnp.int32)] * 2
+    return jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
+
+
 @pytest.mark.parametrize("backward_mode,delta,forward_q", [("split", "xla", "smem"), ("split", "kernel", "smem"),
                                                            ("fused", "xla", "smem"), ("dq_thread", "xla", "registers"),
                                                            ("split", "xla", "registers")],
@@ -646,19 +655,10 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
     ``jax.export``: forward + backward at D = 128, GQA 4/2, a ragged length. Split runs three
     kernels (forward, dK/dV, dQ; delta from XLA or from the dQ kernel's GMEM loads of out); fused
     adds dQ inside the dK/dV kernel, so two."""
-    seq = 300
     mosaic_backend.set_delta(delta)
     mosaic_backend.set_forward_q(forward_q)
-
-    def fwd_bwd(q, k, v, dout, seg, pos):
-        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
-                                                               scale=0.1)[0], q, k, v)
-        return vjp(dout)
-
-    shapes = [jax.ShapeDtypeStruct((1, seq, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
-    shapes += [jax.ShapeDtypeStruct((1, seq), jnp.int32)] * 2
     try:
-        module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
+        module = _fwd_bwd_for_cuda(batch=1)
     finally:
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
@@ -666,27 +666,14 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
     assert kernels == {"split": 3, "fused": 2, "dq_thread": 2}[backward_mode]
 
 
-def test_rank_ordered_persistent_grids_lower_for_cuda_without_a_gpu():
+def test_rank_ordered_persistent_grids_lower_for_cuda_without_a_gpu(monkeypatch):
     """Three batch rows on 4 persistent CTAs by rank (the item's row and list from the rank order's
     index math) through the whole Mosaic GPU lowering at D = 128: forward, dK/dV and a persistent dQ."""
-    mosaic_backend.set_grid("persistent")
-    mosaic_backend.PERSISTENT_WORKERS["count"] = 4
-    mosaic_backend.set_item_order("rank")
-
-    def fwd_bwd(q, k, v, dout, seg, pos):
-        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
-                                                               scale=0.1)[0], q, k, v)
-        return vjp(dout)
-
-    shapes = [jax.ShapeDtypeStruct((3, 300, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
-    shapes += [jax.ShapeDtypeStruct((3, 300), jnp.int32)] * 2
-    try:
-        module = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
-    finally:
-        mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
-        mosaic_backend.PERSISTENT_WORKERS["count"] = None
-        mosaic_backend.set_item_order("auto")
-    assert module.count("stablehlo.custom_call @mosaic_gpu") == 3
+    for kernel in mosaic_backend.GRID_KERNELS:
+        monkeypatch.setitem(mosaic_backend.GRID, kernel, "persistent")
+    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 4)
+    monkeypatch.setitem(mosaic_backend.ITEM_ORDER, "mode", "rank")
+    assert _fwd_bwd_for_cuda(batch=3).count("stablehlo.custom_call @mosaic_gpu") == 3
 
 
 @pytest.mark.parametrize("kernel,loop", [("dkdv", "pipelined"), ("dkdv", "overlap"), ("dkdv", "overlap_dv"),
