@@ -200,10 +200,7 @@ def set_dq_thread(spec: str):
 # (FlashAttention-3's warpgroup schedule). Run P (2026-12-02, per-block grid, before the bench's timing
 # fix) measured pingpong at 32k equal or up to 3% slower and its 8k rows too noisy to tell (4 packed
 # samples: +23%); it is back for a measurement in interleaved rounds on today's persistent forward.
-# "carried" is "pipelined" run on across a persistent CTA's items: an item's last p v is issued with the
-# next item's first s (mosaic_forward's carry_items), so neither runs alone on the tensor cores; it needs
-# q from registers (FORWARD_Q) and only changes persistent grids (one CTA per item has nothing to carry).
-FORWARD_MODES = ("pipelined", "serial", "pingpong", "carried")
+FORWARD_MODES = ("pipelined", "serial", "pingpong")
 FORWARD = {"mode": "pipelined"}
 
 # Where the forward's ``s = q k^T`` reads q: "registers" (the default: q loaded into registers once per
@@ -481,7 +478,7 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     q_len, q_pad, kv_pad = q.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     out, lse = kernel(_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad), q_tokens, kv_tokens, lists,
                       causal=causal, scale=scale, tuning=TUNING["forward"], pipelined=FORWARD["mode"] != "serial",
-                      pingpong=FORWARD["mode"] == "pingpong", carry_items=FORWARD["mode"] == "carried",
+                      pingpong=FORWARD["mode"] == "pingpong",
                       workers=workers("forward"), q_operand=FORWARD_Q["mode"],
                       scale_at=FORWARD_SCALE["mode"], positions_mask=positions_mask(), item_order=ITEM_ORDER["mode"],
                       interpret=interpret)

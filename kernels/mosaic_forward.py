@@ -32,8 +32,7 @@ SCALE_AT = ("scores", "exponent")
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
             pipelined: bool = True, pingpong: bool = False, workers: int | None = None, q_operand: str = "registers",
-            scale_at: str = "exponent", positions_mask: bool = True, item_order: str = "auto",
-            carry_items: bool = False, interpret=None):
+            scale_at: str = "exponent", positions_mask: bool = True, item_order: str = "auto", interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -47,11 +46,6 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     turns issuing their steps' products (two barriers, the turns running on across the items of a
     persistent CTA), so one thread's softmax, item prologue and epilogue run while the other's products are
     on the tensor cores rather than both threads stalling at once.
-    ``carry_items`` (with ``pipelined``, q from registers, no ``pingpong``): the pipeline runs on across a
-    persistent CTA's items. An item's last ``p v`` is issued with the next item's first ``s``, which reads
-    q from SMEM (where the next item's rows wait while the current item runs from registers), and the
-    softmax of that ``s`` runs while ``p v`` is on the tensor cores. Otherwise each item's first ``s``
-    and its last ``p v`` run with nothing beside them.
     ``workers``: CTAs of a persistent grid (None: one CTA per query block and head); ``item_order``:
     the order its items are taken in (``mosaic_schedule.ITEM_ORDERS``).
     ``q_operand``: where ``s = q k^T`` reads q, ``registers`` (q loaded once per item, so each s reads
@@ -70,11 +64,6 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     if q_operand not in Q_OPERANDS:
         raise ValueError(f"mosaic forward: q_operand must be one of {Q_OPERANDS}, got {q_operand!r}")
     q_in_registers = q_operand == "registers"
-    if carry_items and not (pipelined and q_in_registers and not pingpong):
-        raise ValueError("mosaic forward: carry_items carries the pipelined loop across items and reads the next "
-                         "item's q from SMEM while the current one runs from registers; pass pipelined=True, "
-                         f"q_operand='registers' and pingpong=False with it (got pipelined={pipelined}, "
-                         f"q_operand={q_operand!r}, pingpong={pingpong})")
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -112,102 +101,85 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     (q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg]),
                     (qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg])])
 
-            def wait_queries():  # the fetched query rows and their tokens have arrived
+            @pl.when(n_items > 0)
+            def _():
+                fetch_queries(0)
+
+            def item(i, carry):
+                """Item ``i``; its streamed blocks occupy slots from ``step`` on (counted across items), and
+                its pipelined steps follow the CTA's ``turns`` earlier ones (``pingpong``)."""
+                step, turns = carry
+                list_i = list_s.at[work.list_slot(i)]
+                count = mc.list_entry(list_i, 0)
+                b, h, q_rows = query_rows(i)
                 plgpu.barrier_wait(q_bar.at[wg])
                 plgpu.barrier_wait(qt_bar.at[wg])
+                q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
+                q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
 
-            def query_tokens():  # ``(segment ids, positions)`` of the resident rows in qt_s
-                return plgpu.load(qt_s.at[wg, 0], layout=mc.ROW), plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
+                def next_queries():  # item i + 1's q into q_s, which no product reads any more
+                    @pl.when(i + 1 < n_items)
+                    def _():
+                        fetch_queries(i + 1)
 
-            def wait_keys(slot):
-                plgpu.barrier_wait(k_bar.at[slot])
-                plgpu.barrier_wait(kt_bar.at[slot])
-
-            def empty_stats():  # ``(m, l)`` before any key
-                return (plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW),
-                        plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW))
-
-            def softmax(s, m, l, list_ref, j, slot, q_tokens):
-                """Scores ``s`` of the j-th block ``list_ref`` names (its key tokens in ``slot``) ->
-                ``(p, m, l, alpha)``: the online softmax in base 2."""
-                q_seg, q_pos = q_tokens
-                _, mask_kind = mc.visited(list_ref, j)
-                if fold_scale:  # mask and row max on the raw scores; the scale rides in exp2's FMA
-                    s = mc.mask_tile(s, -jnp.inf, mask_kind, kt_s.at[slot], q_seg, q_pos,
-                                     causal=causal, q_on_rows=True, positions_mask=positions_mask)
-                    m_new = jnp.maximum(m, jnp.max(s, axis=1) * scale2)
+                if q_in_registers:
+                    # q's rows in the wgmma register layout (staged through SMEM when interpreting); once
+                    # every thread's loads are done (commit_smem's barrier) q_s takes the next item's rows
+                    q_a = mc.register_operand(plgpu.load(q_s.at[wg], layout=plgpu.Layout.WGMMA),
+                                              q_stage.at[wg], interpret=interpret)
+                    plgpu.commit_smem()
+                    next_queries()
                 else:
-                    s = mc.mask_tile(s * scale2, -jnp.inf, mask_kind, kt_s.at[slot], q_seg, q_pos,
-                                     causal=causal, q_on_rows=True, positions_mask=positions_mask)
-                    m_new = jnp.maximum(m, jnp.max(s, axis=1))
-                m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
-                alpha = jnp.exp2(m - m_use)
-                p = jnp.exp2((s * scale2 if fold_scale else s) - mc.rows(m_use, tile))
-                return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
+                    q_a = q_s.at[wg]
 
-            def scores(q_a, slot):
-                return mc.matmul(q_a, k_s.at[slot].T, tile)
+                def slot_of(j):
+                    return lax.rem(step + j, stages)
 
-            def add_pv(acc, p16, slot, release):
-                """``acc + p16 @ v`` (v in ``slot``), then the slot is released on ``release``."""
-                plgpu.barrier_wait(v_bar.at[slot])
-                p16 = mc.register_operand(p16, p_s.at[wg], interpret=interpret)
-                acc = mc.matmul(p16, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
-                plgpu.barrier_arrive(release.at[slot])
-                return acc
+                def wait_keys(j):
+                    plgpu.barrier_wait(k_bar.at[slot_of(j)])
+                    plgpu.barrier_wait(kt_bar.at[slot_of(j)])
 
-            def first_step(q_a, list_ref, slot, q_tokens):
-                """Step 0 of a visit list -> ``(m, l, p16)``; its key slot released."""
-                wait_keys(slot)
-                p, m, l, _ = softmax(scores(q_a, slot), *empty_stats(), list_ref, 0, slot, q_tokens)
-                plgpu.barrier_arrive(consumed.at[slot])
-                return m, l, p.astype(dtype)
+                def softmax(s, m, l, j):
+                    """Scores ``s`` of step ``j`` -> ``(p, m, l, alpha)``: the online softmax in base 2."""
+                    _, mask_kind = mc.visited(list_i, j)
+                    if fold_scale:  # mask and row max on the raw scores; the scale rides in exp2's FMA
+                        s = mc.mask_tile(s, -jnp.inf, mask_kind, kt_s.at[slot_of(j)], q_seg, q_pos,
+                                         causal=causal, q_on_rows=True, positions_mask=positions_mask)
+                        m_new = jnp.maximum(m, jnp.max(s, axis=1) * scale2)
+                    else:
+                        s = mc.mask_tile(s * scale2, -jnp.inf, mask_kind, kt_s.at[slot_of(j)], q_seg, q_pos,
+                                         causal=causal, q_on_rows=True, positions_mask=positions_mask)
+                        m_new = jnp.maximum(m, jnp.max(s, axis=1))
+                    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
+                    alpha = jnp.exp2(m - m_use)
+                    p = jnp.exp2((s * scale2 if fold_scale else s) - mc.rows(m_use, tile))
+                    return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
 
-            def no_step():  # ``(m, l, p16)`` of an empty visit list
-                return *empty_stats(), plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA)
+                m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)
+                l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
+                acc0 = mc.zeros((mc.ROWS, head_dim))
 
-            def issue_pair(acc, q_a, k_slot, p_prev, v_slot, softmax_of, before=lambda: None, after=lambda: None):
-                """``s = q_a k^T`` (k in ``k_slot``) and ``acc + p_prev v`` (v in ``v_slot``) issued together;
-                ``softmax_of(s) -> (p, m, l, alpha)`` runs while the second product is on the tensor cores.
-                -> ``(m, l, p16, acc + p_prev v, alpha)``, both slots released; ``before``/``after`` run
-                just before and after the products are issued."""
-                if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
-                    before()
-                    acc = add_pv(acc, p_prev, v_slot, v_consumed)
-                    s = scores(q_a, k_slot)
-                    after()
-                    p, m, l, alpha = softmax_of(s)
-                    plgpu.barrier_arrive(consumed.at[k_slot])
-                    return m, l, p.astype(dtype), acc, alpha
-                plgpu.barrier_wait(v_bar.at[v_slot])
+                def scores(j):
+                    return mc.matmul(q_a, k_s.at[slot_of(j)].T, tile)
 
-                def overlapped(s_acc, o_acc):
-                    o_acc[...] = acc
-                    before()
-                    plgpu.wgmma(s_acc, q_a, k_s.at[k_slot].T)
-                    plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
-                    after()
-                    s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s done, p v may still run
-                    p, m, l, alpha = softmax_of(s)
-                    # p in 16 bits only once p v is done (the barrier ties p to the waited-for o):
-                    # registers defined while a wgmma that reads register operands is in flight
-                    # make ptxas serialize every wgmma of the kernel (C7513)
-                    o, p = lax.optimization_barrier((o_acc[...], p))
-                    return m, l, p.astype(dtype), o, alpha
+                def add_pv(acc, p16, j, release):
+                    """``acc + p16 @ v_j``, then v_j's slot is released on ``release``."""
+                    slot = slot_of(j)
+                    plgpu.barrier_wait(v_bar.at[slot])
+                    p16 = mc.register_operand(p16, p_s.at[wg], interpret=interpret)
+                    acc = mc.matmul(p16, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
+                    plgpu.barrier_arrive(release.at[slot])
+                    return acc
 
-                result = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32), plgpu.ACC(acc.shape, jnp.float32))
-                plgpu.barrier_arrive(consumed.at[k_slot])
-                plgpu.barrier_arrive(v_consumed.at[v_slot])
-                return result
-
-            def pipelined_steps(list_ref, step, q_a, q_tokens, turns):
-                """The loop body of an item's steps ``j >= 1`` (its blocks in slots from ``step`` on): s_j and
-                acc + p_{j-1} v_{j-1} together, acc rescaled to m_j. ``pingpong``: the step's products wait
-                their turn after the CTA's ``turns`` earlier pipelined steps."""
+                def serial_step(j, carry):
+                    m, l, acc = carry
+                    wait_keys(j)
+                    p, m, l, alpha = softmax(scores(j), m, l, j)
+                    return m, l, add_pv(acc * mc.rows(alpha, acc.shape), p.astype(dtype), j, consumed)
 
                 def take_turn(j):
-                    """Wait until the other thread has issued its products of the CTA's previous pipelined
-                    step (thread 0) or of this one (thread 1); thread 0 starts the CTA's first."""
+                    """pingpong: wait until the other thread has issued its products of the CTA's previous
+                    pipelined step (thread 0) or of this one (thread 1); thread 0 starts the CTA's first."""
                     if pingpong:
                         @pl.when((wg != 0) | (turns + j > 1))
                         def _():
@@ -217,20 +189,62 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     if pingpong:
                         plgpu.barrier_arrive(turn.at[1 - wg])
 
-                def body(j, carry):
+                def pipelined_step(j, carry):
+                    """Step ``j >= 1``: s_j and acc + p_{j-1} v_{j-1} together; acc rescaled to m_j."""
                     m, l, p_prev, acc = carry
-                    k_slot = lax.rem(step + j, stages)
-                    wait_keys(k_slot)
-                    m, l, p, o, alpha = issue_pair(
-                        acc, q_a, k_slot, p_prev, lax.rem(step + j - 1, stages),
-                        lambda s, m=m, l=l: softmax(s, m, l, list_ref, j, k_slot, q_tokens),
-                        before=lambda: take_turn(j), after=pass_turn)
-                    return m, l, p, o * mc.rows(alpha, o.shape)
+                    k_slot, v_slot = slot_of(j), slot_of(j - 1)
+                    wait_keys(j)
+                    if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
+                        take_turn(j)
+                        acc = add_pv(acc, p_prev, j - 1, v_consumed)
+                        s = scores(j)
+                        pass_turn()
+                        p, m, l, alpha = softmax(s, m, l, j)
+                        plgpu.barrier_arrive(consumed.at[k_slot])
+                        return m, l, p.astype(dtype), acc * mc.rows(alpha, acc.shape)
+                    plgpu.barrier_wait(v_bar.at[v_slot])
 
-                return body
+                    def overlapped(s_acc, o_acc):
+                        o_acc[...] = acc
+                        take_turn(j)
+                        plgpu.wgmma(s_acc, q_a, k_s.at[k_slot].T)
+                        plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
+                        pass_turn()
+                        s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
+                        p, m_new, l_new, alpha = softmax(s, m, l, j)
+                        # p_j in 16 bits only once p v is done (the barrier ties p to the waited-for o):
+                        # registers defined while a wgmma that reads register operands is in flight
+                        # make ptxas serialize every wgmma of the kernel (C7513)
+                        o, p = lax.optimization_barrier((o_acc[...], p))
+                        return m_new, l_new, p.astype(dtype), o * mc.rows(alpha, acc.shape)
 
-            def store(acc, m, l, b, h, q_rows):
-                """Item ``(b, h)``'s out and lse rows from its accumulator and softmax statistics."""
+                    carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32),
+                                          plgpu.ACC(acc.shape, jnp.float32))
+                    plgpu.barrier_arrive(consumed.at[k_slot])
+                    plgpu.barrier_arrive(v_consumed.at[v_slot])
+                    return carry
+
+                if pipelined:
+                    def first(_):
+                        wait_keys(0)
+                        p, m, l, _ = softmax(scores(0), m0, l0, 0)
+                        plgpu.barrier_arrive(consumed.at[slot_of(0)])
+                        return m, l, p.astype(dtype)
+
+                    def nothing(_):
+                        return m0, l0, plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA)
+
+                    m, l, p = lax.cond(count > 0, first, nothing, None)
+                    m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
+                    if not q_in_registers:  # q_s is free once the last s is computed
+                        next_queries()
+                    acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc,
+                                   acc)
+                else:
+                    m, l, acc = lax.fori_loop(0, count, serial_step, (m0, l0, acc0))
+                    if not q_in_registers:
+                        next_queries()
+                plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
                 empty = l == 0.0
                 out = acc / mc.rows(jnp.where(empty, 1.0, l), acc.shape)
                 lse = jnp.where(empty, -jnp.inf, (m + jnp.log2(jnp.where(empty, 1.0, l))) * mc.LN2)
@@ -240,135 +254,13 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(o_s.at[wg], out_ref.at[b, q_rows, h])
                 plgpu.copy_smem_to_gmem(lse_s.at[wg], lse_ref.at[b, h, q_rows])
-
-            def load_q():
-                """q's rows in the wgmma register layout (staged through SMEM when interpreting); once every
-                thread's loads are done (commit_smem's barrier) q_s may take the next item's rows."""
-                q_a = mc.register_operand(plgpu.load(q_s.at[wg], layout=plgpu.Layout.WGMMA),
-                                          q_stage.at[wg], interpret=interpret)
-                plgpu.commit_smem()
-                return q_a
-
-            def item(i, carry):
-                """Item ``i``; its streamed blocks occupy slots from ``step`` on (counted across items), and
-                its pipelined steps follow the CTA's ``turns`` earlier ones (``pingpong``)."""
-                step, turns = carry
-                list_i = list_s.at[work.list_slot(i)]
-                count = mc.list_entry(list_i, 0)
-                b, h, q_rows = query_rows(i)
-                wait_queries()
-                q_tokens = query_tokens()
-
-                def next_queries():  # item i + 1's q into q_s, which no product reads any more
-                    @pl.when(i + 1 < n_items)
-                    def _():
-                        fetch_queries(i + 1)
-
-                if q_in_registers:
-                    q_a = load_q()
-                    next_queries()
-                else:
-                    q_a = q_s.at[wg]
-
-                def slot_of(j):
-                    return lax.rem(step + j, stages)
-
-                def serial_step(j, carry):
-                    m, l, acc = carry
-                    wait_keys(slot_of(j))
-                    p, m, l, alpha = softmax(scores(q_a, slot_of(j)), m, l, list_i, j, slot_of(j), q_tokens)
-                    return m, l, add_pv(acc * mc.rows(alpha, acc.shape), p.astype(dtype), slot_of(j), consumed)
-
-                acc0 = mc.zeros((mc.ROWS, head_dim))
-                if pipelined:
-                    m, l, p = lax.cond(count > 0, lambda _: first_step(q_a, list_i, slot_of(0), q_tokens),
-                                       lambda _: no_step(), None)
-                    m, l, p, acc = lax.fori_loop(1, count, pipelined_steps(list_i, step, q_a, q_tokens, turns),
-                                                 (m, l, p, acc0))
-                    if not q_in_registers:  # q_s is free once the last s is computed
-                        next_queries()
-                    acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, slot_of(count - 1), v_consumed),
-                                   lambda acc: acc, acc)
-                else:
-                    m, l, acc = lax.fori_loop(0, count, serial_step, (*empty_stats(), acc0))
-                    if not q_in_registers:
-                        next_queries()
-                plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
-                store(acc, m, l, b, h, q_rows)
                 return step + count, turns + jnp.maximum(count - 1, 0)
 
-            def carried_item(i, carry):
-                """Item ``i`` with the pipeline carried across items: its first step (``m, l, p``) was taken
-                before (by item i - 1's last step, or before the loop) from q in SMEM, its query tokens
-                ``q_tokens`` have arrived, and its blocks occupy slots from ``step`` on. Its last ``p v`` is
-                issued with item i + 1's first ``s``, whose softmax runs while ``p v`` is on the tensor cores."""
-                step, m, l, p, q_tokens = carry
-                list_i = list_s.at[work.list_slot(i)]
-                count = mc.list_entry(list_i, 0)
-                b, h, q_rows = query_rows(i)
-                q_a = load_q()
-
-                @pl.when(i + 1 < n_items)
+            _, turns = lax.fori_loop(0, n_items, item, (jnp.int32(0), jnp.int32(0)))
+            if pingpong:  # thread 1's turn after the CTA's last pipelined step is awaited too
+                @pl.when((wg == 0) & (turns > 0))
                 def _():
-                    fetch_queries(i + 1)
-
-                m, l, p, acc = lax.fori_loop(1, count, pipelined_steps(list_i, step, q_a, q_tokens, None),
-                                             (m, l, p, mc.zeros((mc.ROWS, head_dim))))
-                plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
-                has_next = i + 1 < n_items
-                next_list = list_s.at[work.list_slot(i + 1)]  # arrived: fetch_queries waited for it
-
-                @pl.when(has_next)
-                def _():
-                    wait_queries()
-
-                next_tokens = query_tokens()  # unused without a next item
-                next_slot, last_slot = lax.rem(step + count, stages), lax.rem(step + count - 1, stages)
-
-                def both(acc):  # item i's last p v with item i + 1's first s
-                    wait_keys(next_slot)
-                    m1, l1, p1, acc, _ = issue_pair(
-                        acc, q_s.at[wg], next_slot, p, last_slot,
-                        lambda s: softmax(s, *empty_stats(), next_list, 0, next_slot, next_tokens))
-                    return acc, m1, l1, p1
-
-                def last_only(acc):
-                    return add_pv(acc, p, last_slot, v_consumed), *no_step()
-
-                def first_only(acc):
-                    return acc, *first_step(q_s.at[wg], next_list, next_slot, next_tokens)
-
-                def neither(acc):
-                    return acc, *no_step()
-
-                has_first = has_next & (mc.list_entry(next_list, 0) > 0)
-                acc, m1, l1, p1 = lax.cond(count > 0, lambda a: lax.cond(has_first, both, last_only, a),
-                                           lambda a: lax.cond(has_first, first_only, neither, a), acc)
-                store(acc, m, l, b, h, q_rows)
-                return step + count, m1, l1, p1, next_tokens
-
-            if carry_items:
-                @pl.when(n_items > 0)
-                def _():
-                    fetch_queries(0)
-                    wait_queries()
-
-                tokens0 = query_tokens()  # unused without items
-                list0 = list_s.at[work.list_slot(0)]
-                count0 = jnp.where(n_items > 0, mc.list_entry(list0, 0), 0)
-                m, l, p = lax.cond(count0 > 0, lambda _: first_step(q_s.at[wg], list0, 0, tokens0),
-                                   lambda _: no_step(), None)
-                lax.fori_loop(0, n_items, carried_item, (jnp.int32(0), m, l, p, tokens0))
-            else:
-                @pl.when(n_items > 0)
-                def _():
-                    fetch_queries(0)
-
-                _, turns = lax.fori_loop(0, n_items, item, (jnp.int32(0), jnp.int32(0)))
-                if pingpong:  # thread 1's turn after the CTA's last pipelined step is awaited too
-                    @pl.when((wg == 0) & (turns > 0))
-                    def _():
-                        plgpu.barrier_wait(turn.at[0])
+                    plgpu.barrier_wait(turn.at[0])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     transforms = mc.mma_transforms(dtype)

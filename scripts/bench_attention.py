@@ -33,7 +33,7 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed). ``--json`` 
 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
 its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
-``forward_loop=serial`` (or ``pipelined``, ``pingpong``, ``carried``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
+``forward_loop=serial`` (or ``pipelined``, ``pingpong``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
 ``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``, ``overlap``, ``overlap_dv``)
 the dK/dV kernel's loop (give ``pipelined`` 3 stages: ``dkdv=64,3``), ``dq_loop=overlap`` (or ``serial``)

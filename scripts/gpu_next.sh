@@ -30,11 +30,7 @@
 # accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic);
 # order: the persistent forward's items by rank across batch rows (the default for several short rows since the
 # fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
-# causal tokens, with the packed rows beside them, in 4 interleaved rounds (prediction in kernels/NOTES.md);
-# carried: the forward's pipeline carried across a persistent CTA's items (forward_loop=carried) against the
-# default: its GPU tests (empty items between full ones, 7 persistent CTAs) with the grids' tests (the default
-# forward's loop was rebuilt from the same helpers), its ptxas report (does any wgmma serialize), the 8k rows (plain, 4 packed, 4
-# batch items) in 5 interleaved rounds, then device profiles of one 8k step, plain and packed, each way.
+# causal tokens, with the packed rows beside them, in 4 interleaved rounds (prediction in kernels/NOTES.md).
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
@@ -63,11 +59,6 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   order) STEPS="bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|item_order=batch --seqs 8192,16384 --masks causal,causal-packed4,causal-batch4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
-  carried) STEPS="tests ptxas bench profile" LONGVILA_GPU_IMPLS=mosaic TEST_K="carried or grids" TEST_TIMEOUT=240 BENCH_TIMEOUT=240 \
-       PTXAS_SCRIPT="scripts/bench_attention.py --seqs 1024 --impls mosaic --masks causal --budget-s 0.01 --mosaic-tuning=forward_loop=carried" \
-       BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|forward_loop=carried --seqs 8192 --masks causal,causal-packed4,causal-batch4 --rounds 5 --budget-s 1" \
-       PROFILE_LINES=10 PROFILE_ARGS="--seq 8192 --mask causal-packed4 --steps 5 --top 6|--impl mosaic[forward_loop=carried] --seq 8192 --mask causal-packed4 --steps 5 --top 6|--seq 8192 --mask causal --steps 5 --top 6|--impl mosaic[forward_loop=carried] --seq 8192 --mask causal --steps 5 --top 6" \
-       exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|order|carried|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|order|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

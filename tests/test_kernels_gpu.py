@@ -163,8 +163,7 @@ def test_cudnn_lse_is_differentiable(rng):
     ("blocks", None, "smem", "", "kernel", ""), ("persistent", 7, "smem", "", "xla", "smem,scores"),
     ("blocks", None, "smem", "", "xla", "smem,exponent"), ("persistent", 7, "smem", "", "xla", "registers,scores"),
     ("blocks", None, "smem", "serial,2/serial", "xla", ""), ("blocks", None, "smem", "overlap_dv,2", "xla", ""),
-    ("persistent", 7, "smem,next_item", "", "xla", ""), ("persistent", 7, "registers,next_item", "", "xla", ""),
-    ("persistent", 7, "smem", "", "xla", "registers,exponent,carried")])
+    ("persistent", 7, "smem,next_item", "", "xla", ""), ("persistent", 7, "registers,next_item", "", "xla", "")])
 def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
@@ -172,8 +171,8 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
     persistent dQ holding two items' rows, on 64-key blocks); ``loops``: the
     dK/dV loop and its slots, then after a slash the dQ loop (asynchronous wgmmas waited for one by
     one, operands from registers; empty: the defaults); ``delta``: the backward's row sum in the dQ
-    kernel or in XLA; ``forward``: the forward's options, where ``q k^T`` reads q, where the softmax
-    scale goes and (third) its loop (empty: the defaults); packed GQA 32/8, ragged length, empty rows, dlse."""
+    kernel or in XLA; ``forward``: the forward's options, where ``q k^T`` reads q and where the softmax
+    scale goes (empty: the defaults); packed GQA 32/8, ragged length, empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 1000, 1000, 32, 8, 128))
@@ -200,10 +199,9 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
         mosaic_backend.set_dq_prefetch(dq_prefetch)
         mosaic_backend.set_tuning("dq", 64, 2)
     mosaic_backend.set_delta(delta)
-    forward_q, forward_scale, forward_loop = (forward.split(",") + ["", "", ""])[:3]
+    forward_q, _, forward_scale = forward.partition(",")
     mosaic_backend.set_forward_q(forward_q or mosaic_backend.FORWARD_Q_DEFAULT)
     mosaic_backend.set_forward_scale(forward_scale or mosaic_backend.FORWARD_SCALE_DEFAULT)
-    mosaic_backend.set_forward(forward_loop or mosaic_backend.FORWARD_MODES[0])
     dkdv_loop, _, dq_loop = loops.partition("/")
     if dkdv_loop:
         dkdv_mode, stages = dkdv_loop.split(",")
@@ -228,7 +226,6 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
         mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
-        mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
         mosaic_backend.TUNING.update(saved_tuning)
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
@@ -237,32 +234,3 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
     for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert np.isfinite(np.asarray(g, np.float32)).all(), name
         assert rel_err(g, ref_g) <= TOL, (name, rel_err(g, ref_g))
-
-
-@pytest.mark.parametrize("order", ["batch", "rank"])
-def test_mosaic_carried_forward_with_empty_items_on_gpu(rng, order, monkeypatch):
-    """The forward's pipeline carried across items on the hardware's asynchronous products, where whole
-    query blocks see no key: two batch rows of 1,000 tokens (GQA 32/8, D = 128), each with empty 128-row
-    blocks, on 7 persistent CTAs taking items row after row or by rank (so CTAs meet empty items after full
-    ones and full ones after empty ones). out and lse against the float32 reference, out poisoned first."""
-    if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
-        pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
-    monkeypatch.setitem(mosaic_backend.FORWARD, "mode", "carried")
-    monkeypatch.setitem(mosaic_backend.GRID, "forward", "persistent")
-    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 7)
-    monkeypatch.setitem(mosaic_backend.ITEM_ORDER, "mode", order)
-    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 2, 1000, 1000, 32, 8, 128))
-    positions = jnp.broadcast_to(jnp.arange(1000, dtype=jnp.int32), (2, 1000))
-    kv_seg = jnp.ones((2, 1000), jnp.int32)
-    q_seg = kv_seg.at[0, 128:384].set(0).at[1, 640:768].set(0).at[1, 5:77].set(0)
-    mask = dict(q_segment_ids=q_seg, kv_segment_ids=kv_seg, q_positions=positions, kv_positions=positions,
-                causal=True)
-    ref_out, ref_lse = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), **mask)
-    poison(q, q)
-    out, lse = jax.jit(lambda *qkv: flash_attention(*qkv, **mask, impl="mosaic"))(q, k, v)
-    finite = np.isfinite(np.asarray(ref_lse))
-    assert (~finite).sum() == (256 + 128 + 72) * 32
-    np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
-    assert (np.asarray(out, np.float32).transpose(0, 2, 1, 3)[~finite] == 0).all()
-    assert rel_err(out, ref_out) <= TOL
-    assert rel_err(np.asarray(lse)[finite], np.asarray(ref_lse)[finite]) <= TOL

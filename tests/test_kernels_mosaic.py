@@ -379,13 +379,12 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
         mosaic_backend.set_dq_thread("")
 
 
-@pytest.mark.parametrize("loop,workers", [("serial", None), ("pingpong", 3), ("pingpong", None), ("carried", 3)])
+@pytest.mark.parametrize("loop,workers", [("serial", None), ("pingpong", 3), ("pingpong", None)])
 def test_forward_loops_packed_gqa(rng, loop, workers):
     """The forward's other loops (the pipelined one is the default every other test runs): waiting for
     each product, or the compute threads taking turns to issue (pingpong; on a persistent grid of 3 CTAs
-    the turns run on across items; else one CTA per item), or the pipeline carried across a persistent
-    CTA's items (each item's first s issued with the previous item's last p v): GQA 4/2, ragged lengths,
-    packed segments, empty rows (items with empty visit lists between others)."""
+    the turns run on across items; else one CTA per item): GQA 4/2, ragged lengths, packed segments,
+    empty rows."""
     mosaic_backend.set_forward(loop)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     try:
@@ -519,35 +518,6 @@ def test_persistent_grids_over_batch_rows(rng, order, monkeypatch):
     run_case(rng, 200, 200, 4, 2, 64, layout="packed", causal=True, batch=2)
 
 
-@pytest.mark.parametrize("order", ["batch", "rank"])
-def test_carried_forward_with_empty_items(rng, order, monkeypatch):
-    """The forward's pipeline carried across items where whole query blocks see no key (empty visit
-    lists): two batch rows, each with one empty block, on 3 persistent CTAs, so a CTA meets an empty item
-    after a full one and (row after row) a full one after an empty one. out and lse against the float32
-    reference; empty rows give out 0 and lse -inf."""
-    monkeypatch.setitem(mosaic_backend.FORWARD, "mode", "carried")
-    monkeypatch.setitem(mosaic_backend.GRID, "forward", "persistent")
-    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
-    monkeypatch.setitem(mosaic_backend.ITEM_ORDER, "mode", order)
-    batch, length, q_heads, kv_heads, head_dim = 2, 384, 2, 1, 64
-    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, batch, length, length, q_heads, kv_heads,
-                                                                   head_dim))
-    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    kv_seg = jnp.ones((batch, length), jnp.int32)
-    q_seg = kv_seg.at[0, 128:256].set(0).at[1, 256:].set(0).at[1, 3:40].set(0)
-    out, lse = mosaic_backend.attention(q, k, v, q_seg, kv_seg, positions, positions, causal=True,
-                                        scale=head_dim ** -0.5, interpret=INTERPRET)
-    ref_out, ref_lse = reference_attention(*(x.astype(jnp.float32) for x in (q, k, v)), q_segment_ids=q_seg,
-                                           kv_segment_ids=kv_seg, q_positions=positions, kv_positions=positions,
-                                           causal=True)
-    finite = np.isfinite(np.asarray(ref_lse))
-    assert (~finite).sum() == (128 + 128 + 37) * q_heads
-    np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
-    assert (np.asarray(out, np.float32).transpose(0, 2, 1, 3)[~finite] == 0).all()
-    assert rel_err(out, ref_out) <= TOL
-    assert rel_err(jnp.where(finite, lse, 0.0), jnp.where(finite, ref_lse, 0.0)) <= TOL
-
-
 def test_persistent_grid_only_where_two_lists_fit_smem():
     """Two list slots per persistent CTA while they fit ``LIST_SMEM_BYTES``; longer lists (here 13
     rows of 256 entries, 26 KiB for two) and ``workers=None`` run one CTA per item with one slot."""
@@ -630,7 +600,7 @@ def test_bad_grid_mode_names_the_choices():
 
 @pytest.mark.parametrize("setter, bad, message", [
     ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
-    ("set_forward", "fast", "mode must be one of .'pipelined', 'serial', 'pingpong', 'carried'., got 'fast'"),
+    ("set_forward", "fast", "mode must be one of .'pipelined', 'serial', 'pingpong'., got 'fast'"),
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined', 'overlap', 'overlap_dv'., "
                               "got 'fast'"),
     ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
@@ -704,16 +674,6 @@ def test_rank_ordered_persistent_grids_lower_for_cuda_without_a_gpu(monkeypatch)
     monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 4)
     monkeypatch.setitem(mosaic_backend.ITEM_ORDER, "mode", "rank")
     assert _fwd_bwd_for_cuda(batch=3).count("stablehlo.custom_call @mosaic_gpu") == 3
-
-
-def test_carried_forward_lowers_for_cuda_without_a_gpu(monkeypatch):
-    """The forward with its pipeline carried across items (an item's last p v from registers issued with
-    the next item's first s from SMEM, asynchronously: the form interpret mode does not run) on 3
-    persistent CTAs over two batch rows, through the whole Mosaic GPU lowering at D = 128 (with the split
-    backward that these short rows take: three kernels)."""
-    monkeypatch.setitem(mosaic_backend.FORWARD, "mode", "carried")
-    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
-    assert _fwd_bwd_for_cuda(batch=2).count("stablehlo.custom_call @mosaic_gpu") == 3
 
 
 @pytest.mark.parametrize("kernel,loop", [("dkdv", "pipelined"), ("dkdv", "overlap"), ("dkdv", "overlap_dv"),
