@@ -229,20 +229,6 @@ def set_forward_scale(mode: str):
     _choose("forward scale", SCALE_AT, FORWARD_SCALE, mode)
 
 
-# How the forward's epilogue normalizes out by the softmax row sums: "reciprocal" (the default: 1 / l once
-# per row, then a multiply per element) or "divide" (an IEEE division per element, as before the fifteenth
-# session: 64 per thread and item, each a dozen instructions, while the tensor cores wait).
-FORWARD_NORMALIZE_DEFAULT = "reciprocal"
-FORWARD_NORMALIZE = {"mode": FORWARD_NORMALIZE_DEFAULT}
-
-
-def set_forward_normalize(mode: str):
-    """Choose how the forward divides out by the row sums (see ``mosaic_forward.NORMALIZE``)."""
-    from .mosaic_forward import NORMALIZE
-
-    _choose("forward normalize", NORMALIZE, FORWARD_NORMALIZE, mode)
-
-
 def set_forward_q(mode: str):
     """Choose where the forward's first product reads q (see ``mosaic_forward.Q_OPERANDS``)."""
     from .mosaic_forward import Q_OPERANDS
@@ -495,7 +481,7 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
                       pingpong=FORWARD["mode"] == "pingpong",
                       workers=workers("forward"), q_operand=FORWARD_Q["mode"],
                       scale_at=FORWARD_SCALE["mode"], positions_mask=positions_mask(), item_order=ITEM_ORDER["mode"],
-                      normalize=FORWARD_NORMALIZE["mode"], interpret=interpret)
+                      interpret=interpret)
     return out[:, :q_len], lse[:, :, :q_len]
 
 

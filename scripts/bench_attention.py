@@ -39,8 +39,7 @@ forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``d
 the dK/dV kernel's loop (give ``pipelined`` 3 stages: ``dkdv=64,3``), ``dq_loop=overlap`` (or ``serial``)
 the dQ kernel's, ``delta=kernel`` (or ``xla``) where the backward's row sum runs,
 ``forward_q=registers`` (or ``smem``) where the forward's ``q k^T`` reads q, ``forward_scale=exponent``
-(or ``scores``) where the forward applies the softmax scale, ``forward_normalize=reciprocal`` (or ``divide``)
-how its epilogue divides by the row sums, ``item_order=auto`` (or ``rank``, ``batch``)
+(or ``scores``) where the forward applies the softmax scale, ``item_order=auto`` (or ``rank``, ``batch``)
 the order a persistent grid takes the batch rows' items in.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
@@ -231,7 +230,6 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
-    mosaic_backend.set_forward_normalize(mosaic_backend.FORWARD_NORMALIZE_DEFAULT)
     mosaic_backend.set_dq_thread("")
     mosaic_backend.set_mask_tiles(mosaic_backend.MASK_TILE_MODES[0])
     mosaic_backend.set_item_order("auto")
@@ -240,7 +238,6 @@ def set_mosaic_tuning(spec: str):
                  backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
                  delta=mosaic_backend.set_delta, forward_q=mosaic_backend.set_forward_q,
                  forward_scale=mosaic_backend.set_forward_scale,
-                 forward_normalize=mosaic_backend.set_forward_normalize,
                  dq_store=mosaic_backend.set_dq_store, dq_prefetch=mosaic_backend.set_dq_prefetch,
                  dkdv_loop=mosaic_backend.set_dkdv_loop,
                  dq_loop=mosaic_backend.set_dq_loop,

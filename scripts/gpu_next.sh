@@ -31,10 +31,6 @@
 # order: the persistent forward's items by rank across batch rows (the default for several short rows since the
 # fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
 # causal tokens, with the packed rows beside them, in 4 interleaved rounds (prediction in kernels/NOTES.md).
-# normalize: the forward's epilogue multiplying out by the rows' reciprocal sums (the default since the fifteenth
-# session) against an IEEE division per element (forward_normalize=divide, as before): device profiles of one 8k
-# step each way (4 packed samples, plain causal), the 8k goal rows (causal and 4 packed samples) each way beside
-# JAX cuDNN in 4 interleaved rounds, then the persistent grid variants' GPU tests.
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
@@ -63,12 +59,6 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   order) STEPS="bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|item_order=batch --seqs 8192,16384 --masks causal,causal-packed4,causal-batch4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
-  normalize)  # profiles first, then the bench, then the tests: what comes first survives a short lease
-     STEPS="profile" PROFILE_LINES=6 PROFILE_ARGS="--seq 8192 --mask causal-packed4 --steps 3 --top 3|--impl mosaic[forward_normalize=divide] --seq 8192 --mask causal-packed4 --steps 3 --top 3|--seq 8192 --mask causal --steps 3 --top 3|--impl mosaic[forward_normalize=divide] --seq 8192 --mask causal --steps 3 --top 3" \
-       bash "$here/gpu_kernels.sh"
-     STEPS="bench" BENCH_TIMEOUT=200 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|forward_normalize=divide --seqs 8192 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
-       bash "$here/gpu_kernels.sh"
-     STEPS="tests" LONGVILA_GPU_IMPLS=mosaic TEST_K="grids and not blocks" TEST_TIMEOUT=150 exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|order|normalize|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|order|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

@@ -403,18 +403,14 @@ def test_pingpong_needs_the_pipelined_loop():
                                scale=0.1, tuning=mosaic_backend.mc.Tuning(128, 2), pipelined=False, pingpong=True)
 
 
-@pytest.mark.parametrize("q_operand,scale_at,normalize", [("smem", "scores", "reciprocal"),
-                                                         ("registers", "scores", "reciprocal"),
-                                                         ("registers", "exponent", "divide")])
-def test_forward_options_packed_gqa(rng, q_operand, scale_at, normalize, monkeypatch):
-    """The forward's non-default options (the default, q from registers, the scale in the exponent and
-    out times the rows' reciprocal sums, runs in every other test): q read from SMEM, the scale applied
-    to the scores, or out divided by the row sums element by element; on a persistent grid of 3 CTAs
-    (items follow each other in one CTA, so the next item's q is fetched while the current one runs):
-    GQA 4/2, ragged lengths, packed, empty rows."""
+@pytest.mark.parametrize("q_operand,scale_at", [("smem", "scores"), ("registers", "scores")])
+def test_forward_options_packed_gqa(rng, q_operand, scale_at, monkeypatch):
+    """The forward's non-default options (the default, q from registers and the scale in the exponent,
+    runs in every other test): q read from SMEM, or the scale applied to the scores; on a persistent
+    grid of 3 CTAs (items follow each other in one CTA, so the next item's q is fetched while the
+    current one runs): GQA 4/2, ragged lengths, packed, empty rows."""
     monkeypatch.setitem(mosaic_backend.FORWARD_Q, "mode", q_operand)
     monkeypatch.setitem(mosaic_backend.FORWARD_SCALE, "mode", scale_at)
-    monkeypatch.setitem(mosaic_backend.FORWARD_NORMALIZE, "mode", normalize)
     monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
     run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
 
@@ -607,8 +603,6 @@ def test_bad_grid_mode_names_the_choices():
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
     ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
-    ("set_forward_normalize", "approx",
-     "forward normalize: mode must be one of .'reciprocal', 'divide'., got 'approx'"),
     ("set_dq_prefetch", "two", "dQ prefetch: mode must be one of .'off', 'next_item'., got 'two'"),
     ("set_mask_tiles", "none", "mask tiles: mode must be one of .'positions', 'full'., got 'none'"),
 ])
@@ -785,7 +779,6 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
     switches = [(mb.set_forward, mb.FORWARD, mb.FORWARD_MODES),
                 (mb.set_forward_q, mb.FORWARD_Q, mosaic_forward.Q_OPERANDS),
                 (mb.set_forward_scale, mb.FORWARD_SCALE, mosaic_forward.SCALE_AT),
-                (mb.set_forward_normalize, mb.FORWARD_NORMALIZE, mosaic_forward.NORMALIZE),
                 (mb.set_dkdv_loop, mb.DKDV_LOOP, mosaic_backward.DKDV_LOOPS),
                 (mb.set_dq_loop, mb.DQ_LOOP, mosaic_backward.DQ_LOOPS),
                 (mb.set_dq_store, mb.DQ_STORE, mosaic_backward.DQ_STORES),
