@@ -10,6 +10,18 @@ if not (os.path.exists("/dev/nvidia0") or os.environ.get("JAX_PLATFORMS")):
     os.environ["JAX_PLATFORMS"] = "cpu"  # no GPU: the simulated CPU mesh; with one, gpu-marked tests run
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    # One compilation cache for this run, shared by the xdist workers and the processes tests start (they
+    # inherit the variables): most of the suite's CPU time is XLA compiling the same small programs again
+    # (jax.clear_caches between lowerings, the same eager ops in every test). Removed when the run ends.
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="longvila-jax-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -137,11 +137,6 @@ def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal,
     dout = jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16)
     dlse = jnp.asarray(rng.standard_normal((batch, q_heads, q_len)), jnp.float32)
 
-    def loss(attention, *qkv):
-        out, lse = attention(*qkv)
-        return (jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32))
-                + jnp.sum(jnp.where(jnp.isfinite(lse), lse * dlse, 0.0)))
-
     def mosaic(*qkv):
         return mosaic_backend.attention(*qkv, q_seg, kv_seg, q_pos, kv_pos, causal=causal,
                                         scale=head_dim ** -0.5, interpret=INTERPRET)
@@ -149,11 +144,15 @@ def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal,
     def reference(*qkv):
         return reference_attention(*qkv, **mask)
 
-    out, lse = mosaic(q, k, v)
-    grads = jax.grad(lambda *a: loss(mosaic, *a), argnums=(0, 1, 2))(q, k, v)
+    def forward_and_grads(attention, *qkv):
+        """(out, lse) and the gradients of sum(out * dout) + sum(lse * dlse) over finite lse: the forward
+        runs once (interpret mode's cost is the kernels' run)."""
+        (out, lse), vjp = jax.vjp(attention, *qkv)
+        return out, lse, vjp((dout.astype(out.dtype), jnp.where(jnp.isfinite(lse), dlse, 0.0)))
+
+    out, lse, grads = forward_and_grads(mosaic, q, k, v)
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    ref_out, ref_lse = reference(*f32)
-    ref_grads = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1, 2))(*f32)
+    ref_out, ref_lse, ref_grads = forward_and_grads(reference, *f32)
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
     assert (np.asarray(out, np.float32).transpose(0, 2, 1, 3)[~finite] == 0).all()  # empty rows: out 0
@@ -291,8 +290,8 @@ def test_fused_dq_packed_gqa_head_dim_128(rng, backward_mode):
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
 def test_dq_thread_head_dim_64_packed_gqa(rng, backward_mode):
     """The dQ-thread kernel at D = 64 (one dQ chunk per step, so its two staging buffers alternate
-    across steps): GQA 4/2, ragged lengths, packed segments, empty rows."""
-    run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+    across steps): GQA 2/1, ragged lengths, packed segments, empty rows."""
+    run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
 
 
 @pytest.fixture
@@ -310,10 +309,10 @@ def dq_thread_options(request):
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_dq_thread_options_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
     """The dQ-thread kernel's other forms: FlashAttention-3's tile layout (s = q k^T; p and ds through
-    SMEM, read transposed by dv and dk), loop-invariant descriptors, dQ scaled inside the kernel: GQA 4/2,
+    SMEM, read transposed by dv and dk), loop-invariant descriptors, dQ scaled inside the kernel: GQA 2/1,
     ragged lengths, packed segments, empty rows, dlse."""
     assert mosaic_backend.DQ_THREAD != mosaic_backend.DQ_THREAD_DEFAULT
-    run_case(rng, 200, 300, 4, 2, head_dim, layout="packed", causal=True)
+    run_case(rng, 200, 300, 2, 1, head_dim, layout="packed", causal=True)
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
@@ -383,12 +382,12 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
 def test_forward_loops_packed_gqa(rng, loop, workers):
     """The forward's other loops (the pipelined one is the default every other test runs): waiting for
     each product, or the compute threads taking turns to issue (pingpong; on a persistent grid of 3 CTAs
-    the turns run on across items; else one CTA per item): GQA 4/2, ragged lengths, packed segments,
+    the turns run on across items; else one CTA per item): GQA 2/1, ragged lengths, packed segments,
     empty rows."""
     mosaic_backend.set_forward(loop)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     try:
-        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+        run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
@@ -408,34 +407,34 @@ def test_forward_options_packed_gqa(rng, q_operand, scale_at, monkeypatch):
     """The forward's non-default options (the default, q from registers and the scale in the exponent,
     runs in every other test): q read from SMEM, or the scale applied to the scores; on a persistent
     grid of 3 CTAs (items follow each other in one CTA, so the next item's q is fetched while the
-    current one runs): GQA 4/2, ragged lengths, packed, empty rows."""
+    current one runs): GQA 2/1, ragged lengths, packed, empty rows."""
     monkeypatch.setitem(mosaic_backend.FORWARD_Q, "mode", q_operand)
     monkeypatch.setitem(mosaic_backend.FORWARD_SCALE, "mode", scale_at)
     monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
-    run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+    run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
 
 
 @pytest.mark.parametrize("stages", [2, 3])
 def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
     """The dK/dV loop that issues step j's s, dp with step j-1's dv, dk products (slots released a
-    step later): GQA 4/2 (the loop runs over both heads of a group), ragged lengths, packed
+    step later): GQA 2/1 (the loop runs over both heads of the group), ragged lengths, packed
     segments, empty rows, dlse; with 2 and 3 slots."""
     saved = dict(mosaic_backend.TUNING)
     mosaic_backend.set_dkdv_loop("pipelined")
     mosaic_backend.set_tuning("dkdv", 64, stages)
     try:
-        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+        run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
         mosaic_backend.TUNING.update(saved)
 
 
 def test_delta_in_the_dq_kernel_packed_gqa(rng):
-    """The backward with delta computed in the dQ kernel (an XLA row sum everywhere else): GQA 4/2,
+    """The backward with delta computed in the dQ kernel (an XLA row sum everywhere else): GQA 2/1,
     ragged lengths, packed segments, empty rows, dlse."""
     mosaic_backend.set_delta("kernel")
     try:
-        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+        run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
 
@@ -503,14 +502,14 @@ def test_auto_item_order_runs_short_rows_by_rank():
 
 @pytest.mark.parametrize("order", ["rank", "batch"])
 def test_persistent_grids_over_batch_rows(rng, order, monkeypatch):
-    """Two batch rows of their own packed layouts on 3 persistent CTAs (forward and dQ; 16 items, the last
-    wave partial), items taken by rank (one row's list beside the other's) or row after row: each row's
+    """Two batch rows of their own packed layouts on 3 persistent CTAs (forward and dQ; 8 items or more, the
+    last wave partial), items taken by rank (one row's list beside the other's) or row after row: each row's
     out, lse and grads against the float32 reference."""
     for kernel in mosaic_backend.GRID_KERNELS:
         monkeypatch.setitem(mosaic_backend.GRID, kernel, "persistent")
     monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
     monkeypatch.setitem(mosaic_backend.ITEM_ORDER, "mode", order)
-    run_case(rng, 200, 200, 4, 2, 64, layout="packed", causal=True, batch=2)
+    run_case(rng, 200, 200, 2, 1, 64, layout="packed", causal=True, batch=2)
 
 
 def test_persistent_grid_only_where_two_lists_fit_smem():
@@ -542,7 +541,7 @@ def test_bad_worker_count_is_refused():
     ("persistent", 3, "smem", "off"), ("persistent", 3, "registers", "off"), ("blocks", None, "registers", "off"),
     ("persistent", 3, "smem", "next_item"), ("persistent", 3, "registers", "next_item")])
 def test_forward_and_dq_grids_packed_gqa(rng, grid, workers, dq_store, dq_prefetch):
-    """The forward and dQ kernels with 3 persistent CTAs (each runs 2-3 query blocks of GQA 4/2:
+    """The forward and dQ kernels with 3 persistent CTAs (some run two items or more of GQA 2/1:
     lists, queries and slots carried across items, the last wave partial) and with one CTA per
     block, dQ leaving through SMEM or from registers, the persistent dQ holding one item's rows or
     two (``next_item``: 64-key blocks, both resident buffers in turn); ragged lengths, packed segments,
@@ -556,7 +555,7 @@ def test_forward_and_dq_grids_packed_gqa(rng, grid, workers, dq_store, dq_prefet
     if dq_prefetch == "next_item":
         mosaic_backend.set_tuning("dq", 64, 2)
     try:
-        run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
+        run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
     finally:
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
         mosaic_backend.set_dq_store("smem")
@@ -711,9 +710,11 @@ def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 2
 
 
-def _mosaic_kernel_texts(monkeypatch):
-    """The Mosaic modules (name -> text, without debug info or dump counter) that lowering a fwd+bwd for
-    CUDA produces with the backend's current options: D 128, GQA 4/2, 300 tokens (ragged), causal."""
+def _mosaic_kernel_texts(monkeypatch, part="both"):
+    """The Mosaic modules (name -> text, without debug info or dump counter) that lowering for CUDA produces
+    with the backend's current options: D 128, GQA 4/2, 300 tokens (ragged), causal. ``part``: "both" a
+    fwd+bwd through the custom VJP, "forward" the forward alone, "backward" the backward from a given out and
+    lse (``attention_bwd``, the entry a ring step calls): a switch of one side lowers that side only."""
     from jax.experimental.mosaic.gpu import core as mosaic_core
 
     texts = {}
@@ -728,20 +729,28 @@ def _mosaic_kernel_texts(monkeypatch):
     monkeypatch.setattr(mosaic_core, "_run_serde_pass", capture)
     shapes = [jax.ShapeDtypeStruct((1, 300, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
     seg, pos = jnp.ones((1, 300), jnp.int32), jnp.arange(300, dtype=jnp.int32)[None]
+    mask = (seg, seg, pos, pos)
 
     def fwd_bwd(q, k, v, dout):
-        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, seg, seg, pos, pos, causal=True,
-                                                               scale=0.1)[0], q, k, v)
+        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, *mask, causal=True, scale=0.1)[0], q, k, v)
         return vjp(dout)
 
+    def forward(q, k, v, dout):
+        return mosaic_backend.attention(q, k, v, *mask, causal=True, scale=0.1)
+
+    def backward(q, k, v, dout):
+        out, lse = dout, jnp.zeros((1, 4, 300), jnp.float32)  # a given out and lse of the right shapes
+        return mosaic_backend.attention_bwd(q, k, v, out, lse, dout, None, *mask, causal=True, scale=0.1)
+
     jax.clear_caches()  # the options are module state, not part of jit's cache key
-    jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes)
+    call = {"both": fwd_bwd, "forward": forward, "backward": backward}[part]
+    jax.export.export(jax.jit(call), platforms=["cuda"])(*shapes)
     monkeypatch.setattr(mosaic_core, "_run_serde_pass", serialize)
     return texts
 
 
 def _dq_thread_kernel_text(monkeypatch):
-    return _mosaic_kernel_texts(monkeypatch)["attention_dkdv_dq_thread"]
+    return _mosaic_kernel_texts(monkeypatch, "backward")["attention_dkdv_dq_thread"]
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
@@ -771,45 +780,48 @@ def test_every_dq_thread_option_reaches_the_kernel(backward_mode, monkeypatch):
 
 def test_every_backend_option_reaches_the_kernels(monkeypatch):
     """Each non-default value of each of the mosaic backend's switches (forward loop, q operand, scale,
-    grids, dK/dV and dQ loops, dQ store, delta, mask tiles, backward) changes the Mosaic modules a fwd+bwd lowers to;
-    the defaults lowered twice give the same modules."""
+    grids, dK/dV and dQ loops, dQ store, delta, mask tiles, backward) changes the Mosaic modules of the side
+    it belongs to (the forward, or the backward from a given out and lse); the defaults lowered twice give
+    the same modules, and a fwd+bwd through the custom VJP lowers the same modules as the two sides."""
     from longvila_jax.kernels import mosaic_backward, mosaic_forward
 
     mb = mosaic_backend
-    switches = [(mb.set_forward, mb.FORWARD, mb.FORWARD_MODES),
-                (mb.set_forward_q, mb.FORWARD_Q, mosaic_forward.Q_OPERANDS),
-                (mb.set_forward_scale, mb.FORWARD_SCALE, mosaic_forward.SCALE_AT),
-                (mb.set_dkdv_loop, mb.DKDV_LOOP, mosaic_backward.DKDV_LOOPS),
-                (mb.set_dq_loop, mb.DQ_LOOP, mosaic_backward.DQ_LOOPS),
-                (mb.set_dq_store, mb.DQ_STORE, mosaic_backward.DQ_STORES),
-                (mb.set_delta, mb.DELTA, mb.DELTA_MODES),
-                (mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
-                (mb.set_backward, mb.BACKWARD, ("fused", "dq_thread"))]  # "auto" runs split at 300 keys
+    switches = [("forward", mb.set_forward, mb.FORWARD, mb.FORWARD_MODES),
+                ("forward", mb.set_forward_q, mb.FORWARD_Q, mosaic_forward.Q_OPERANDS),
+                ("forward", mb.set_forward_scale, mb.FORWARD_SCALE, mosaic_forward.SCALE_AT),
+                ("forward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
+                ("backward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
+                ("backward", mb.set_dkdv_loop, mb.DKDV_LOOP, mosaic_backward.DKDV_LOOPS),
+                ("backward", mb.set_dq_loop, mb.DQ_LOOP, mosaic_backward.DQ_LOOPS),
+                ("backward", mb.set_dq_store, mb.DQ_STORE, mosaic_backward.DQ_STORES),
+                ("backward", mb.set_delta, mb.DELTA, mb.DELTA_MODES),
+                ("backward", mb.set_backward, mb.BACKWARD, ("fused", "dq_thread"))]  # "auto" runs split at 300 keys
     monkeypatch.setitem(mb.PERSISTENT_WORKERS, "count", 2)  # fewer than the 12 items: persistent grids run
-    default = _mosaic_kernel_texts(monkeypatch)
-    assert _mosaic_kernel_texts(monkeypatch) == default
-    for kernel in mb.GRID_KERNELS:
+    default = {part: _mosaic_kernel_texts(monkeypatch, part) for part in ("forward", "backward")}
+    assert _mosaic_kernel_texts(monkeypatch, "forward") == default["forward"]
+    assert _mosaic_kernel_texts(monkeypatch, "both") == default["forward"] | default["backward"]
+    for kernel, part in zip(mb.GRID_KERNELS, ("forward", "backward"), strict=True):
         other = next(mode for mode in mb.GRID_MODES if mode != mb.GRID[kernel])
         monkeypatch.setitem(mb.GRID, kernel, other)
-        assert _mosaic_kernel_texts(monkeypatch) != default, f"grid {kernel}: {other}"
+        assert _mosaic_kernel_texts(monkeypatch, part) != default[part], f"grid {kernel}: {other}"
         monkeypatch.setitem(mb.GRID, kernel, mb.DEFAULT_GRID[kernel])
-    for setter, state, modes in switches:
+    for part, setter, state, modes in switches:
         initial = state["mode"]
         try:
             for mode in modes:
                 if mode != initial:
                     setter(mode)
-                    assert _mosaic_kernel_texts(monkeypatch) != default, f"{setter.__name__}({mode!r})"
+                    assert _mosaic_kernel_texts(monkeypatch, part) != default[part], f"{setter.__name__}({mode!r})"
         finally:
             setter(initial)
     # the dQ prefetch, where it applies: a persistent dQ on 64-key blocks (its SMEM holds two items then)
     monkeypatch.setitem(mb.GRID, "dq", "persistent")
     monkeypatch.setitem(mb.TUNING, "dq", mosaic_common.Tuning(block=64, stages=2))
-    one_item = _mosaic_kernel_texts(monkeypatch)["attention_dq"]
+    one_item = _mosaic_kernel_texts(monkeypatch, "backward")["attention_dq"]
     assert set(mosaic_backward.DQ_PREFETCHES) == {mb.DQ_PREFETCH["mode"], "next_item"}
     mb.set_dq_prefetch("next_item")
     try:
-        assert _mosaic_kernel_texts(monkeypatch)["attention_dq"] != one_item
+        assert _mosaic_kernel_texts(monkeypatch, "backward")["attention_dq"] != one_item
     finally:
         mb.set_dq_prefetch("off")
 
