@@ -8,6 +8,8 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 if not (os.path.exists("/dev/nvidia0") or os.environ.get("JAX_PLATFORMS")):
     os.environ["JAX_PLATFORMS"] = "cpu"  # no GPU: the simulated CPU mesh; with one, gpu-marked tests run
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # workers sharing one GPU: no 75% each
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
