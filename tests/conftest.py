@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     # One compilation cache for this run, shared by the xdist workers and the processes tests start (they
-    # inherit the variables): most of the suite's CPU time is XLA compiling the same small programs again
+    # inherit the variables): much of the suite's CPU time went to XLA compiling the same small programs again
     # (jax.clear_caches between lowerings, the same eager ops in every test). Removed when the run ends.
     import atexit
     import shutil
