@@ -164,6 +164,12 @@ def run_case(rng, q_len, kv_len, q_heads, kv_heads, head_dim, *, layout, causal,
     return q, k, v, mask, ref_out, ref_lse
 
 
+def run_switch_case(rng, head_dim=64):
+    """The case a non-default switch runs: GQA 2/1 (the default paths run 4/2), 200 queries over 300 keys
+    (ragged), packed segments, empty rows, causal, dlse."""
+    return run_case(rng, 200, 300, 2, 1, head_dim, layout="packed", causal=True)
+
+
 def test_packed_gqa_ragged_lengths_match_reference(rng):
     """GQA 4/2, Sq != Sk, neither a multiple of the 128 block, packed segments, empty rows, dlse."""
     run_case(rng, 200, 300, 4, 2, 64, layout="packed", causal=True)
@@ -291,7 +297,7 @@ def test_fused_dq_packed_gqa_head_dim_128(rng, backward_mode):
 def test_dq_thread_head_dim_64_packed_gqa(rng, backward_mode):
     """The dQ-thread kernel at D = 64 (one dQ chunk per step, so its two staging buffers alternate
     across steps): GQA 2/1, ragged lengths, packed segments, empty rows."""
-    run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
+    run_switch_case(rng)
 
 
 @pytest.fixture
@@ -312,7 +318,7 @@ def test_dq_thread_options_packed_gqa(rng, backward_mode, dq_thread_options, hea
     SMEM, read transposed by dv and dk), loop-invariant descriptors, dQ scaled inside the kernel: GQA 2/1,
     ragged lengths, packed segments, empty rows, dlse."""
     assert mosaic_backend.DQ_THREAD != mosaic_backend.DQ_THREAD_DEFAULT
-    run_case(rng, 200, 300, 2, 1, head_dim, layout="packed", causal=True)
+    run_switch_case(rng, head_dim)
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
@@ -387,7 +393,7 @@ def test_forward_loops_packed_gqa(rng, loop, workers):
     mosaic_backend.set_forward(loop)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
     try:
-        run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
+        run_switch_case(rng)
     finally:
         mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
@@ -411,7 +417,7 @@ def test_forward_options_packed_gqa(rng, q_operand, scale_at, monkeypatch):
     monkeypatch.setitem(mosaic_backend.FORWARD_Q, "mode", q_operand)
     monkeypatch.setitem(mosaic_backend.FORWARD_SCALE, "mode", scale_at)
     monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
-    run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
+    run_switch_case(rng)
 
 
 @pytest.mark.parametrize("stages", [2, 3])
@@ -423,7 +429,7 @@ def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
     mosaic_backend.set_dkdv_loop("pipelined")
     mosaic_backend.set_tuning("dkdv", 64, stages)
     try:
-        run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
+        run_switch_case(rng)
     finally:
         mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
         mosaic_backend.TUNING.update(saved)
@@ -434,7 +440,7 @@ def test_delta_in_the_dq_kernel_packed_gqa(rng):
     ragged lengths, packed segments, empty rows, dlse."""
     mosaic_backend.set_delta("kernel")
     try:
-        run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
+        run_switch_case(rng)
     finally:
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
 
@@ -555,7 +561,7 @@ def test_forward_and_dq_grids_packed_gqa(rng, grid, workers, dq_store, dq_prefet
     if dq_prefetch == "next_item":
         mosaic_backend.set_tuning("dq", 64, 2)
     try:
-        run_case(rng, 200, 300, 2, 1, 64, layout="packed", causal=True)
+        run_switch_case(rng)
     finally:
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
         mosaic_backend.set_dq_store("smem")
@@ -731,12 +737,12 @@ def _mosaic_kernel_texts(monkeypatch, part="both"):
     seg, pos = jnp.ones((1, 300), jnp.int32), jnp.arange(300, dtype=jnp.int32)[None]
     mask = (seg, seg, pos, pos)
 
-    def fwd_bwd(q, k, v, dout):
-        _, vjp = jax.vjp(lambda *qkv: mosaic_backend.attention(*qkv, *mask, causal=True, scale=0.1)[0], q, k, v)
-        return vjp(dout)
-
     def forward(q, k, v, dout):
         return mosaic_backend.attention(q, k, v, *mask, causal=True, scale=0.1)
+
+    def fwd_bwd(q, k, v, dout):
+        _, vjp = jax.vjp(lambda *qkv: forward(*qkv, dout)[0], q, k, v)
+        return vjp(dout)
 
     def backward(q, k, v, dout):
         out, lse = dout, jnp.zeros((1, 4, 300), jnp.float32)  # a given out and lse of the right shapes
