@@ -229,6 +229,20 @@ def set_forward_scale(mode: str):
     _choose("forward scale", SCALE_AT, FORWARD_SCALE, mode)
 
 
+# How the forward rescales its accumulator (``mosaic_rescale.RESCALES``): "lazy" (the default: a row's max
+# moves only when a tile's scores pass it by more than 2^8, and warps whose rows all kept theirs skip the
+# 64 multiplies a thread and step) or "always" (every step, the max following every tile).
+FORWARD_RESCALE_DEFAULT = "lazy"
+FORWARD_RESCALE = {"mode": FORWARD_RESCALE_DEFAULT}
+
+
+def set_forward_rescale(mode: str):
+    """Choose how the forward rescales its accumulator (see ``mosaic_rescale.RESCALES``)."""
+    from .mosaic_rescale import RESCALES
+
+    _choose("forward rescale", RESCALES, FORWARD_RESCALE, mode)
+
+
 def set_forward_q(mode: str):
     """Choose where the forward's first product reads q (see ``mosaic_forward.Q_OPERANDS``)."""
     from .mosaic_forward import Q_OPERANDS
@@ -481,7 +495,7 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
                       pingpong=FORWARD["mode"] == "pingpong",
                       workers=workers("forward"), q_operand=FORWARD_Q["mode"],
                       scale_at=FORWARD_SCALE["mode"], positions_mask=positions_mask(), item_order=ITEM_ORDER["mode"],
-                      interpret=interpret)
+                      rescale=FORWARD_RESCALE["mode"], interpret=interpret)
     return out[:, :q_len], lse[:, :, :q_len]
 
 

@@ -24,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
+from . import mosaic_rescale
 from . import mosaic_schedule as sched
 
 Q_OPERANDS = ("smem", "registers")
@@ -32,7 +33,8 @@ SCALE_AT = ("scores", "exponent")
 
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
             pipelined: bool = True, pingpong: bool = False, workers: int | None = None, q_operand: str = "registers",
-            scale_at: str = "exponent", positions_mask: bool = True, item_order: str = "auto", interpret=None):
+            scale_at: str = "exponent", positions_mask: bool = True, item_order: str = "auto", rescale: str = "lazy",
+            interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
     q ``[B, Sq, Hq, D]``, k/v ``[B, Sk, Hkv, D]`` with Sq, Sk multiples of ``BLOCK`` and D a
@@ -54,6 +56,9 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     ``scale_at``: ``scores`` (each score is scaled, then masked, its row max taken and subtracted) or
     ``exponent`` (mask and row max on the raw scores, ``exp2(s * scale - max)`` one multiply-add per
     score; the same maxima, since a positive scale keeps the order; a scale <= 0 uses ``scores``).
+    ``rescale``: ``lazy`` (a row keeps its max until a tile's scores pass it by more than
+    ``mosaic_rescale.GROWTH``, and warps whose rows all kept theirs skip the accumulator's rescale) or
+    ``always`` (the max follows every tile and the accumulator is rescaled each step).
     """
     if scale_at not in SCALE_AT:
         raise ValueError(f"mosaic forward: scale_at must be one of {SCALE_AT}, got {scale_at!r}")
@@ -64,6 +69,9 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     if q_operand not in Q_OPERANDS:
         raise ValueError(f"mosaic forward: q_operand must be one of {Q_OPERANDS}, got {q_operand!r}")
     q_in_registers = q_operand == "registers"
+    if rescale not in mosaic_rescale.RESCALES:
+        raise ValueError(f"mosaic forward: rescale must be one of {mosaic_rescale.RESCALES}, got {rescale!r}")
+    lazy = rescale == "lazy"
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -150,14 +158,21 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                         s = mc.mask_tile(s * scale2, -jnp.inf, mask_kind, kt_s.at[slot_of(j)], q_seg, q_pos,
                                          causal=causal, q_on_rows=True, positions_mask=positions_mask)
                         m_new = jnp.maximum(m, jnp.max(s, axis=1))
+                    if lazy:
+                        m_new, grown = mosaic_rescale.lazy_max(m, m_new)
                     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # empty so far: keep exp2 finite
                     alpha = jnp.exp2(m - m_use)
+                    if lazy:  # exactly 1 where the max stayed (also on rows with nothing visible yet)
+                        alpha = jnp.where(grown, alpha, 1.0)
                     p = jnp.exp2((s * scale2 if fold_scale else s) - mc.rows(m_use, tile))
                     return p, m_new, l * alpha + jnp.sum(p, axis=1), alpha
 
                 m0 = plgpu.layout_cast(jnp.full((mc.ROWS,), -jnp.inf, jnp.float32), mc.ROW)
                 l0 = plgpu.layout_cast(jnp.zeros((mc.ROWS,), jnp.float32), mc.ROW)
                 acc0 = mc.zeros((mc.ROWS, head_dim))
+
+                def rescaled(acc, alpha):
+                    return mosaic_rescale.rescale(acc, alpha, lazy=lazy, interpret=interpret)
 
                 def scores(j):
                     return mc.matmul(q_a, k_s.at[slot_of(j)].T, tile)
@@ -175,7 +190,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     m, l, acc = carry
                     wait_keys(j)
                     p, m, l, alpha = softmax(scores(j), m, l, j)
-                    return m, l, add_pv(acc * mc.rows(alpha, acc.shape), p.astype(dtype), j, consumed)
+                    return m, l, add_pv(rescaled(acc, alpha), p.astype(dtype), j, consumed)
 
                 def take_turn(j):
                     """pingpong: wait until the other thread has issued its products of the CTA's previous
@@ -201,7 +216,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                         pass_turn()
                         p, m, l, alpha = softmax(s, m, l, j)
                         plgpu.barrier_arrive(consumed.at[k_slot])
-                        return m, l, p.astype(dtype), acc * mc.rows(alpha, acc.shape)
+                        return m, l, p.astype(dtype), rescaled(acc, alpha)
                     plgpu.barrier_wait(v_bar.at[v_slot])
 
                     def overlapped(s_acc, o_acc):
@@ -216,7 +231,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                         # registers defined while a wgmma that reads register operands is in flight
                         # make ptxas serialize every wgmma of the kernel (C7513)
                         o, p = lax.optimization_barrier((o_acc[...], p))
-                        return m_new, l_new, p.astype(dtype), o * mc.rows(alpha, acc.shape)
+                        return m_new, l_new, p.astype(dtype), rescaled(o, alpha)
 
                     carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32),
                                           plgpu.ACC(acc.shape, jnp.float32))

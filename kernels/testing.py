@@ -57,6 +57,22 @@ def random_qkv(rng: np.random.Generator, batch: int, q_len: int, kv_len: int, q_
     return q, k, v
 
 
+def rising_scores_qkv(rng: np.random.Generator, q_len: int, kv_len: int, q_heads: int, kv_heads: int,
+                      head_dim: int, *, max_rise: float, block: int = 128):
+    """float32 q ``[1, q_len, q_heads, D]``, k, v ``[1, kv_len, kv_heads, D]`` whose scores (at scale
+    ``D ** -0.5``) rise along the keys: for query row i about ``rise_i * j / block`` in base 2 for key j,
+    with ``rise_i`` uniform in ``[0, max_rise]`` per row and head, plus noise. So a running row max moves
+    by up to ``max_rise`` per key block: online softmax rescaling on every block, or on none."""
+    direction = rng.standard_normal(head_dim)
+    direction /= np.linalg.norm(direction)
+    rise = rng.uniform(0.0, max_rise, (1, q_len, q_heads, 1)) * np.log(2.0)  # natural units per block
+    q = rise * direction * np.sqrt(head_dim) + 0.3 * rng.standard_normal((1, q_len, q_heads, head_dim))
+    k = (np.arange(kv_len) / block)[None, :, None, None] * direction
+    k = k + 0.3 * rng.standard_normal((1, kv_len, kv_heads, head_dim)) / np.sqrt(head_dim)
+    v = rng.standard_normal((1, kv_len, kv_heads, head_dim))
+    return q, k, v
+
+
 def rel_err(actual, expected) -> float:
     """``|actual - expected| / |expected|`` in the Frobenius norm, in float64 (0-norm references guarded)."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)

@@ -230,6 +230,7 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
+    mosaic_backend.set_forward_rescale(mosaic_backend.FORWARD_RESCALE_DEFAULT)
     mosaic_backend.set_dq_thread("")
     mosaic_backend.set_mask_tiles(mosaic_backend.MASK_TILE_MODES[0])
     mosaic_backend.set_item_order("auto")
@@ -238,6 +239,7 @@ def set_mosaic_tuning(spec: str):
                  backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
                  delta=mosaic_backend.set_delta, forward_q=mosaic_backend.set_forward_q,
                  forward_scale=mosaic_backend.set_forward_scale,
+                 forward_rescale=mosaic_backend.set_forward_rescale,
                  dq_store=mosaic_backend.set_dq_store, dq_prefetch=mosaic_backend.set_dq_prefetch,
                  dkdv_loop=mosaic_backend.set_dkdv_loop,
                  dq_loop=mosaic_backend.set_dq_loop,

@@ -27,6 +27,10 @@
 # items, ours and JAX cuDNN's (where the packed step's time goes against the batched one, kernel by kernel);
 # power: each backend's 32k and 8k causal step run back to back, A B A B, with the SM clock and the power draw
 # (does our 32k step lose its clock under the 700 W cap where cuDNN's keeps it: TFLOP/s per GHz);
+# rescale: the forward's lazy row maxima (the default since the seventeenth session: warps whose rows kept their max
+# skip the accumulator's rescale) against rescale every step (forward_rescale=always): the forward's ptxas report and
+# PTX, the mosaic GPU tests of the rising-score inputs and against the reference, then 8k and 32k causal, plain and 4
+# packed samples, in 4 interleaved rounds;
 # accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic);
 # order: the persistent forward's items by rank across batch rows (the default for several short rows since the
 # fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
@@ -59,6 +63,9 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   order) STEPS="bench" BENCH_TIMEOUT=400 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|item_order=batch --seqs 8192,16384 --masks causal,causal-packed4,causal-batch4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
+  rescale) STEPS="ptxas tests bench" PTX_KEEP=forward LONGVILA_GPU_IMPLS=mosaic TEST_K="rising or (match_reference and not 72)" TEST_TIMEOUT=200 \
+       BENCH_TIMEOUT=300 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|forward_rescale=always --seqs 8192,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
+       exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|order|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|order|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from longvila_jax.kernels import dispatch, flash_attention, flash_attention_bwd, mosaic_backend, reference_attention
-from longvila_jax.kernels.testing import query_key_layouts, random_qkv, rel_err
+from longvila_jax.kernels.testing import query_key_layouts, random_qkv, rel_err, rising_scores_qkv
 
 pytestmark = [
     pytest.mark.gpu,
@@ -141,6 +141,36 @@ def test_given_lse_backward_on_gpu(rng):
             q, k, v, ref_out.astype(jnp.bfloat16), ref_lse, dout.astype(jnp.bfloat16))
         for name, g, ref_g in zip(("dq", "dk", "dv"), grads, ref_grads):
             assert rel_err(g, ref_g) <= TOL, (impl, name, rel_err(g, ref_g))
+
+
+@pytest.mark.parametrize("rescale", ["lazy", "always"])
+def test_mosaic_forward_follows_rising_scores_on_gpu(rng, rescale):
+    """Scores that rise along the keys by up to 3 x mosaic_rescale.GROWTH per key block, so some rows'
+    maxima move on every block and others stay (the lazy rescale's vote and both of its branches run
+    natively): out, lse and dv against the float32 reference (dq and dk: ill-conditioned on such peaked
+    rows, see the CPU test), causal, 1024 tokens, GQA 32/8, D 128."""
+    from longvila_jax.kernels import mosaic_rescale
+
+    if "mosaic" not in selected(["mosaic"]) or not dispatch.BACKENDS["mosaic"]._is_hopper():
+        pytest.skip("the mosaic backend needs a Hopper GPU and LONGVILA_GPU_IMPLS to include it")
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in rising_scores_qkv(
+        rng, 1024, 1024, 32, 8, 128, max_rise=3 * mosaic_rescale.GROWTH))
+    dout = jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16)
+
+    def run(attention, *qkv):
+        (out, lse), vjp = jax.vjp(attention, *qkv)
+        return out, lse, vjp((dout.astype(out.dtype), jnp.zeros_like(lse)))[2]
+
+    mosaic_backend.set_forward_rescale(rescale)
+    try:
+        poison(q, k, v)
+        out, lse, dv = jax.jit(lambda *a: run(lambda *b: flash_attention(*b, impl="mosaic"), *a))(q, k, v)
+    finally:
+        mosaic_backend.set_forward_rescale(mosaic_backend.FORWARD_RESCALE_DEFAULT)
+    ref_out, ref_lse, ref_dv = run(reference_attention, *(x.astype(jnp.float32) for x in (q, k, v)))
+    assert rel_err(out, ref_out) <= TOL
+    np.testing.assert_allclose(np.asarray(lse), np.asarray(ref_lse), rtol=1e-4, atol=1e-3)
+    assert rel_err(dv, ref_dv) <= TOL
 
 
 def test_cudnn_lse_is_differentiable(rng):

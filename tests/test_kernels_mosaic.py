@@ -14,7 +14,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from longvila_jax.kernels import (attention_delta, mosaic_backend, mosaic_common, mosaic_plan, mosaic_schedule,
                                   reference_attention)
 from longvila_jax.kernels.mask import visible
-from longvila_jax.kernels.testing import query_key_layouts, random_qkv, rel_err
+from longvila_jax.kernels.testing import query_key_layouts, random_qkv, rel_err, rising_scores_qkv
 
 TOL = 1e-2
 INTERPRET = plgpu.InterpretGPUParams()
@@ -420,6 +420,52 @@ def test_forward_options_packed_gqa(rng, q_operand, scale_at, monkeypatch):
     run_switch_case(rng)
 
 
+def test_forward_rescale_always_packed_gqa(rng, monkeypatch):
+    """The forward's max following every tile with the accumulator rescaled each step (the default keeps
+    lazy maxima): GQA 2/1, ragged lengths, packed, empty rows."""
+    monkeypatch.setitem(mosaic_backend.FORWARD_RESCALE, "mode", "always")
+    run_switch_case(rng)
+
+
+@pytest.mark.parametrize("rescale", ["lazy", "always"])
+def test_forward_follows_scores_that_grow_along_the_keys(rng, rescale, monkeypatch):
+    """Scores that rise along the keys, steeply for some rows (each 128-key block passes the kept max by
+    more than mosaic_rescale.GROWTH, so it moves) and gently for others (it stays, and the exponentials
+    reach up to 2^GROWTH): out, lse and dv against the float32 reference, causal, D 64."""
+    from longvila_jax.kernels import mosaic_rescale
+
+    monkeypatch.setitem(mosaic_backend.FORWARD_RESCALE, "mode", rescale)
+    q_len = kv_len = 384
+    head_dim, scale = 64, 64 ** -0.5
+    q, k, v = rising_scores_qkv(rng, q_len, kv_len, 2, 1, head_dim, max_rise=3 * mosaic_rescale.GROWTH)
+    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in (q, k, v))
+    ones = jnp.ones((1, q_len), jnp.int32)
+    positions = jnp.arange(q_len, dtype=jnp.int32)[None]
+    mask = (ones, ones, positions, positions)
+    dout = jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16)
+
+    def run(attention, *qkv):
+        (out, lse), vjp = jax.vjp(attention, *qkv)
+        return out, lse, vjp((dout.astype(out.dtype), jnp.zeros_like(lse)))
+
+    out, lse, grads = run(lambda *qkv: mosaic_backend.attention(*qkv, *mask, causal=True, scale=scale,
+                                                                interpret=INTERPRET), q, k, v)
+    ref_out, ref_lse, ref_grads = run(
+        lambda *qkv: reference_attention(*qkv, q_segment_ids=ones, kv_segment_ids=ones, q_positions=positions,
+                                         kv_positions=positions, causal=True, scale=scale),
+        *(x.astype(jnp.float32) for x in (q, k, v)))
+    # the rows of the last query block (they see all 3 key blocks): block maxima rising past GROWTH and below
+    scores = np.einsum("qhd,khd->hqk", *(np.asarray(x, np.float32)[0, :, :1] for x in (q[:, -128:], k)))
+    block_max = (scores * scale / np.log(2.0)).reshape(1, 128, 3, 128).max(axis=-1)
+    rises = np.diff(block_max[:, :, :2], axis=-1)  # blocks 0 -> 1 (block 2 is the causal diagonal)
+    assert (rises > mosaic_rescale.GROWTH).any() and ((rises > 1) & (rises < mosaic_rescale.GROWTH)).any()
+    assert rel_err(out, ref_out) <= TOL
+    np.testing.assert_allclose(np.asarray(lse), np.asarray(ref_lse), rtol=1e-4, atol=1e-3)
+    # dv through the backward kernels, which read this lse; dq and dk are left out: on rows this peaked
+    # ds = p * (dp - delta) is a difference of nearly equal terms, 1-4% off in bf16 with either rescale
+    assert rel_err(grads[2], ref_grads[2]) <= TOL
+
+
 @pytest.mark.parametrize("stages", [2, 3])
 def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
     """The dK/dV loop that issues step j's s, dp with step j-1's dv, dk products (slots released a
@@ -608,6 +654,7 @@ def test_bad_grid_mode_names_the_choices():
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
     ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
+    ("set_forward_rescale", "never", "forward rescale: mode must be one of .'lazy', 'always'., got 'never'"),
     ("set_dq_prefetch", "two", "dQ prefetch: mode must be one of .'off', 'next_item'., got 'two'"),
     ("set_mask_tiles", "none", "mask tiles: mode must be one of .'positions', 'full'., got 'none'"),
 ])
@@ -789,12 +836,13 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
     grids, dK/dV and dQ loops, dQ store, delta, mask tiles, backward) changes the Mosaic modules of the side
     it belongs to (the forward, or the backward from a given out and lse); the defaults lowered twice give
     the same modules, and a fwd+bwd through the custom VJP lowers the same modules as the two sides."""
-    from longvila_jax.kernels import mosaic_backward, mosaic_forward
+    from longvila_jax.kernels import mosaic_backward, mosaic_forward, mosaic_rescale
 
     mb = mosaic_backend
     switches = [("forward", mb.set_forward, mb.FORWARD, mb.FORWARD_MODES),
                 ("forward", mb.set_forward_q, mb.FORWARD_Q, mosaic_forward.Q_OPERANDS),
                 ("forward", mb.set_forward_scale, mb.FORWARD_SCALE, mosaic_forward.SCALE_AT),
+                ("forward", mb.set_forward_rescale, mb.FORWARD_RESCALE, mosaic_rescale.RESCALES),
                 ("forward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
                 ("backward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
                 ("backward", mb.set_dkdv_loop, mb.DKDV_LOOP, mosaic_backward.DKDV_LOOPS),
