@@ -31,6 +31,8 @@
 # skip the accumulator's rescale) against rescale every step (forward_rescale=always): the forward's ptxas report and
 # PTX, the mosaic GPU tests of the rising-score inputs and against the reference, then 8k and 32k causal, plain and 4
 # packed samples, in 4 interleaved rounds;
+# rescale-power: the rising-score GPU tests alone, then both rescales and JAX cuDNN back to back under the power cap
+# (32k and 8k causal);
 # accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic);
 # order: the persistent forward's items by rank across batch rows (the default for several short rows since the
 # fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
@@ -66,6 +68,9 @@ case "${1:-}" in
   rescale) STEPS="ptxas tests bench" PTX_KEEP=forward LONGVILA_GPU_IMPLS=mosaic TEST_K="rising or (match_reference and not 72)" TEST_TIMEOUT=200 \
        BENCH_TIMEOUT=300 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|forward_rescale=always --seqs 8192,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
+  rescale-power) STEPS="tests power" LONGVILA_GPU_IMPLS=mosaic TEST_K="rising" TEST_TIMEOUT=300 \
+       POWER_ARGS="--impls mosaic,mosaic[forward_rescale=always],jax-cudnn --seq 32768 --mask causal --seconds 8 --rounds 2|--impls mosaic,mosaic[forward_rescale=always],jax-cudnn --seq 8192 --mask causal --seconds 6 --rounds 2" \
+       exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|order|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|rescale-power|order|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac
