@@ -194,40 +194,13 @@ def set_dq_thread(spec: str):
                          f"(e.g. 64,216,72,registers), got {spec!r}") from None
     DQ_THREAD.update(options)
 
-# How the forward's loop runs: "pipelined" (the default) issues s_j = q k_j^T with the previous
-# step's p v and runs the softmax while p v is on the tensor cores; "serial" waits for each product;
-# "pingpong" is "pipelined" with the two compute threads taking turns to issue their products
-# (FlashAttention-3's warpgroup schedule). Run P (2026-12-02, per-block grid, before the bench's timing
-# fix) measured pingpong at 32k equal or up to 3% slower and its 8k rows too noisy to tell (4 packed
-# samples: +23%); it is back for a measurement in interleaved rounds on today's persistent forward.
-FORWARD_MODES = ("pipelined", "serial", "pingpong")
-FORWARD = {"mode": "pipelined"}
-
-# Where the forward's ``s = q k^T`` reads q: "registers" (the default: q loaded into registers once per
-# query block, so each product reads only k from SMEM, and a persistent CTA fetches its next block's q
-# at once instead of after the last product) or "smem" (both operands from SMEM). With "registers" the
-# persistent forward holds three visit lists (mosaic_schedule: lookahead), so it stays persistent up to
-# 2,046 streamed blocks (262k keys); longer calls run one CTA per query block and head.
-FORWARD_Q_DEFAULT = "registers"
-FORWARD_Q = {"mode": FORWARD_Q_DEFAULT}
-
-
-# Where the forward applies the softmax scale: "exponent" (the default: mask and row max on the raw
-# scores, the scale folded into exp2's argument, one multiply-add per score) or "scores" (every score
-# scaled first; the mask's branch then keeps ptxas from fusing that multiply with the max's subtraction).
-# Measured on an H200 (BENCHMARKS.md, run AK, interleaved rounds, forward TFLOP/s): both defaults together
-# +9% at 8k causal (563 vs 516), +6% at 32k causal (581 vs 550), +7% at 8k full, +9% with 4 packed samples
-# at 8k; q from registers alone +1-2%.
-FORWARD_SCALE_DEFAULT = "exponent"
-FORWARD_SCALE = {"mode": FORWARD_SCALE_DEFAULT}
-
-
-def set_forward_scale(mode: str):
-    """Choose where the forward applies the softmax scale (see ``mosaic_forward.SCALE_AT``)."""
-    from .mosaic_forward import SCALE_AT
-
-    _choose("forward scale", SCALE_AT, FORWARD_SCALE, mode)
-
+# The forward's form (kernels/mosaic_forward.py; the alternatives were measured and removed in the seventeenth
+# session, kernels/NOTES.md): the pipelined loop (s_j issued with the previous step's p v; the serial loop and
+# FlashAttention-3's warpgroup ping-pong were slower: run BV on an H100, ping-pong -6% on plain forwards at 8k
+# and 32k), q read from registers (the persistent forward then holds three visit lists, so it stays persistent
+# up to 2,046 streamed blocks, 262k keys; longer calls run one CTA per query block and head), and the softmax
+# scale folded into exp2's multiply-add (both together +6-9% on an H200 forward against q from SMEM and scaled
+# scores, run AK).
 
 # How the forward rescales its accumulator (``mosaic_rescale.RESCALES``): "lazy" (the default: a row's max
 # moves only when a tile's scores pass it by more than 2^8, and warps whose rows all kept theirs skip the
@@ -243,13 +216,6 @@ def set_forward_rescale(mode: str):
     from .mosaic_rescale import RESCALES
 
     _choose("forward rescale", RESCALES, FORWARD_RESCALE, mode)
-
-
-def set_forward_q(mode: str):
-    """Choose where the forward's first product reads q (see ``mosaic_forward.Q_OPERANDS``)."""
-    from .mosaic_forward import Q_OPERANDS
-
-    _choose("forward q operand", Q_OPERANDS, FORWARD_Q, mode)
 
 
 # How the dK/dV kernel's loop runs (``mosaic_backward.DKDV_LOOPS``): "overlap" (the default) computes p
@@ -380,11 +346,6 @@ def set_backward(mode: str):
     _choose("backward", BACKWARD_MODES, BACKWARD, mode)
 
 
-def set_forward(mode: str):
-    """Choose how the forward's loop runs (see ``FORWARD_MODES``)."""
-    _choose("forward", FORWARD_MODES, FORWARD, mode)
-
-
 def set_grid(mode: str, kernel: str | None = None):
     """Choose the grid (see ``GRID_MODES``) of ``kernel`` ("forward" or "dq"; None: both)."""
     if kernel is not None and kernel not in GRID_KERNELS:
@@ -493,11 +454,9 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     q_tokens, kv_tokens, lists, _, _ = plan_arrays
     q_len, q_pad, kv_pad = q.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     out, lse = kernel(_pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad), q_tokens, kv_tokens, lists,
-                      causal=causal, scale=scale, tuning=TUNING["forward"], pipelined=FORWARD["mode"] != "serial",
-                      pingpong=FORWARD["mode"] == "pingpong",
-                      workers=workers("forward"), q_operand=FORWARD_Q["mode"],
-                      scale_at=FORWARD_SCALE["mode"], positions_mask=positions_mask(), item_order=ITEM_ORDER["mode"],
-                      rescale=FORWARD_RESCALE["mode"], interpret=interpret)
+                      causal=causal, scale=scale, tuning=TUNING["forward"], workers=workers("forward"),
+                      positions_mask=positions_mask(), item_order=ITEM_ORDER["mode"], rescale=FORWARD_RESCALE["mode"],
+                      interpret=interpret)
     return out[:, :q_len], lse[:, :, :q_len]
 
 

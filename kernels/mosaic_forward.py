@@ -4,15 +4,17 @@ Work items ``(b, r, h)``, heads fastest so the query heads of one GQA group
 run side by side and share their K/V blocks in L2; query blocks run in the
 order of their visit lists, longest first (:mod:`.mosaic_plan`; batch rows one
 after another or side by side: :mod:`.mosaic_schedule`). One CTA per
-item, or a persistent grid of ``workers`` CTAs (:mod:`.mosaic_schedule`): by default
-q is loaded into registers as an item starts and the next item's query rows are
-fetched at once (else once the current item's last ``q k^T`` is computed).
-Threads 0/1 each own 64 query rows; thread 2 streams the key blocks of the visit lists.
-Per key block: ``s = q k^T`` (wgmma, float32), the mask only on tiles that need
-it, online softmax in base 2 (the scale folded into ``exp2``'s multiply-add by
-default), ``acc += p v`` with p from registers. By default the
-loop is pipelined: ``s_j`` and ``acc += p_{j-1} v_{j-1}`` are issued together and
-the softmax of ``s_j`` runs while the second product is on the tensor cores.
+item, or a persistent grid of ``workers`` CTAs (:mod:`.mosaic_schedule`): q is
+loaded into registers as an item starts and the next item's query rows are
+fetched at once. Threads 0/1 each own 64 query rows; thread 2 streams the key
+blocks of the visit lists. Per key block: ``s = q k^T`` (wgmma, float32), the mask
+only on tiles that need it, online softmax in base 2 (mask and row max on the raw
+scores, the scale folded into ``exp2``'s multiply-add), ``acc += p v`` with p from
+registers. The loop is pipelined: ``s_j`` and ``acc += p_{j-1} v_{j-1}`` are
+issued together and the softmax of ``s_j`` runs while the second product is on
+the tensor cores. (The serial loop, FlashAttention-3's warpgroup ping-pong, q read
+from SMEM and the scale applied to the scores were measured slower and removed:
+kernels/NOTES.md.)
 """
 
 from __future__ import annotations
@@ -27,13 +29,8 @@ from . import mosaic_common as mc
 from . import mosaic_rescale
 from . import mosaic_schedule as sched
 
-Q_OPERANDS = ("smem", "registers")
-SCALE_AT = ("scores", "exponent")
-
-
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-            pipelined: bool = True, pingpong: bool = False, workers: int | None = None, q_operand: str = "registers",
-            scale_at: str = "exponent", positions_mask: bool = True, item_order: str = "auto", rescale: str = "lazy",
+            workers: int | None = None, positions_mask: bool = True, item_order: str = "auto", rescale: str = "lazy",
             interpret=None):
     """Padded inputs -> ``(out [B, Sq, Hq, D], lse float32 [B, Hq, Sq])``.
 
@@ -41,34 +38,14 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     multiple of 64; token arrays int32 ``[B, 2, S]`` and visit lists from :mod:`.mosaic_plan`
     (per query block of ``BLOCK``, the visited key blocks of ``tuning.block``).
 
-    ``pipelined``: each step issues ``s_j = q k_j^T`` and ``acc += p_{j-1} v_{j-1}`` together and
-    runs the softmax of ``s_j`` while the second product is on the tensor cores (k and v then have
-    separate SMEM slots and releases). Otherwise each product is waited for before the softmax.
-    ``pingpong`` (with ``pipelined``; FlashAttention-3's warpgroup schedule): the two compute threads take
-    turns issuing their steps' products (two barriers, the turns running on across the items of a
-    persistent CTA), so one thread's softmax, item prologue and epilogue run while the other's products are
-    on the tensor cores rather than both threads stalling at once.
     ``workers``: CTAs of a persistent grid (None: one CTA per query block and head); ``item_order``:
-    the order its items are taken in (``mosaic_schedule.ITEM_ORDERS``).
-    ``q_operand``: where ``s = q k^T`` reads q, ``registers`` (q loaded once per item, so each s reads
-    only k from SMEM, and the next item's q is fetched as soon as it is loaded) or ``smem`` (both
-    operands from SMEM; the next item's q is fetched once the current item's last s is computed).
-    ``scale_at``: ``scores`` (each score is scaled, then masked, its row max taken and subtracted) or
-    ``exponent`` (mask and row max on the raw scores, ``exp2(s * scale - max)`` one multiply-add per
-    score; the same maxima, since a positive scale keeps the order; a scale <= 0 uses ``scores``).
+    the order its items are taken in (``mosaic_schedule.ITEM_ORDERS``). A scale <= 0 is applied to the
+    scores before the row max (folding it into the exponent needs the order a positive scale keeps).
     ``rescale``: ``lazy`` (a row keeps its max until a tile's scores pass it by more than
     ``mosaic_rescale.GROWTH``, and warps whose rows all kept theirs skip the accumulator's rescale) or
     ``always`` (the max follows every tile and the accumulator is rescaled each step).
     """
-    if scale_at not in SCALE_AT:
-        raise ValueError(f"mosaic forward: scale_at must be one of {SCALE_AT}, got {scale_at!r}")
-    fold_scale = scale_at == "exponent" and scale > 0
-    if pingpong and not pipelined:
-        raise ValueError("mosaic forward: pingpong takes turns between the steps of the pipelined loop; "
-                         "pass pipelined=True with it")
-    if q_operand not in Q_OPERANDS:
-        raise ValueError(f"mosaic forward: q_operand must be one of {Q_OPERANDS}, got {q_operand!r}")
-    q_in_registers = q_operand == "registers"
+    fold_scale = scale > 0
     if rescale not in mosaic_rescale.RESCALES:
         raise ValueError(f"mosaic forward: rescale must be one of {mosaic_rescale.RESCALES}, got {rescale!r}")
     lazy = rescale == "lazy"
@@ -80,21 +57,19 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
     dtype = q.dtype
     scale2 = scale * mc.LOG2E  # scores in base 2
     tile = (mc.ROWS, kv_block)
-    # q from registers: the next item's q is fetched as the current item starts, so its list must
-    # have arrived by then (lookahead)
-    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=q_in_registers,
-                                       order=item_order)
+    # the next item's q is fetched as the current item starts, so its list must have arrived by then
+    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=True, order=item_order)
 
     def body(q_ref, k_ref, v_ref, qt_ref, kt_ref, list_ref, out_ref, lse_ref,
              q_s, o_s, k_s, v_s, qt_s, kt_s, lse_s, list_s, p_s, q_stage,
-             list_bar, list_free, q_bar, qt_bar, k_bar, v_bar, kt_bar, consumed, v_consumed, turn):
+             list_bar, list_free, q_bar, qt_bar, k_bar, v_bar, kt_bar, consumed, v_consumed):
         w = lax.axis_index("w")
         wg = mc.thread_index()
-        # pipelined: k (+ key tokens) and v are released separately (v_{j-1} is read while k_j is in use)
+        # k (+ key tokens) and v are released separately (v_{j-1} is read while k_j is in use)
         copies = mc.key_block_issuers(kv_block, (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s), (k_bar, kt_bar, v_bar),
-                                      group, separate_v=pipelined)
+                                      group, separate_v=True)
         sched.memory_thread(wg, work, w, list_ref, list_s, list_bar, list_free, copies, consumed, stages,
-                            v_consumed=v_consumed if pipelined else None)
+                            v_consumed=v_consumed)
 
         @pl.when(wg < mc.MEMORY)
         def _():
@@ -113,10 +88,8 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
             def _():
                 fetch_queries(0)
 
-            def item(i, carry):
-                """Item ``i``; its streamed blocks occupy slots from ``step`` on (counted across items), and
-                its pipelined steps follow the CTA's ``turns`` earlier ones (``pingpong``)."""
-                step, turns = carry
+            def item(i, step):
+                """Item ``i``; its streamed blocks occupy slots from ``step`` on (counted across items)."""
                 list_i = list_s.at[work.list_slot(i)]
                 count = mc.list_entry(list_i, 0)
                 b, h, q_rows = query_rows(i)
@@ -125,20 +98,15 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                 q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
                 q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
 
-                def next_queries():  # item i + 1's q into q_s, which no product reads any more
-                    @pl.when(i + 1 < n_items)
-                    def _():
-                        fetch_queries(i + 1)
+                # q's rows in the wgmma register layout (staged through SMEM when interpreting); once every
+                # thread's loads are done (commit_smem's barrier) q_s takes the next item's rows
+                q_a = mc.register_operand(plgpu.load(q_s.at[wg], layout=plgpu.Layout.WGMMA),
+                                          q_stage.at[wg], interpret=interpret)
+                plgpu.commit_smem()
 
-                if q_in_registers:
-                    # q's rows in the wgmma register layout (staged through SMEM when interpreting); once
-                    # every thread's loads are done (commit_smem's barrier) q_s takes the next item's rows
-                    q_a = mc.register_operand(plgpu.load(q_s.at[wg], layout=plgpu.Layout.WGMMA),
-                                              q_stage.at[wg], interpret=interpret)
-                    plgpu.commit_smem()
-                    next_queries()
-                else:
-                    q_a = q_s.at[wg]
+                @pl.when(i + 1 < n_items)
+                def _():
+                    fetch_queries(i + 1)
 
                 def slot_of(j):
                     return lax.rem(step + j, stages)
@@ -186,34 +154,14 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     plgpu.barrier_arrive(release.at[slot])
                     return acc
 
-                def serial_step(j, carry):
-                    m, l, acc = carry
-                    wait_keys(j)
-                    p, m, l, alpha = softmax(scores(j), m, l, j)
-                    return m, l, add_pv(rescaled(acc, alpha), p.astype(dtype), j, consumed)
-
-                def take_turn(j):
-                    """pingpong: wait until the other thread has issued its products of the CTA's previous
-                    pipelined step (thread 0) or of this one (thread 1); thread 0 starts the CTA's first."""
-                    if pingpong:
-                        @pl.when((wg != 0) | (turns + j > 1))
-                        def _():
-                            plgpu.barrier_wait(turn.at[wg])
-
-                def pass_turn():
-                    if pingpong:
-                        plgpu.barrier_arrive(turn.at[1 - wg])
-
                 def pipelined_step(j, carry):
                     """Step ``j >= 1``: s_j and acc + p_{j-1} v_{j-1} together; acc rescaled to m_j."""
                     m, l, p_prev, acc = carry
                     k_slot, v_slot = slot_of(j), slot_of(j - 1)
                     wait_keys(j)
                     if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
-                        take_turn(j)
                         acc = add_pv(acc, p_prev, j - 1, v_consumed)
                         s = scores(j)
-                        pass_turn()
                         p, m, l, alpha = softmax(s, m, l, j)
                         plgpu.barrier_arrive(consumed.at[k_slot])
                         return m, l, p.astype(dtype), rescaled(acc, alpha)
@@ -221,10 +169,8 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
                     def overlapped(s_acc, o_acc):
                         o_acc[...] = acc
-                        take_turn(j)
                         plgpu.wgmma(s_acc, q_a, k_s.at[k_slot].T)
                         plgpu.wgmma(o_acc, p_prev, v_s.at[v_slot])
-                        pass_turn()
                         s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # s_j done, p v may still run
                         p, m_new, l_new, alpha = softmax(s, m, l, j)
                         # p_j in 16 bits only once p v is done (the barrier ties p to the waited-for o):
@@ -239,26 +185,18 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     plgpu.barrier_arrive(v_consumed.at[v_slot])
                     return carry
 
-                if pipelined:
-                    def first(_):
-                        wait_keys(0)
-                        p, m, l, _ = softmax(scores(0), m0, l0, 0)
-                        plgpu.barrier_arrive(consumed.at[slot_of(0)])
-                        return m, l, p.astype(dtype)
+                def first(_):
+                    wait_keys(0)
+                    p, m, l, _ = softmax(scores(0), m0, l0, 0)
+                    plgpu.barrier_arrive(consumed.at[slot_of(0)])
+                    return m, l, p.astype(dtype)
 
-                    def nothing(_):
-                        return m0, l0, plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA)
+                def nothing(_):
+                    return m0, l0, plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA)
 
-                    m, l, p = lax.cond(count > 0, first, nothing, None)
-                    m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
-                    if not q_in_registers:  # q_s is free once the last s is computed
-                        next_queries()
-                    acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc,
-                                   acc)
-                else:
-                    m, l, acc = lax.fori_loop(0, count, serial_step, (m0, l0, acc0))
-                    if not q_in_registers:
-                        next_queries()
+                m, l, p = lax.cond(count > 0, first, nothing, None)
+                m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
+                acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc, acc)
                 plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
                 empty = l == 0.0
                 l_safe = jnp.where(empty, 1.0, l)
@@ -272,13 +210,9 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                 plgpu.commit_smem()
                 plgpu.copy_smem_to_gmem(o_s.at[wg], out_ref.at[b, q_rows, h])
                 plgpu.copy_smem_to_gmem(lse_s.at[wg], lse_ref.at[b, h, q_rows])
-                return step + count, turns + jnp.maximum(count - 1, 0)
+                return step + count
 
-            _, turns = lax.fori_loop(0, n_items, item, (jnp.int32(0), jnp.int32(0)))
-            if pingpong:  # thread 1's turn after the CTA's last pipelined step is awaited too
-                @pl.when((wg == 0) & (turns > 0))
-                def _():
-                    plgpu.barrier_wait(turn.at[0])
+            lax.fori_loop(0, n_items, item, jnp.int32(0))
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     transforms = mc.mma_transforms(dtype)
@@ -292,7 +226,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.SMEM((mc.COMPUTE, mc.ROWS), jnp.float32),  # lse
         plgpu.SMEM((list_slots, *lists.shape[2:]), jnp.int32),  # visit lists
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
-        mc.staging_scratch((mc.ROWS, head_dim), dtype, interpret=interpret if q_in_registers else None),  # q
+        mc.staging_scratch((mc.ROWS, head_dim), dtype, interpret=interpret),  # q (interpret mode only)
         plgpu.Barrier(num_barriers=list_slots),  # list arrived
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=list_slots),  # list released
         plgpu.Barrier(num_barriers=mc.COMPUTE),
@@ -300,9 +234,8 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_barriers=stages),
         plgpu.Barrier(num_barriers=stages),
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # k (and v unless pipelined) consumed
-        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # v consumed (pipelined)
-        plgpu.Barrier(num_barriers=mc.COMPUTE),  # whose turn to issue products (pingpong)
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # k consumed
+        plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),  # v consumed
     ]
     out_type = (jax.ShapeDtypeStruct(q.shape, dtype), jax.ShapeDtypeStruct((batch, q_heads, q_len), jnp.float32))
     run = mc.kernel(body, name="attention_forward", out_type=out_type, scratch_types=scratch,

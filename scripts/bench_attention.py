@@ -33,14 +33,12 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed). ``--json`` 
 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
 its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
-``forward_loop=serial`` (or ``pipelined``, ``pingpong``) the forward's loop, ``grid=blocks`` (or ``persistent``) the
+``forward_rescale=always`` (or ``lazy``) how the forward rescales its accumulator, ``grid=blocks`` (or ``persistent``) the
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
 ``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``, ``overlap``, ``overlap_dv``)
 the dK/dV kernel's loop (give ``pipelined`` 3 stages: ``dkdv=64,3``), ``dq_loop=overlap`` (or ``serial``)
-the dQ kernel's, ``delta=kernel`` (or ``xla``) where the backward's row sum runs,
-``forward_q=registers`` (or ``smem``) where the forward's ``q k^T`` reads q, ``forward_scale=exponent``
-(or ``scores``) where the forward applies the softmax scale, ``item_order=auto`` (or ``rank``, ``batch``)
-the order a persistent grid takes the batch rows' items in.
+the dQ kernel's, ``delta=kernel`` (or ``xla``) where the backward's row sum runs, ``item_order=auto`` (or
+``rank``, ``batch``) the order a persistent grid takes the batch rows' items in.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """
@@ -215,30 +213,25 @@ DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 
 def set_mosaic_tuning(spec: str):
-    """``forward=128,2;dkdv=64,2;dq=128,2;backward=fused;forward_loop=serial;grid=blocks`` ->
-    mosaic_backend.TUNING, the dQ mode, the forward loop and the grids (kernels not named: defaults;
-    backward: split, forward_loop: pipelined, the grids mosaic_backend.DEFAULT_GRID unless named;
+    """``forward=128,2;dkdv=64,2;dq=128,2;backward=fused;forward_rescale=always;grid=blocks`` ->
+    mosaic_backend.TUNING, the dQ mode, the forward's rescale and the grids (kernels not named: defaults;
+    backward: auto, forward_rescale: lazy, the grids mosaic_backend.DEFAULT_GRID unless named;
     ``grid`` sets both the forward's and dQ's, ``forward_grid`` and ``dq_grid`` one)."""
     mosaic_backend.TUNING.update(DEFAULT_MOSAIC_TUNING)
     mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
-    mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
     mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
     mosaic_backend.set_dq_store("smem")
     mosaic_backend.set_dq_prefetch("off")
     mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
     mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
     mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
-    mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
-    mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
     mosaic_backend.set_forward_rescale(mosaic_backend.FORWARD_RESCALE_DEFAULT)
     mosaic_backend.set_dq_thread("")
     mosaic_backend.set_mask_tiles(mosaic_backend.MASK_TILE_MODES[0])
     mosaic_backend.set_item_order("auto")
     modes = dict(mask_tiles=mosaic_backend.set_mask_tiles, dq_thread=mosaic_backend.set_dq_thread,
                  item_order=mosaic_backend.set_item_order,
-                 backward=mosaic_backend.set_backward, forward_loop=mosaic_backend.set_forward,
-                 delta=mosaic_backend.set_delta, forward_q=mosaic_backend.set_forward_q,
-                 forward_scale=mosaic_backend.set_forward_scale,
+                 backward=mosaic_backend.set_backward, delta=mosaic_backend.set_delta,
                  forward_rescale=mosaic_backend.set_forward_rescale,
                  dq_store=mosaic_backend.set_dq_store, dq_prefetch=mosaic_backend.set_dq_prefetch,
                  dkdv_loop=mosaic_backend.set_dkdv_loop,

@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # The next device calls for the kernels issue, in the order kernels/NOTES.md ("Next on a GPU") gives:
 #   bash scripts/gpu_next.sh N      (through the device tool, from the repo root, .whl carried)
-# 1: every Mosaic GPU test; 2: the forward's warpgroup ping-pong (forward_loop=pingpong) against the default
-# pipelined loop in interleaved rounds, 8k and 32k, plain and 4 packed samples (run P's 8k rows, +23% packed,
-# came from the bench before its timing fix and a per-block grid: real or noise?), and the positions-only mask
-# of the samples' diagonal tiles (the default) against the full mask there (mask_tiles=full); 3: the goal rows at 8k,
+# 1: every Mosaic GPU test; (2, the forward's warpgroup ping-pong against the pipelined loop, ran as run BV; the
+# ping-pong was removed in the seventeenth session); 3: the goal rows at 8k,
 # 16k and 32k (plain and 4 packed samples) with the split backward and the dQ-thread kernel's 208/88
 # register split beside the defaults (is 32k at 1.00x cuDNN, and does 208/88 win at 16k-32k, as in runs BI
 # and BO, or not, as in run BP?); 4: the grids bench (dQ alone per block, persistent, prefetching the next
@@ -43,8 +41,6 @@ set -uo pipefail
 here=$(dirname "$0")
 case "${1:-}" in
   1) STEPS="tests" LONGVILA_GPU_IMPLS=mosaic TEST_K="not 72" TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  2) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|forward_loop=pingpong|mask_tiles=full --seqs 8192,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
-       exec bash "$here/gpu_kernels.sh" ;;
   3) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=split|backward=dq_thread;dq_thread=compute:208,thread2:88 --seqs 8192,16384,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
   4) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
@@ -72,5 +68,5 @@ case "${1:-}" in
        POWER_ARGS="--impls mosaic,mosaic[forward_rescale=always],jax-cudnn --seq 32768 --mask causal --seconds 8 --rounds 2|--impls mosaic,mosaic[forward_rescale=always],jax-cudnn --seq 8192 --mask causal --seconds 6 --rounds 2" \
        exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|rescale-power|order|packed-profile|batch4|power|h100-packed|h100-32k|1|2|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|rescale-power|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

@@ -49,7 +49,7 @@ def test_the_queue_names_known_steps_and_scripts():
     for masks in re.findall(r"--masks? ([\w,-]+)", QUEUE):  # every mask a call names is one the scripts know
         for mask in masks.split(","):
             bench_attention.mask_layout(mask)
-    assert {"", "forward_loop=pingpong", "mask_tiles=full", "backward=split",
+    assert {"", "forward_rescale=always", "backward=split",
             "backward=dq_thread;dq_thread=compute:208,thread2:88"} <= set(queued_tunings())
 
 

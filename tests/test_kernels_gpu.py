@@ -186,23 +186,23 @@ def test_cudnn_lse_is_differentiable(rng):
         assert rel_err(g, ref_g) <= TOL
 
 
-@pytest.mark.parametrize("grid,workers,dq_store,loops,delta,forward", [
-    ("persistent", 7, "smem", "", "xla", ""), ("persistent", 7, "registers", "", "xla", ""),
-    ("blocks", None, "smem", "", "xla", ""), ("blocks", None, "smem", "pipelined,3", "xla", ""),
-    ("blocks", None, "smem", "pipelined,2", "xla", ""), ("persistent", 7, "smem", "", "kernel", ""),
-    ("blocks", None, "smem", "", "kernel", ""), ("persistent", 7, "smem", "", "xla", "smem,scores"),
-    ("blocks", None, "smem", "", "xla", "smem,exponent"), ("persistent", 7, "smem", "", "xla", "registers,scores"),
-    ("blocks", None, "smem", "serial,2/serial", "xla", ""), ("blocks", None, "smem", "overlap_dv,2", "xla", ""),
-    ("persistent", 7, "smem,next_item", "", "xla", ""), ("persistent", 7, "registers,next_item", "", "xla", "")])
-def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward):
+@pytest.mark.parametrize("grid,workers,dq_store,loops,delta,rescale", [
+    ("persistent", 7, "smem", "", "xla", "lazy"), ("persistent", 7, "registers", "", "xla", "lazy"),
+    ("blocks", None, "smem", "", "xla", "lazy"), ("blocks", None, "smem", "pipelined,3", "xla", "lazy"),
+    ("blocks", None, "smem", "pipelined,2", "xla", "lazy"), ("persistent", 7, "smem", "", "kernel", "lazy"),
+    ("blocks", None, "smem", "", "kernel", "lazy"), ("persistent", 7, "smem", "", "xla", "always"),
+    ("blocks", None, "smem", "", "xla", "always"),
+    ("blocks", None, "smem", "serial,2/serial", "xla", "lazy"), ("blocks", None, "smem", "overlap_dv,2", "xla", "lazy"),
+    ("persistent", 7, "smem,next_item", "", "xla", "lazy"), ("persistent", 7, "registers,next_item", "", "xla", "lazy")])
+def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, rescale):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
     copies) and with one CTA per block, dQ leaving through SMEM or from registers (``,next_item``: the
     persistent dQ holding two items' rows, on 64-key blocks); ``loops``: the
     dK/dV loop and its slots, then after a slash the dQ loop (asynchronous wgmmas waited for one by
     one, operands from registers; empty: the defaults); ``delta``: the backward's row sum in the dQ
-    kernel or in XLA; ``forward``: the forward's options, where ``q k^T`` reads q and where the softmax
-    scale goes (empty: the defaults); packed GQA 32/8, ragged length, empty rows, dlse."""
+    kernel or in XLA; ``rescale``: how the forward rescales its accumulator (``mosaic_rescale.RESCALES``);
+    packed GQA 32/8, ragged length, empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 1000, 1000, 32, 8, 128))
@@ -229,9 +229,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
         mosaic_backend.set_dq_prefetch(dq_prefetch)
         mosaic_backend.set_tuning("dq", 64, 2)
     mosaic_backend.set_delta(delta)
-    forward_q, _, forward_scale = forward.partition(",")
-    mosaic_backend.set_forward_q(forward_q or mosaic_backend.FORWARD_Q_DEFAULT)
-    mosaic_backend.set_forward_scale(forward_scale or mosaic_backend.FORWARD_SCALE_DEFAULT)
+    mosaic_backend.set_forward_rescale(rescale)
     dkdv_loop, _, dq_loop = loops.partition("/")
     if dkdv_loop:
         dkdv_mode, stages = dkdv_loop.split(",")
@@ -254,8 +252,7 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, forward
         mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
         mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
-        mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
-        mosaic_backend.set_forward_scale(mosaic_backend.FORWARD_SCALE_DEFAULT)
+        mosaic_backend.set_forward_rescale(mosaic_backend.FORWARD_RESCALE_DEFAULT)
         mosaic_backend.TUNING.update(saved_tuning)
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)

@@ -384,42 +384,6 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
         mosaic_backend.set_dq_thread("")
 
 
-@pytest.mark.parametrize("loop,workers", [("serial", None), ("pingpong", 3), ("pingpong", None)])
-def test_forward_loops_packed_gqa(rng, loop, workers):
-    """The forward's other loops (the pipelined one is the default every other test runs): waiting for
-    each product, or the compute threads taking turns to issue (pingpong; on a persistent grid of 3 CTAs
-    the turns run on across items; else one CTA per item): GQA 2/1, ragged lengths, packed segments,
-    empty rows."""
-    mosaic_backend.set_forward(loop)
-    mosaic_backend.PERSISTENT_WORKERS["count"] = workers
-    try:
-        run_switch_case(rng)
-    finally:
-        mosaic_backend.set_forward(mosaic_backend.FORWARD_MODES[0])
-        mosaic_backend.PERSISTENT_WORKERS["count"] = None
-
-
-def test_pingpong_needs_the_pipelined_loop():
-    from longvila_jax.kernels import mosaic_forward
-
-    q = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
-    with pytest.raises(ValueError, match="pass pipelined=True"):
-        mosaic_forward.forward(q, q, q, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), causal=True,
-                               scale=0.1, tuning=mosaic_backend.mc.Tuning(128, 2), pipelined=False, pingpong=True)
-
-
-@pytest.mark.parametrize("q_operand,scale_at", [("smem", "scores"), ("registers", "scores")])
-def test_forward_options_packed_gqa(rng, q_operand, scale_at, monkeypatch):
-    """The forward's non-default options (the default, q from registers and the scale in the exponent,
-    runs in every other test): q read from SMEM, or the scale applied to the scores; on a persistent
-    grid of 3 CTAs (items follow each other in one CTA, so the next item's q is fetched while the
-    current one runs): GQA 2/1, ragged lengths, packed, empty rows."""
-    monkeypatch.setitem(mosaic_backend.FORWARD_Q, "mode", q_operand)
-    monkeypatch.setitem(mosaic_backend.FORWARD_SCALE, "mode", scale_at)
-    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
-    run_switch_case(rng)
-
-
 def test_forward_rescale_always_packed_gqa(rng, monkeypatch):
     """The forward's max following every tile with the accumulator rescaled each step (the default keeps
     lazy maxima): GQA 2/1, ragged lengths, packed, empty rows."""
@@ -646,14 +610,11 @@ def test_bad_grid_mode_names_the_choices():
 
 @pytest.mark.parametrize("setter, bad, message", [
     ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
-    ("set_forward", "fast", "mode must be one of .'pipelined', 'serial', 'pingpong'., got 'fast'"),
     ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined', 'overlap', 'overlap_dv'., "
                               "got 'fast'"),
     ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
     ("set_backward", "atomic", "mode must be one of .'auto', 'split', 'fused', 'dq_thread'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
-    ("set_forward_q", "gmem", "forward q operand: mode must be one of .'smem', 'registers'., got 'gmem'"),
-    ("set_forward_scale", "late", "forward scale: mode must be one of .'scores', 'exponent'., got 'late'"),
     ("set_forward_rescale", "never", "forward rescale: mode must be one of .'lazy', 'always'., got 'never'"),
     ("set_dq_prefetch", "two", "dQ prefetch: mode must be one of .'off', 'next_item'., got 'two'"),
     ("set_mask_tiles", "none", "mask tiles: mode must be one of .'positions', 'full'., got 'none'"),
@@ -693,22 +654,18 @@ def _fwd_bwd_for_cuda(batch: int) -> str:
     return jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
 
 
-@pytest.mark.parametrize("backward_mode,delta,forward_q", [("split", "xla", "smem"), ("split", "kernel", "smem"),
-                                                           ("fused", "xla", "smem"), ("dq_thread", "xla", "registers"),
-                                                           ("split", "xla", "registers")],
-                         indirect=["backward_mode"])
-def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta, forward_q):
+@pytest.mark.parametrize("backward_mode,delta", [("split", "xla"), ("split", "kernel"), ("fused", "xla"),
+                                                 ("dq_thread", "xla")], indirect=["backward_mode"])
+def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta):
     """The whole Mosaic GPU lowering (layout inference included) for an H100/H200, run on CPU by
     ``jax.export``: forward + backward at D = 128, GQA 4/2, a ragged length. Split runs three
     kernels (forward, dK/dV, dQ; delta from XLA or from the dQ kernel's GMEM loads of out); fused
     adds dQ inside the dK/dV kernel, so two."""
     mosaic_backend.set_delta(delta)
-    mosaic_backend.set_forward_q(forward_q)
     try:
         module = _fwd_bwd_for_cuda(batch=1)
     finally:
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
-        mosaic_backend.set_forward_q(mosaic_backend.FORWARD_Q_DEFAULT)
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
     assert kernels == {"split": 3, "fused": 2, "dq_thread": 2}[backward_mode]
 
@@ -832,17 +789,14 @@ def test_every_dq_thread_option_reaches_the_kernel(backward_mode, monkeypatch):
 
 
 def test_every_backend_option_reaches_the_kernels(monkeypatch):
-    """Each non-default value of each of the mosaic backend's switches (forward loop, q operand, scale,
-    grids, dK/dV and dQ loops, dQ store, delta, mask tiles, backward) changes the Mosaic modules of the side
-    it belongs to (the forward, or the backward from a given out and lse); the defaults lowered twice give
-    the same modules, and a fwd+bwd through the custom VJP lowers the same modules as the two sides."""
-    from longvila_jax.kernels import mosaic_backward, mosaic_forward, mosaic_rescale
+    """Each non-default value of each of the mosaic backend's switches (the forward's rescale, grids, dK/dV
+    and dQ loops, dQ store, delta, mask tiles, backward) changes the Mosaic modules of the side it belongs to
+    (the forward, or the backward from a given out and lse); the defaults lowered twice give the same
+    modules, and a fwd+bwd through the custom VJP lowers the same modules as the two sides."""
+    from longvila_jax.kernels import mosaic_backward, mosaic_rescale
 
     mb = mosaic_backend
-    switches = [("forward", mb.set_forward, mb.FORWARD, mb.FORWARD_MODES),
-                ("forward", mb.set_forward_q, mb.FORWARD_Q, mosaic_forward.Q_OPERANDS),
-                ("forward", mb.set_forward_scale, mb.FORWARD_SCALE, mosaic_forward.SCALE_AT),
-                ("forward", mb.set_forward_rescale, mb.FORWARD_RESCALE, mosaic_rescale.RESCALES),
+    switches = [("forward", mb.set_forward_rescale, mb.FORWARD_RESCALE, mosaic_rescale.RESCALES),
                 ("forward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
                 ("backward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
                 ("backward", mb.set_dkdv_loop, mb.DKDV_LOOP, mosaic_backward.DKDV_LOOPS),
