@@ -14,7 +14,11 @@ registers (``red.global.add.f32``, no SMEM staging; right results). ``--fused-ab
 the fused kernel without its dQ matmuls (ds still stored to SMEM, zeros added) and both dK/dV
 kernels with 240 registers per compute thread (24 for the memory thread) instead of 232/40.
 ``--exp-ablation`` times the forward, dK/dV and dQ kernels with every ``exp2`` replaced by one
-multiply-add (wrong results): how much of each kernel's time the exponentials' unit (MUFU) holds. The
+multiply-add (wrong results): how much of each kernel's time the exponentials' unit (MUFU) holds.
+``--kv-ablation`` times the forward kernel with every visit list naming key block 0 (the same K/V
+for every item and step: no L2 misses, the same copies from L2 to SMEM) and with K/V copied only for
+an item's first ``stages`` blocks (later steps reuse the SMEM slots: no copies at all; wrong results):
+how much of the forward's time the K/V stream from HBM and from L2 holds. The
 last column: the largest error of the fused variants' dq, dk, dv relative to the split kernels'.
 Without ``--rounds`` each variant is timed alone, one after another, and the GPU's clock drifts between
 them (run BN: 5-18% at 0.4-0.8 ms); ``--rounds N`` compiles them all, then times them in N interleaved
@@ -32,6 +36,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -43,6 +48,7 @@ from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
 from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
 from longvila_jax.kernels import mosaic_common as mc  # noqa: E402
 from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
+from longvila_jax.kernels import mosaic_plan  # noqa: E402
 from longvila_jax.kernels.row_stats import softmax_delta  # noqa: E402
 
 
@@ -104,6 +110,36 @@ def exp2_as_fma(x):
 EXP_ABLATION = (jnp, "exp2", exp2_as_fma)
 
 
+def kv_loaded_once(stages: int):
+    """A stand-in for ``mosaic_common.key_block_issuers`` that copies an item's first ``stages`` key
+    blocks and, for the later ones, only arrives on their barriers, so the compute threads reuse
+    the SMEM slots (wrong values, the same synchronization: timing only)."""
+    copying = mc.key_block_issuers
+
+    def issuers(kv_block, gmem, smem, bars, group, separate_v=False):
+        real = copying(kv_block, gmem, smem, bars, group, separate_v)
+        parts = ((0, 1), (2,)) if separate_v else ((0, 1, 2),)
+
+        def skipping(issue, own):
+            def issue_once(b, h, list_s, j, slot):
+                @pl.when(j < stages)
+                def _():
+                    issue(b, h, list_s, j, slot)
+
+                @pl.when(j >= stages)
+                def _():
+                    for part in own:
+                        plgpu.barrier_arrive(bars[part].at[slot])
+
+            return issue_once
+
+        if separate_v:
+            return tuple(skipping(issue, own) for issue, own in zip(real, parts))
+        return skipping(real, parts[0])
+
+    return issuers
+
+
 def atomic_from_registers(value, smem, gmem, **_):
     del smem
     plgpu.atomic_add(gmem, value)
@@ -156,7 +192,7 @@ def jitted_call(variant: Variant):
 
 
 def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhead="", dq_write_variants=False,
-             fused_ablations=False, exp_ablation=False):
+             fused_ablations=False, exp_ablation=False, kv_ablation=False):
     """``(forward FLOPs, [Variant], split_grads)`` of one (S, mask): what ``main`` times, built once
     (``split_grads()``: the split kernels' (dq, dk, dv), the fused rows' reference)."""
     causal = mask.startswith("causal")
@@ -222,6 +258,17 @@ def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhea
         found += [Variant("forward kernel alone, exp2 as one FMA", EXP_ABLATION, 1.0, forward_kernel),
                   Variant("dK/dV (split), exp2 as one FMA", EXP_ABLATION, 2.0, split_dkdv),
                   Variant("dQ (split), exp2 as one FMA", EXP_ABLATION, 1.5, dq_kernel)]
+    if kv_ablation:
+        if not (overheads or exp_ablation):
+            found.append(Variant("forward kernel alone", None, 1.0, forward_kernel))
+        flat = forward_lists.reshape(*forward_lists.shape[:2], -1)  # entries 0, 1: count, resident block
+        entry = jnp.arange(flat.shape[-1])
+        block0 = jnp.where(entry >= mosaic_plan.HEADER, flat & ((1 << mosaic_plan.KIND_BITS) - 1), flat)
+        block0 = block0.reshape(forward_lists.shape)
+        found += [Variant("forward kernel alone, every list on key block 0", None, 1.0,
+                          lambda: forward_kernel(block0)),
+                  Variant("forward kernel alone, K/V copied once per item", ("key_block_issuers", kv_loaded_once(
+                      mb.TUNING["forward"].stages)), 1.0, forward_kernel)]
 
     def split_grads():
         return (jax.jit(dq_kernel)(), *jax.jit(split_dkdv)())
@@ -245,6 +292,9 @@ def main():
     parser.add_argument("--exp-ablation", action="store_true",
                         help="also time the forward, dK/dV and dQ kernels with exp2 replaced by one FMA "
                              "(wrong results; what the exponentials cost)")
+    parser.add_argument("--kv-ablation", action="store_true",
+                        help="also time the forward kernel with every list on key block 0 and with K/V copied only "
+                             "for each item's first blocks (wrong results; what the K/V stream costs)")
     parser.add_argument("--no-fused", action="store_true", help="skip the fused dK/dV/dQ kernel")
     parser.add_argument("--overheads", action="store_true",
                         help="also time the forward kernel alone (visit lists given) and the XLA work around "
@@ -290,7 +340,8 @@ def main():
             flops, found, split_grads = variants(
                 seq_len, mask, key=jax.random.key(seq_len + mask.startswith("causal")), no_fused=args.no_fused,
                 overheads=args.overheads, cta_overhead=args.cta_overhead, dq_write_variants=args.dq_write_variants,
-                fused_ablations=args.fused_ablations, exp_ablation=args.exp_ablation)
+                fused_ablations=args.fused_ablations, exp_ablation=args.exp_ablation,
+                kv_ablation=args.kv_ablation)
             grads = split_grads() if any(v.fused for v in found) else None
             timed = []  # (variant, its compiled call, calls per sample, error vs split) of those that built
             for variant in found:

@@ -31,6 +31,9 @@
 # packed samples, in 4 interleaved rounds;
 # rescale-power: the rising-score GPU tests alone, then both rescales and JAX cuDNN back to back under the power cap
 # (32k and 8k causal);
+# kv: the forward kernel alone at 32k, causal and full, beside itself with every visit list on key block 0 (no L2
+# misses) and with K/V copied only for each item's first blocks (no copies from L2 either), 3 interleaved rounds:
+# how much of the forward the K/V stream holds (is a cluster sharing K/V by TMA multicast worth building?);
 # accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic);
 # order: the persistent forward's items by rank across batch rows (the default for several short rows since the
 # fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
@@ -67,6 +70,8 @@ case "${1:-}" in
   rescale-power) STEPS="tests power" LONGVILA_GPU_IMPLS=mosaic TEST_K="rising" TEST_TIMEOUT=300 \
        POWER_ARGS="--impls mosaic,mosaic[forward_rescale=always],jax-cudnn --seq 32768 --mask causal --seconds 8 --rounds 2|--impls mosaic,mosaic[forward_rescale=always],jax-cudnn --seq 8192 --mask causal --seconds 6 --rounds 2" \
        exec bash "$here/gpu_kernels.sh" ;;
+  kv) STEPS="kernels" KERNEL_TIMEOUT=420 KERNEL_ARGS="--seqs 32768 --masks causal,full --kv-ablation --no-fused --rounds 3 --budget-s 1" \
+       exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|rescale-power|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|rescale-power|kv|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

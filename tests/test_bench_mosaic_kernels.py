@@ -96,3 +96,24 @@ def test_interleaved_rounds_time_every_variant(rng, monkeypatch, capsys, interpr
     table = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 256 ")]
     assert [cells[2] for cells in table] == ["forward", "dK/dV (split)", "dQ (split)"]
     assert all(float(cells[3]) > 0 and float(cells[4]) >= 0 for cells in table), table  # ms; TFLOP/s (0.0 here)
+
+
+def test_kv_ablations_change_only_where_the_forward_reads_k_and_v(rng, interpreted_mosaic):
+    """``--kv-ablation`` on 512 full-mask tokens (4 key blocks per item, so the copies-once patch skips
+    the last 2): every list on key block 0, and K/V copied only for an item's first blocks, give outputs
+    that are finite and far from the unpatched kernel's (the patches took effect; the unpatched kernel
+    against the reference: the test above)."""
+    flops, found, _ = bench_mosaic_kernels.variants(512, "full", key=jax.random.key(int(rng.integers(2 ** 31))),
+                                                    no_fused=True, kv_ablation=True)
+    by_name = {variant.name: variant for variant in found}
+    results = {}
+    for name in ("forward kernel alone", "forward kernel alone, every list on key block 0",
+                 "forward kernel alone, K/V copied once per item"):
+        with bench_mosaic_kernels.patched(by_name[name]):
+            results[name] = jax.block_until_ready(bench_mosaic_kernels.jitted_call(by_name[name])())
+    unpatched_out = results["forward kernel alone"][0]
+    for name, (out, lse) in results.items():
+        assert bool(jnp.isfinite(out.astype(jnp.float32)).all()) and bool(jnp.isfinite(lse).all()), name
+        if name != "forward kernel alone":
+            assert rel_err(out, unpatched_out) > 0.1, name
+    assert flops > 0
