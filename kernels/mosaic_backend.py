@@ -218,25 +218,6 @@ def set_forward_rescale(mode: str):
     _choose("forward rescale", RESCALES, FORWARD_RESCALE, mode)
 
 
-# How the dK/dV kernel's loop runs (``mosaic_backward.DKDV_LOOPS``): "overlap" (the default) computes p
-# while dp still runs, then waits for it; "serial" waits for s and dp together, then for dv and dk;
-# "overlap_dv" also issues dv's product before computing ds; "pipelined" issues step j-1's dk, step j's s
-# and dp, then step j-1's dv, and computes p and ds while dv runs (more registers, and a slot is held one
-# step longer: give it 3 stages, ``set_tuning("dkdv", 64, 3)``). Measured on an H200 (BENCHMARKS.md, run
-# AN, fwd+bwd TFLOP/s, causal): "overlap" +3.0% at 8k (468.6 vs 455.1) and +4.8% at 32k (495.6 vs 472.7)
-# over "serial", "overlap_dv" +2.1% / +2.5%; "pipelined" spills at D = 128 and ptxas serializes its
-# wgmmas (C7512): 4,295 against 3,681 us per 8k causal step (runs AA-AB).
-DKDV_LOOP_DEFAULT = "overlap"
-DKDV_LOOP = {"mode": DKDV_LOOP_DEFAULT}
-
-
-def set_dkdv_loop(mode: str):
-    """Choose how the dK/dV kernel's loop runs (see ``mosaic_backward.DKDV_LOOPS``)."""
-    from .mosaic_backward import DKDV_LOOPS
-
-    _choose("dK/dV loop", DKDV_LOOPS, DKDV_LOOP, mode)
-
-
 # How the dQ kernel's loop waits for s and dp (``mosaic_backward.DQ_LOOPS``): "overlap" (the default) for s
 # first, computing p while dp runs; "serial" for both at once. On an H200 (run AN, fwd+bwd, causal) "overlap"
 # alone: +1.1% at 8k, +3.4% at 32k.
@@ -501,7 +482,7 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
         else:
             dq_ = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists, **dq_kwargs)
         dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
-                      tuning=tuning, loop=DKDV_LOOP["mode"], positions_mask=positions, interpret=interpret)
+                      tuning=tuning, positions_mask=positions, interpret=interpret)
     return dq_[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
 
 

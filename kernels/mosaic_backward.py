@@ -60,22 +60,16 @@ def query_blocks(b, hkv, group, count, q_block, list_s, gmem, smem, bars):
     return block_of, issue
 
 
-# How the dK/dV loop orders one step's four products (s = k q^T, dp = v dout^T, dv += p dout, dk += ds q):
-# "serial" waits for s and dp together, then for dv and dk; "overlap" computes p while dp still runs;
-# "overlap_dv" also issues dv's product as soon as p is in 16 bits and computes ds while it runs;
-# "pipelined" carries p and ds into the next step (its s and dp issued with this step's dk and dv).
-DKDV_LOOPS = ("serial", "pipelined", "overlap", "overlap_dv")
-
-
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-         dq_acc=None, loop: str = "serial", positions_mask: bool = True, interpret=None):
+         dq_acc=None, positions_mask: bool = True, interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
     query blocks (``tuning.block``).
 
-    ``loop`` (see ``DKDV_LOOPS``; only "serial" with ``dq_acc``): "pipelined" issues step j-1's ``dk``,
-    then ``s_j``, ``dp_j``, then step j-1's ``dv`` product, and computes ``p_j``, ``ds_j`` while the last
-    one runs; a streamed block's slot is then released one step later, so it wants ``tuning.stages``
-    of 3 or more. The overlap loops keep one step's tiles; interpret mode runs them as "serial".
+    Each step issues ``s = k q^T`` and ``dp = v dout^T`` together, computes p while dp still runs,
+    then issues ``dv += p dout`` and ``dk += ds q`` (interpret mode, and the kernel with ``dq_acc``,
+    wait for each product in turn). (A pipelined loop carrying p and ds into the next step, dv's
+    product issued before ds, and waiting for s and dp together were measured slower and removed:
+    kernels/NOTES.md, runs AA-AB and AN.)
 
     ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), each
     compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with
@@ -94,12 +88,6 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     fused = dq_acc is not None
     if fused and not fuses_dq(head_dim, q_block):
         raise ValueError(f"dQ fusion needs 64-query blocks and D = 128, got {q_block} and {head_dim}")
-    if loop not in DKDV_LOOPS:
-        raise ValueError(f"mosaic dK/dV: loop must be one of {DKDV_LOOPS}, got {loop!r}")
-    if fused and loop != "serial":
-        raise ValueError(f"the {loop} dK/dV loop does not accumulate dQ: pass dq_acc=None or loop='serial'")
-    pipelined = loop == "pipelined"
-    split = "wide" if pipelined else "default"  # two steps' tiles live at once
 
     def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
         if fused:
@@ -115,7 +103,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         block_of, issue = query_blocks(b, hkv, group, count, q_block, list_s, (q_ref, qt_ref, st_ref, do_ref),
                                        (q_s, qt_s, st_s, do_s), (q_bar, qt_bar, st_bar, do_bar))
 
-        mc.memory_thread(wg, group * count, issue, consumed, stages, split=split)
+        mc.memory_thread(wg, group * count, issue, consumed, stages)
 
         half_d = head_dim // 2
 
@@ -136,7 +124,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
         @pl.when(wg < mc.MEMORY)
         def _():
-            mc.registers(compute=True, split=split)
+            mc.registers(compute=True)
             k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
             mc.copy_in([(k_ref.at[b, k_rows, hkv], k_s.at[wg], k_bar.at[wg]),
                         (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
@@ -196,15 +184,8 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 """float32 ds of step ``j`` from its p and ``dp = v dout^T``."""
                 return p * (dp - mc.cols(plgpu.load(st_s.at[lax.rem(j, stages), 1], layout=mc.COL), tile))
 
-            def grads(s, dp, j):
-                """float32 ``(p, ds)`` of step ``j`` from its ``s = k q^T`` and ``dp = v dout^T``."""
-                p = probs(s, j)
-                return p, dscores(p, dp, j)
-
             def overlap_step(j, carry):
-                """Step ``j`` of the overlap loops: p computed while dp runs; with "overlap_dv" also dv's
-                product issued before ds is computed (its 16-bit p and ds are then formed while dp or dv
-                runs; neither reads registers, and ptxas did not serialize: BENCHMARKS.md, run AN)."""
+                """Step ``j`` on a GPU: p computed while dp runs."""
                 dk, dv = carry
                 slot = lax.rem(j, stages)
                 wait_inputs(slot)
@@ -215,15 +196,10 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                     plgpu.wgmma(s_acc, k_s.at[wg], q_s.at[slot].T)
                     plgpu.wgmma(dp_acc, v_s.at[wg], do_s.at[slot].T)
                     p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1), j)  # dp may still run
-                    if loop == "overlap_dv":
-                        plgpu.wgmma(dv_acc, p.astype(dtype), do_s.at[slot])
-                        dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=1)  # dv may still run
-                        plgpu.wgmma(dk_acc, dscores(p, dp, j).astype(dtype), q_s.at[slot])
-                    else:
-                        dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
-                        p16, ds16 = p.astype(dtype), dscores(p, dp, j).astype(dtype)
-                        plgpu.wgmma(dv_acc, p16, do_s.at[slot])
-                        plgpu.wgmma(dk_acc, ds16, q_s.at[slot])
+                    dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
+                    p16, ds16 = p.astype(dtype), dscores(p, dp, j).astype(dtype)
+                    plgpu.wgmma(dv_acc, p16, do_s.at[slot])
+                    plgpu.wgmma(dk_acc, ds16, q_s.at[slot])
                     dv_new = plgpu.wgmma_accumulator_load(dv_acc, wait_n=0)
                     return dk_acc[...], dv_new
 
@@ -231,74 +207,9 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 plgpu.barrier_arrive(consumed.at[slot])
                 return carry
 
-            def scores(slot):
-                return mc.matmuls((k_s.at[wg], q_s.at[slot].T, tile), (v_s.at[wg], do_s.at[slot].T, tile))
-
-            def operands(p16, ds16):  # the 16-bit wgmma ``a`` operands (SMEM-staged when interpreting)
-                return (mc.register_operand(p16, p_s.at[wg], interpret=interpret),
-                        mc.register_operand(ds16, ds_s.at[wg], interpret=interpret))
-
-            def pipelined_step(j, carry):
-                """Step ``j >= 1``: s_j and dp_j with step j-1's dv and dk products."""
-                dk, dv, p16, ds16 = carry
-                slot, prev = lax.rem(j, stages), lax.rem(j - 1, stages)
-                wait_inputs(slot)
-                if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
-                    p_a, ds_a = operands(p16, ds16)
-                    dv, dk = mc.accumulate((dv, p_a, do_s.at[prev]), (dk, ds_a, q_s.at[prev]), interpret=interpret)
-                    plgpu.barrier_arrive(consumed.at[prev])
-                    p, ds = grads(*scores(slot), j)
-                    return dk, dv, p.astype(dtype), ds.astype(dtype)
-
-                def overlapped(s_acc, dp_acc, dk_acc, dv_acc):
-                    dk_acc[...] = dk
-                    dv_acc[...] = dv
-                    # dk first: once s_j and dp_j are done so is dk, and ds_{j-1} is dead; only dv (and
-                    # p_{j-1}) stay in flight during the elementwise work. (All four in flight, run AA:
-                    # 272 bytes of spills and every wgmma serialized, C7512: 43% slower.)
-                    plgpu.wgmma(dk_acc, ds16, q_s.at[prev])
-                    plgpu.wgmma(s_acc, k_s.at[wg], q_s.at[slot].T)
-                    plgpu.wgmma(dp_acc, v_s.at[wg], do_s.at[slot].T)
-                    plgpu.wgmma(dv_acc, p16, do_s.at[prev])
-                    s = plgpu.wgmma_accumulator_load(s_acc, wait_n=1)  # dk, s_j and dp_j done, dv may run
-                    dp = plgpu.wgmma_accumulator_load(dp_acc, wait_n=1)
-                    dk_new = plgpu.wgmma_accumulator_load(dk_acc, wait_n=1)
-                    p, ds = grads(s, dp, j)
-                    # the 16-bit p_j and ds_j only once dv is done (see mosaic_forward: ptxas serializes
-                    # every wgmma when a register operand is redefined while one reads it)
-                    dv_new, p, ds = lax.optimization_barrier((dv_acc[...], p, ds))
-                    return dk_new, dv_new, p.astype(dtype), ds.astype(dtype)
-
-                carry = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32), plgpu.ACC(tile, jnp.float32),
-                                      plgpu.ACC((mc.ROWS, head_dim), jnp.float32),
-                                      plgpu.ACC((mc.ROWS, head_dim), jnp.float32))
-                plgpu.barrier_arrive(consumed.at[prev])
-                return carry
-
             zero = (mc.zeros((mc.ROWS, head_dim)),) * 2
             n_steps = group * count
-            if pipelined and not fused:
-                def first(_):
-                    wait_inputs(0)
-                    p, ds = grads(*scores(0), 0)
-                    return p.astype(dtype), ds.astype(dtype)
-
-                def nothing(_):
-                    return (plgpu.layout_cast(jnp.zeros(tile, dtype), plgpu.Layout.WGMMA),) * 2
-
-                p16, ds16 = lax.cond(n_steps > 0, first, nothing, None)
-                carry = lax.fori_loop(1, n_steps, pipelined_step, (*zero, p16, ds16))
-
-                def last(carry):
-                    dk, dv, p16, ds16 = carry
-                    slot = lax.rem(n_steps - 1, stages)
-                    p_a, ds_a = operands(p16, ds16)
-                    dv, dk = mc.accumulate((dv, p_a, do_s.at[slot]), (dk, ds_a, q_s.at[slot]), interpret=interpret)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return dk, dv
-
-                dk, dv = lax.cond(n_steps > 0, last, lambda carry: carry[:2], carry)
-            elif loop.startswith("overlap") and interpret is None:
+            if not fused and interpret is None:
                 dk, dv = lax.fori_loop(0, n_steps, overlap_step, zero)
             else:
                 dk, dv = lax.fori_loop(0, n_steps, step, zero)

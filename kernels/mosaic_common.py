@@ -364,7 +364,7 @@ def thread_index():
 
 
 # Registers per thread (compute, memory): 2 x 128 x compute + 128 x memory fits the 64Ki of an SM.
-# "wide" gives the compute threads 8 more (the pipelined dK/dV loop holds two steps' tiles).
+# "wide" gives the compute threads 8 more (bench_mosaic_kernels.py --fused-ablations times the kernels with it).
 REGISTER_SPLITS = {"default": (232, 40), "wide": (240, 24)}
 
 

@@ -35,8 +35,7 @@ times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per k
 its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
 ``forward_rescale=always`` (or ``lazy``) how the forward rescales its accumulator, ``grid=blocks`` (or ``persistent``) the
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
-``smem``) how dQ leaves its kernel, ``dkdv_loop=pipelined`` (or ``serial``, ``overlap``, ``overlap_dv``)
-the dK/dV kernel's loop (give ``pipelined`` 3 stages: ``dkdv=64,3``), ``dq_loop=overlap`` (or ``serial``)
+``smem``) how dQ leaves its kernel, ``dq_loop=overlap`` (or ``serial``)
 the dQ kernel's, ``delta=kernel`` (or ``xla``) where the backward's row sum runs, ``item_order=auto`` (or
 ``rank``, ``batch``) the order a persistent grid takes the batch rows' items in.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
@@ -222,7 +221,6 @@ def set_mosaic_tuning(spec: str):
     mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
     mosaic_backend.set_dq_store("smem")
     mosaic_backend.set_dq_prefetch("off")
-    mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
     mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
     mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     mosaic_backend.set_forward_rescale(mosaic_backend.FORWARD_RESCALE_DEFAULT)
@@ -234,7 +232,6 @@ def set_mosaic_tuning(spec: str):
                  backward=mosaic_backend.set_backward, delta=mosaic_backend.set_delta,
                  forward_rescale=mosaic_backend.set_forward_rescale,
                  dq_store=mosaic_backend.set_dq_store, dq_prefetch=mosaic_backend.set_dq_prefetch,
-                 dkdv_loop=mosaic_backend.set_dkdv_loop,
                  dq_loop=mosaic_backend.set_dq_loop,
                  grid=mosaic_backend.set_grid,
                  forward_grid=lambda mode: mosaic_backend.set_grid(mode, "forward"),
@@ -425,7 +422,7 @@ def main():
     ceiling = matmul_ceiling_tflops(args.ceiling_size)
     print(f"# bf16 matmul {args.ceiling_size}^3: {ceiling:.0f} TFLOP/s (ceiling anchor)")
     print(f"# mosaic tuning: {mosaic_backend.TUNING}, backward {mosaic_backend.BACKWARD['mode']}, "
-          f"dK/dV loop {mosaic_backend.DKDV_LOOP['mode']}, dQ loop {mosaic_backend.DQ_LOOP['mode']}, "
+          f"forward rescale {mosaic_backend.FORWARD_RESCALE['mode']}, dQ loop {mosaic_backend.DQ_LOOP['mode']}, "
           f"grids {mosaic_backend.GRID} ({mosaic_backend.workers('forward')} forward workers)")
     print("| impl | S | mask | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN "
           "| fwd+bwd / own plain | fwd+bwd / ceiling | max rel err vs cuDNN | ms per call (fwd / fwd+bwd) "

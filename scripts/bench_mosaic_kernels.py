@@ -227,7 +227,7 @@ def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhea
                       **kw)
 
     def split_dkdv():
-        return mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], loop=mb.DKDV_LOOP["mode"], **kw)
+        return mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], **kw)
 
     found = [Variant("forward", None, 1.0, lambda: mb.attention(q, k, v, *masks, **kw)),
              Variant("dK/dV (split)", None, 2.0, split_dkdv), Variant("dQ (split)", None, 1.5, dq_kernel)]

@@ -14,7 +14,7 @@
 #   STEPS="kernels ptxas"  KERNEL_ARGS="--seqs 32768 --masks causal --fused-ablations"
 #     kernels: scripts/bench_mosaic_kernels.py; ptxas: each Mosaic kernel's ptxas report (registers,
 #     spills, wgmma serialization), compiled once at S = 1024; PTXAS_SCRIPT="scripts/bench_attention.py
-#     --seqs 1024 --impls mosaic --masks causal --mosaic-tuning=dkdv_loop=pipelined;dkdv=64,3" compiles
+#     --seqs 1024 --impls mosaic --masks causal --mosaic-tuning=backward=dq_thread" compiles
 #     what that script runs instead; PTX_KEEP=dkdv also brings back those kernels' PTX (offline register
 #     splits: scripts/ptxas_registers.py)
 set -uo pipefail

@@ -186,21 +186,18 @@ def test_cudnn_lse_is_differentiable(rng):
         assert rel_err(g, ref_g) <= TOL
 
 
-@pytest.mark.parametrize("grid,workers,dq_store,loops,delta,rescale", [
+@pytest.mark.parametrize("grid,workers,dq_store,dq_loop,delta,rescale", [
     ("persistent", 7, "smem", "", "xla", "lazy"), ("persistent", 7, "registers", "", "xla", "lazy"),
-    ("blocks", None, "smem", "", "xla", "lazy"), ("blocks", None, "smem", "pipelined,3", "xla", "lazy"),
-    ("blocks", None, "smem", "pipelined,2", "xla", "lazy"), ("persistent", 7, "smem", "", "kernel", "lazy"),
+    ("blocks", None, "smem", "", "xla", "lazy"), ("persistent", 7, "smem", "", "kernel", "lazy"),
     ("blocks", None, "smem", "", "kernel", "lazy"), ("persistent", 7, "smem", "", "xla", "always"),
-    ("blocks", None, "smem", "", "xla", "always"),
-    ("blocks", None, "smem", "serial,2/serial", "xla", "lazy"), ("blocks", None, "smem", "overlap_dv,2", "xla", "lazy"),
+    ("blocks", None, "smem", "", "xla", "always"), ("blocks", None, "smem", "serial", "xla", "lazy"),
     ("persistent", 7, "smem,next_item", "", "xla", "lazy"), ("persistent", 7, "registers,next_item", "", "xla", "lazy")])
-def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, rescale):
+def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dq_loop, delta, rescale):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
     copies) and with one CTA per block, dQ leaving through SMEM or from registers (``,next_item``: the
-    persistent dQ holding two items' rows, on 64-key blocks); ``loops``: the
-    dK/dV loop and its slots, then after a slash the dQ loop (asynchronous wgmmas waited for one by
-    one, operands from registers; empty: the defaults); ``delta``: the backward's row sum in the dQ
+    persistent dQ holding two items' rows, on 64-key blocks); ``dq_loop``: the dQ loop (asynchronous
+    wgmmas waited for one by one, operands from registers; empty: the default); ``delta``: the backward's row sum in the dQ
     kernel or in XLA; ``rescale``: how the forward rescales its accumulator (``mosaic_rescale.RESCALES``);
     packed GQA 32/8, ragged length, empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
@@ -230,11 +227,6 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, rescale
         mosaic_backend.set_tuning("dq", 64, 2)
     mosaic_backend.set_delta(delta)
     mosaic_backend.set_forward_rescale(rescale)
-    dkdv_loop, _, dq_loop = loops.partition("/")
-    if dkdv_loop:
-        dkdv_mode, stages = dkdv_loop.split(",")
-        mosaic_backend.set_dkdv_loop(dkdv_mode)
-        mosaic_backend.set_tuning("dkdv", 64, int(stages))
     mosaic_backend.set_dq_loop(dq_loop or mosaic_backend.DQ_LOOP_DEFAULT)
     try:
         def attention(*qkv):
@@ -249,7 +241,6 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, loops, delta, rescale
         mosaic_backend.set_dq_store("smem")
         mosaic_backend.set_dq_prefetch("off")
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
-        mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
         mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.set_forward_rescale(mosaic_backend.FORWARD_RESCALE_DEFAULT)

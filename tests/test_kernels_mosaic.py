@@ -430,21 +430,6 @@ def test_forward_follows_scores_that_grow_along_the_keys(rng, rescale, monkeypat
     assert rel_err(grads[2], ref_grads[2]) <= TOL
 
 
-@pytest.mark.parametrize("stages", [2, 3])
-def test_pipelined_dkdv_loop_packed_gqa(rng, stages):
-    """The dK/dV loop that issues step j's s, dp with step j-1's dv, dk products (slots released a
-    step later): GQA 2/1 (the loop runs over both heads of the group), ragged lengths, packed
-    segments, empty rows, dlse; with 2 and 3 slots."""
-    saved = dict(mosaic_backend.TUNING)
-    mosaic_backend.set_dkdv_loop("pipelined")
-    mosaic_backend.set_tuning("dkdv", 64, stages)
-    try:
-        run_switch_case(rng)
-    finally:
-        mosaic_backend.set_dkdv_loop(mosaic_backend.DKDV_LOOP_DEFAULT)
-        mosaic_backend.TUNING.update(saved)
-
-
 def test_delta_in_the_dq_kernel_packed_gqa(rng):
     """The backward with delta computed in the dQ kernel (an XLA row sum everywhere else): GQA 2/1,
     ragged lengths, packed segments, empty rows, dlse."""
@@ -610,8 +595,6 @@ def test_bad_grid_mode_names_the_choices():
 
 @pytest.mark.parametrize("setter, bad, message", [
     ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
-    ("set_dkdv_loop", "fast", "dK/dV loop: mode must be one of .'serial', 'pipelined', 'overlap', 'overlap_dv'., "
-                              "got 'fast'"),
     ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
     ("set_backward", "atomic", "mode must be one of .'auto', 'split', 'fused', 'dq_thread'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
@@ -680,8 +663,7 @@ def test_rank_ordered_persistent_grids_lower_for_cuda_without_a_gpu(monkeypatch)
     assert _fwd_bwd_for_cuda(batch=3).count("stablehlo.custom_call @mosaic_gpu") == 3
 
 
-@pytest.mark.parametrize("kernel,loop", [("dkdv", "pipelined"), ("dkdv", "overlap"), ("dkdv", "overlap_dv"),
-                                         ("dq", "overlap")])
+@pytest.mark.parametrize("kernel,loop", [("dkdv", None), ("dq", "overlap")])
 def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
     """The backward loops' GPU forms (asynchronous wgmmas waited for one by one, 16-bit operands from
     registers, which interpret mode does not run): the Mosaic GPU lowering accepts them, 3 slots,
@@ -693,8 +675,9 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
                jax.ShapeDtypeStruct((1, 2, 256), jnp.int32), jax.ShapeDtypeStruct((1, 2, 1, 32), jnp.int32)]
 
     def run(*args):
+        loops = {} if loop is None else dict(loop=loop)
         return getattr(mosaic_backward, kernel)(*args, causal=True, scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3),
-                                                loop=loop)
+                                                **loops)
 
     module = jax.export.export(jax.jit(run), platforms=["cuda"])(*shapes).mlir_module()
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
@@ -799,7 +782,6 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
     switches = [("forward", mb.set_forward_rescale, mb.FORWARD_RESCALE, mosaic_rescale.RESCALES),
                 ("forward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
                 ("backward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
-                ("backward", mb.set_dkdv_loop, mb.DKDV_LOOP, mosaic_backward.DKDV_LOOPS),
                 ("backward", mb.set_dq_loop, mb.DQ_LOOP, mosaic_backward.DQ_LOOPS),
                 ("backward", mb.set_dq_store, mb.DQ_STORE, mosaic_backward.DQ_STORES),
                 ("backward", mb.set_delta, mb.DELTA, mb.DELTA_MODES),
@@ -832,18 +814,6 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
         assert _mosaic_kernel_texts(monkeypatch, "backward")["attention_dq"] != one_item
     finally:
         mb.set_dq_prefetch("off")
-
-
-def test_fused_dq_refuses_other_dkdv_loops():
-    from longvila_jax.kernels import mosaic_backward
-
-    q = jnp.zeros((1, 128, 2, 128), jnp.bfloat16)
-    with pytest.raises(ValueError, match="the overlap dK/dV loop does not accumulate dQ"):
-        mosaic_backward.dkdv(q, q, q, q, None, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), causal=True,
-                             scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 2), dq_acc=q, loop="overlap")
-    with pytest.raises(ValueError, match="loop must be one of"):
-        mosaic_backward.dkdv(q, q, q, q, None, None, None, jnp.zeros((1, 1, 1, 32), jnp.int32), causal=True,
-                             scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 2), loop="eager")
 
 
 def test_visit_lists_are_constants_when_the_ids_are_known_at_trace_time(rng):
