@@ -94,13 +94,12 @@ def set_tuning(kernel: str, block: int, stages: int):
 
 
 # How the backward gets dQ: "split" runs a dQ kernel that recomputes s and dp (two more matmuls per
-# tile, dQ bit-reproducible); "fused" adds each tile's share inside the dK/dV kernel (TMA reduce-add into
-# a float32 buffer; s and dp computed once). Fused needs D = 128 and 64-query dK/dV blocks
-# (mosaic_backward.fuses_dq), else split runs. On an H200 the fused dK/dV/dQ kernel took 62.86 ms against
-# split's 47.27 at 32k causal, its float32 dQ write being the cost (kernels/NOTES.md); it stays as the base
-# for that work. "dq_thread" (:mod:`.mosaic_fused`) fuses dQ too, but gives its products, SMEM staging and
-# reduce-adds to the memory thread, off the compute threads' path (64-query dK/dV blocks, 2 slots, else
-# split runs); its dQ sums come in a different order each run. "auto" (the default) runs dq_thread from
+# tile, dQ bit-reproducible); "dq_thread" (:mod:`.mosaic_fused`) adds each tile's dQ share inside the dK/dV
+# kernel (TMA reduce-adds into a float32 buffer; s and dp computed once), with its products, SMEM staging and
+# reduce-adds in the memory thread, off the compute threads' path (64-query dK/dV blocks, 2 slots, else
+# split runs); its dQ sums come in a different order each run. (The first fused form, the compute threads
+# adding their own shares, took 62.86 ms against split's 47.27 at 32k causal on an H200 and was removed in
+# the seventeenth session: kernels/NOTES.md.) "auto" (the default) runs dq_thread from
 # ``DQ_THREAD_FROM`` keys on and split below, or split everywhere when XLA is asked for deterministic ops
 # (``--xla_gpu_deterministic_ops`` in XLA_FLAGS). On an H200, with dp issued after p (BENCHMARKS.md, runs
 # BI-BQ, fwd+bwd): dq_thread is 1.06x split at 32k causal and 1.05x at 16k (run BL), 1.02-1.04x at 8k
@@ -111,7 +110,7 @@ def set_tuning(kernel: str, block: int, stages: int):
 # float32 dQ buffer's zero fill and cast weigh more) split measured 1.08-1.11x dq_thread with 4 packed samples
 # at 8k (1.10x as this default, run BX) and 0.99-1.06x at 16k (runs BW, BX), 0.98-0.99x at 32k (runs BV, BW),
 # and level on one sample at 8k-16k (0.96-1.02x).
-BACKWARD_MODES = ("auto", "split", "fused", "dq_thread")
+BACKWARD_MODES = ("auto", "split", "dq_thread")
 BACKWARD = {"mode": "auto"}
 DQ_THREAD_FROM = 8192
 DQ_THREAD_FROM_PACKED = {"H100": 32768}  # device kind substring -> first kv length taking dq_thread
@@ -141,16 +140,12 @@ def dq_thread_from(packed: bool, device_kind: str | None = None) -> int:
 
 def backward_mode(head_dim: int, kv_len: int, packed: bool = False, device_kind: str | None = None) -> str:
     """The backward that runs for this call: the chosen mode (see ``BACKWARD_MODES``) with "auto" resolved,
-    and "split" where the chosen fused kernel cannot serve the call (head dim, dK/dV tuning). ``packed``:
+    and "split" where the dq_thread kernel cannot serve the call (head dim, dK/dV tuning). ``packed``:
     the call's ids may hold several samples (:attr:`_Plan.packed`)."""
-    from .mosaic_backward import fuses_dq
-
     mode, tuning = BACKWARD["mode"], TUNING["dkdv"]
     if mode == "auto":
         start = dq_thread_from(packed, device_kind)
         mode = "dq_thread" if kv_len >= start and not deterministic_requested() else "split"
-    if mode == "fused" and not fuses_dq(head_dim, tuning.block):
-        return "split"
     if mode == "dq_thread" and not mosaic_fused.supports(head_dim, *tuning):
         return "split"
     return mode
@@ -297,7 +292,7 @@ def set_dq_prefetch(mode: str):
 # GMEM into registers, computes delta and hands it to the dK/dV kernel: mosaic_backward.dq(out=...)). On an
 # H200 (BENCHMARKS.md, run AG) "kernel" took the 37 us row sum away but added 23 us to the dQ kernel (4
 # packed samples of 2k; 1 us per CTA for the unvectorized loads), and fwd+bwd moved by -1.0% to +1.3%:
-# within the noise, so "xla" stays. The fused backward always uses "xla".
+# within the noise, so "xla" stays. The dq_thread backward always uses "xla".
 DELTA_MODES = ("xla", "kernel")
 DELTA = {"mode": "xla"}
 
@@ -451,8 +446,8 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     lse = lse.astype(jnp.float32)
     tuning = TUNING["dkdv"]
     mode = backward_mode(q.shape[-1], kv_len, packed)
-    fused, dq_thread = mode == "fused", mode == "dq_thread"
-    in_kernel = DELTA["mode"] == "kernel" and not (fused or dq_thread) and delta is None
+    dq_thread = mode == "dq_thread"
+    in_kernel = DELTA["mode"] == "kernel" and not dq_thread and delta is None
     # row 1: delta, or (computed in the dQ kernel) the part of it that does not need out
     delta = minus_dlse(lse, dlse) if in_kernel else backward_delta(out, dout, lse, dlse, delta)
     stats = jnp.pad(jnp.stack([lse_base2(lse), delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, q_pad - q_len)))
@@ -462,17 +457,13 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
                      loop=DQ_LOOP["mode"], prefetch=DQ_PREFETCH["mode"] == "next_item",
                      positions_mask=positions, item_order=ITEM_ORDER["mode"], interpret=interpret)
-    if dq_thread or fused:  # dQ added up in float32 inside the dK/dV kernel
+    if dq_thread:  # dQ added up in float32 inside the dK/dV kernel
         dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
         operands = (q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists)
-        if dq_thread:
-            dk, dv = mosaic_fused.dkdv_dq(*operands, dq_acc, causal=causal, scale=scale, tuning=tuning,
-                                          positions_mask=positions, interpret=interpret, **DQ_THREAD)
-        else:
-            dk, dv = dkdv(*operands, causal=causal, scale=scale, tuning=tuning, dq_acc=dq_acc,
-                          positions_mask=positions, interpret=interpret)
+        dk, dv = mosaic_fused.dkdv_dq(*operands, dq_acc, causal=causal, scale=scale, tuning=tuning,
+                                      positions_mask=positions, interpret=interpret, **DQ_THREAD)
         dq_sum = dq_acc[...]
-        if dq_thread and DQ_THREAD["dq_scale"] == "after":  # the kernel added ds^T k unscaled
+        if DQ_THREAD["dq_scale"] == "after":  # the kernel added ds^T k unscaled
             dq_sum = dq_sum * scale
         dq_ = dq_sum.astype(q.dtype)
     else:

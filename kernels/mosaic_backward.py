@@ -1,5 +1,5 @@
-"""The Mosaic GPU backward kernels: dK/dV per key block, dQ per query block (no atomics), or dQ
-added from inside the dK/dV kernel (``dkdv(..., dq_acc=...)``, TMA reduce-adds).
+"""The Mosaic GPU backward kernels of the split backward: dK/dV per key block, dQ per query block (no
+atomics). (dQ added from inside a dK/dV kernel by its memory thread: :mod:`.mosaic_fused`.)
 
 Both recompute ``p = exp2(s * scale * log2 e - lse * log2 e)`` from the given
 (possibly ring-merged) lse, so they serve ``flash_attention_bwd`` as well as the
@@ -17,8 +17,8 @@ custom VJP. ``stats`` is float32 ``[B, Hq, 2, Sq]``: row 0 the lse in base 2
   grid: :mod:`.mosaic_schedule`): threads 0/1 own 64 query rows each; thread 2
   streams k, v and the key tokens of every visited key block.
 
-Both loops can wait for s alone and compute p while dp is still on the tensor cores
-(``loop="overlap"``, what :mod:`.mosaic_backend` runs by default).
+Both loops wait for s alone and compute p while dp is still on the tensor cores (the dQ
+kernel's ``loop="overlap"``, what :mod:`.mosaic_backend` runs by default).
 """
 
 from __future__ import annotations
@@ -31,12 +31,6 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from . import mosaic_common as mc
 from . import mosaic_schedule as sched
-
-
-def fuses_dq(head_dim: int, q_block: int) -> bool:
-    """Whether :func:`dkdv` can also accumulate dQ: 64-query blocks (a thread's dQ share is one
-    wgmma M) and D = 128 (the SMEM budget: the two float32 ``[64, D]`` staging tiles)."""
-    return q_block == mc.ROWS and head_dim == 128
 
 
 def query_blocks(b, hkv, group, count, q_block, list_s, gmem, smem, bars):
@@ -61,21 +55,16 @@ def query_blocks(b, hkv, group, count, q_block, list_s, gmem, smem, bars):
 
 
 def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-         dq_acc=None, positions_mask: bool = True, interpret=None):
+         positions_mask: bool = True, interpret=None):
     """Padded inputs -> ``(dk, dv)`` like k, v. ``lists``: per key block (``BLOCK``), the visited
     query blocks (``tuning.block``).
 
     Each step issues ``s = k q^T`` and ``dp = v dout^T`` together, computes p while dp still runs,
-    then issues ``dv += p dout`` and ``dk += ds q`` (interpret mode, and the kernel with ``dq_acc``,
-    wait for each product in turn). (A pipelined loop carrying p and ds into the next step, dv's
-    product issued before ds, and waiting for s and dp together were measured slower and removed:
-    kernels/NOTES.md, runs AA-AB and AN.)
-
-    ``dq_acc``: a zeroed float32 ``jax.Ref`` like q, or None. Given (see :func:`fuses_dq`), each
-    compute thread also adds its dQ share ``scale * ds^T @ k`` over its own 64 keys to it with
-    TMA reduce-adds, one per half of D (no dQ kernel, s and dp computed once; the float32 sums'
-    order varies from run to run). ds goes through SMEM (the transposed wgmma operand); the threads
-    never wait for each other; dV, dK and the first dQ half are issued together.
+    then issues ``dv += p dout`` and ``dk += ds q`` (interpret mode waits for each product in turn).
+    (A pipelined loop carrying p and ds into the next step, dv's product issued before ds, and waiting
+    for s and dp together were measured slower and removed: kernels/NOTES.md, runs AA-AB and AN; so
+    was the compute threads adding their own dQ shares, runs F-J: :mod:`.mosaic_fused` does it in the
+    memory thread.)
     """
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
@@ -85,17 +74,10 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, q_block)  # keys x queries
-    fused = dq_acc is not None
-    if fused and not fuses_dq(head_dim, q_block):
-        raise ValueError(f"dQ fusion needs 64-query blocks and D = 128, got {q_block} and {head_dim}")
 
-    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
-        if fused:
-            (dq_ref, dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
-             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed, dq_bar, turn) = refs
-        else:
-            (dk_ref, dv_ref, k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s,
-             list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed) = refs
+    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dk_ref, dv_ref, k_s, v_s, kt_s, q_s,
+             do_s, qt_s, st_s, list_s, p_s, ds_s, list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar,
+             consumed):
         b, r, hkv = mc.program_ids()
         wg = mc.thread_index()
         count, kb = mc.visit_list(list_ref.at[b, r], list_s, list_bar, wg)
@@ -104,23 +86,6 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                                        (q_s, qt_s, st_s, do_s), (q_bar, qt_bar, st_bar, do_bar))
 
         mc.memory_thread(wg, group * count, issue, consumed, stages)
-
-        half_d = head_dim // 2
-
-        def add_dq(j, half, dq_part):
-            """Adds this thread's dQ share of step ``j``, columns ``half`` of D, to ``dq_ref``."""
-            h, qb, _ = block_of(j)
-            cols = dq_ref.at[b, pl.ds(qb * q_block, q_block), h, pl.ds(half * half_d, half_d)]
-            if interpret is None:  # one reduce-add (the other half's) may stay in flight
-                mc.add_to_gmem(dq_part * scale, dq_s.at[wg, half], cols, in_flight=1)
-                return
-            # interpret mode: read-modify-writes, thread 0 then thread 1 each time (``turn``)
-            for w in range(mc.COMPUTE):
-                @pl.when(wg == w)
-                def _():
-                    mc.add_to_gmem_interpret(dq_part * scale, dq_s.at[w, half], cols, dq_bar.at[w],
-                                             wait_for=turn.at[1 - w], then_signal=turn.at[w],
-                                             skip_wait=(j == 0) & (half == 0) & (w == 0))
 
         @pl.when(wg < mc.MEMORY)
         def _():
@@ -148,24 +113,9 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
                 p16 = mc.register_operand(p.astype(dtype), p_s.at[wg], interpret=interpret)
                 delta = plgpu.load(st_s.at[slot, 1], layout=mc.COL)
                 ds16 = (p * (dp - mc.cols(delta, tile))).astype(dtype)
-                if fused:
-                    ds_s.at[wg][...] = ds16
-                    plgpu.commit_smem()
-                    # dQ in two column halves: one float32 [64, 64] tile at a time besides dk and dv
-                    ds_t = ds_s.at[wg].T
-                    dq_cols = [k_s.at[wg, :, pl.ds(half * half_d, half_d)] for half in range(2)]
-                    ds_a = ds_s.at[wg] if interpret is not None else ds16  # dk's operand from registers
-                    dv, dk, dq_part = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds_a, q_s.at[slot]),
-                                                    (mc.zeros((q_block, half_d)), ds_t, dq_cols[0]),
-                                                    interpret=interpret)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    add_dq(j, 0, dq_part)
-                    (dq_part,) = mc.accumulate((mc.zeros((q_block, half_d)), ds_t, dq_cols[1]), interpret=interpret)
-                    add_dq(j, 1, dq_part)
-                else:
-                    ds16 = mc.register_operand(ds16, ds_s.at[wg], interpret=interpret)
-                    dv, dk = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds16, q_s.at[slot]), interpret=interpret)
-                    plgpu.barrier_arrive(consumed.at[slot])
+                ds16 = mc.register_operand(ds16, ds_s.at[wg], interpret=interpret)
+                dv, dk = mc.accumulate((dv, p16, do_s.at[slot]), (dk, ds16, q_s.at[slot]), interpret=interpret)
+                plgpu.barrier_arrive(consumed.at[slot])
                 return dk, dv
 
             def wait_inputs(slot):
@@ -209,14 +159,7 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
 
             zero = (mc.zeros((mc.ROWS, head_dim)),) * 2
             n_steps = group * count
-            if not fused and interpret is None:
-                dk, dv = lax.fori_loop(0, n_steps, overlap_step, zero)
-            else:
-                dk, dv = lax.fori_loop(0, n_steps, step, zero)
-            if fused and interpret is not None:  # thread 0 awaits thread 1's last turn
-                @pl.when((wg == 0) & (count > 0))
-                def _():
-                    plgpu.barrier_wait(turn.at[1])
+            dk, dv = lax.fori_loop(0, n_steps, step if interpret is not None else overlap_step, zero)
 
             v_s.at[wg][...] = dv.astype(dtype)
             k_s.at[wg][...] = (dk * scale).astype(dtype)
@@ -236,29 +179,16 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
         plgpu.SMEM((stages, 2, q_block), jnp.float32),  # lse2, delta
         plgpu.SMEM(lists.shape[2:], jnp.int32),  # visit list
         mc.staging_scratch(tile, dtype, interpret=interpret),  # p (interpret mode only)
-    ]
-    if fused:
-        scratch += [
-            plgpu.SMEM((mc.COMPUTE, *tile), dtype, transforms=transforms),  # ds of each thread
-            plgpu.SMEM((mc.COMPUTE, 2, q_block, head_dim // 2), jnp.float32,
-                       transforms=mc.mma_transforms(jnp.float32)),  # dQ halves on their way out
-        ]
-    else:
-        scratch.append(mc.staging_scratch(tile, dtype, interpret=interpret))  # ds (interpret mode only)
-    scratch += [
+        mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
         plgpu.Barrier(num_barriers=1),
         *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 3,
         *[plgpu.Barrier(num_barriers=stages)] * 4,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
-    if fused:  # interpret mode only: the read-modify-writes of dQ (read-back, then turn taking)
-        scratch += [plgpu.Barrier(num_barriers=mc.COMPUTE), plgpu.Barrier(num_barriers=mc.COMPUTE)]
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
-    run = mc.kernel(body, name="attention_dkdv_dq" if fused else "attention_dkdv", out_type=out_type,
-                    scratch_types=scratch, grid=(batch, n_k, kv_heads),
-                    interpret=interpret)
-    operands = (q, k, v, dout, stats, q_tokens, kv_tokens, lists)
-    return run(*operands, dq_acc) if fused else run(*operands)
+    run = mc.kernel(body, name="attention_dkdv", out_type=out_type, scratch_types=scratch,
+                    grid=(batch, n_k, kv_heads), interpret=interpret)
+    return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)
 
 
 DQ_STORES = ("smem", "registers")

@@ -323,12 +323,12 @@ def visit_list(list_ref, list_s, list_bar, wg):
     return list_entry(list_s, 0), list_entry(list_s, 1)
 
 
-def memory_thread(wg, count, issue, consumed, stages: int, split: str = "default"):
-    """The body of thread ``MEMORY``: few registers (``REGISTER_SPLITS[split]``), then :func:`stream`."""
+def memory_thread(wg, count, issue, consumed, stages: int):
+    """The body of thread ``MEMORY``: few registers (``REGISTER_SPLIT``), then :func:`stream`."""
 
     @pl.when(wg == MEMORY)
     def _():
-        registers(compute=False, split=split)
+        registers(compute=False)
         stream(count, issue, consumed, stages)
 
 
@@ -363,14 +363,14 @@ def thread_index():
     return lax.axis_index("wg")
 
 
-# Registers per thread (compute, memory): 2 x 128 x compute + 128 x memory fits the 64Ki of an SM.
-# "wide" gives the compute threads 8 more (bench_mosaic_kernels.py --fused-ablations times the kernels with it).
-REGISTER_SPLITS = {"default": (232, 40), "wide": (240, 24)}
+# Registers per thread (compute, memory): 2 x 128 x compute + 128 x memory fits the 64Ki of an SM. (240/24
+# measured level or slower on the split backward's kernels, runs I and AA: kernels/NOTES.md.)
+REGISTER_SPLIT = (232, 40)
 
 
-def registers(compute: bool, split: str = "default"):
-    """Give the compute warpgroups most of the register file (``REGISTER_SPLITS[split]``)."""
-    compute_regs, memory_regs = REGISTER_SPLITS[split]
+def registers(compute: bool):
+    """Give the compute warpgroups most of the register file (``REGISTER_SPLIT``)."""
+    compute_regs, memory_regs = REGISTER_SPLIT
     if compute:
         plgpu.set_max_registers(compute_regs, action="increase")
     else:

@@ -32,7 +32,7 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed). ``--json`` 
         --mosaic-tuning "forward=128,2;dkdv=64,2;dq=128,2|forward=64,4;dkdv=64,4;dq=64,4"
 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
-its own row; ``backward=fused`` (or ``split``, the default) picks how the backward gets dQ,
+its own row; ``backward=dq_thread`` (or ``split``; ``auto``, the default, by length) picks how the backward gets dQ,
 ``forward_rescale=always`` (or ``lazy``) how the forward rescales its accumulator, ``grid=blocks`` (or ``persistent``) the
 forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
 ``smem``) how dQ leaves its kernel, ``dq_loop=overlap`` (or ``serial``)
@@ -212,7 +212,7 @@ DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 
 def set_mosaic_tuning(spec: str):
-    """``forward=128,2;dkdv=64,2;dq=128,2;backward=fused;forward_rescale=always;grid=blocks`` ->
+    """``forward=128,2;dkdv=64,2;dq=128,2;backward=split;forward_rescale=always;grid=blocks`` ->
     mosaic_backend.TUNING, the dQ mode, the forward's rescale and the grids (kernels not named: defaults;
     backward: auto, forward_rescale: lazy, the grids mosaic_backend.DEFAULT_GRID unless named;
     ``grid`` sets both the forward's and dQ's, ``forward_grid`` and ``dq_grid`` one)."""

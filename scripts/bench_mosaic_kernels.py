@@ -5,14 +5,12 @@
     python scripts/bench_mosaic_kernels.py --seqs 8192 --masks causal-packed4 --exp-ablation --rounds 5
 
 Shapes as in ``bench_attention.py`` (B=1, Hq=32, Hkv=8, D=128, bf16). Per (S, mask): the forward,
-the dK/dV and dQ kernels of the split backward, and the fused backward (dQ added inside the dK/dV
-kernel), in ms and in TFLOP/s of the kernel's own work (forward 1x, dK/dV 2x, dQ 1.5x, fused 2.5x the
-forward's FLOPs). ``--dq-write-variants`` also times the fused kernel with its dQ write replaced:
-stored to SMEM only, nothing, a plain TMA store instead of the reduce-add (these three give wrong
-results: an experiment on where the fused kernel's time goes), and atomic adds straight from
-registers (``red.global.add.f32``, no SMEM staging; right results). ``--fused-ablations`` times
-the fused kernel without its dQ matmuls (ds still stored to SMEM, zeros added) and both dK/dV
-kernels with 240 registers per compute thread (24 for the memory thread) instead of 232/40.
+the dK/dV and dQ kernels of the split backward, and the fused backward (``dq_thread``: dQ added inside
+the dK/dV kernel by its memory thread), in ms and in TFLOP/s of the kernel's own work (forward 1x,
+dK/dV 2x, dQ 1.5x, fused 2.5x the forward's FLOPs). ``--dq-write-variants`` also times the fused
+kernel with its dQ write replaced: stored to SMEM only, nothing, a plain TMA store instead of the
+reduce-add (these three give wrong results: an experiment on where the fused kernel's time goes), and
+atomic adds straight from the staged values (``red.global.add.f32``; right results).
 ``--exp-ablation`` times the forward, dK/dV and dQ kernels with every ``exp2`` replaced by one
 multiply-add (wrong results): how much of each kernel's time the exponentials' unit (MUFU) holds.
 ``--kv-ablation`` times the forward kernel with every visit list naming key block 0 (the same K/V
@@ -48,6 +46,7 @@ from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
 from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
 from longvila_jax.kernels import mosaic_common as mc  # noqa: E402
 from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
+from longvila_jax.kernels import mosaic_fused  # noqa: E402
 from longvila_jax.kernels import mosaic_plan  # noqa: E402
 from longvila_jax.kernels.row_stats import softmax_delta  # noqa: E402
 
@@ -76,29 +75,6 @@ def plain_store(value, smem, gmem, in_flight=0):
     smem[...] = value
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(smem, gmem)
-
-
-def without_dq_matmuls(*products, interpret=None):
-    """``mc.accumulate`` that skips the fused kernel's dQ products (its only ``[64, 64]`` ones) and
-    returns their zero inits."""
-    def is_dq(product):
-        return product[0].shape[1] == mc.ROWS
-
-    kept = [p for p in products if not is_dq(p)]
-    kept = iter(ACCUMULATE(*kept, interpret=interpret) if kept else ())
-    return tuple(p[0] if is_dq(p) else next(kept) for p in products)
-
-
-def registers_240(compute: bool, split: str = "default"):
-    """``mc.registers`` with the "wide" split (240 per compute thread, 24 for the memory thread) whatever
-    split the kernel asks for."""
-    del split
-    REGISTERS(compute, "wide")
-
-
-ACCUMULATE = mc.accumulate
-REGISTERS = mc.registers
-ABLATIONS = {"no dQ matmuls": ("accumulate", without_dq_matmuls), "registers 240/24": ("registers", registers_240)}
 
 
 def exp2_as_fma(x):
@@ -192,7 +168,7 @@ def jitted_call(variant: Variant):
 
 
 def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhead="", dq_write_variants=False,
-             fused_ablations=False, exp_ablation=False, kv_ablation=False):
+             exp_ablation=False, kv_ablation=False):
     """``(forward FLOPs, [Variant], split_grads)`` of one (S, mask): what ``main`` times, built once
     (``split_grads()``: the split kernels' (dq, dk, dv), the fused rows' reference)."""
     causal = mask.startswith("causal")
@@ -206,8 +182,9 @@ def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhea
 
     def fused():
         dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
-        dk, dv = mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], dq_acc=dq_acc, **kw)
-        return dq_acc[...].astype(q.dtype), dk, dv
+        dk, dv = mosaic_fused.dkdv_dq(*tensors, key_lists, dq_acc, tuning=mb.TUNING["dkdv"], **mb.DQ_THREAD, **kw)
+        dq_sum = dq_acc[...] * kw["scale"] if mb.DQ_THREAD["dq_scale"] == "after" else dq_acc[...]
+        return dq_sum.astype(q.dtype), dk, dv
 
     def forward_kernel(lists=forward_lists):
         return mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, lists, tuning=mb.TUNING["forward"],
@@ -249,9 +226,6 @@ def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhea
     if dq_write_variants:
         found += [Variant(f"fused, {name}", ("add_to_gmem", write), 2.5, fused, fused=True)
                   for name, write in DQ_WRITE_VARIANTS.items()]
-    if fused_ablations:
-        found += [Variant(f"fused, {name}", patch, 2.5, fused, fused=True) for name, patch in ABLATIONS.items()]
-        found.append(Variant("dK/dV (split), registers 240/24", ABLATIONS["registers 240/24"], 2.0, split_dkdv))
     if exp_ablation:
         if not overheads:
             found.append(Variant("forward kernel alone", None, 1.0, forward_kernel))
@@ -288,14 +262,13 @@ def main():
     parser.add_argument("--dq-write-variants", action="store_true")
     parser.add_argument("--masks", default="causal,full",
                         help="comma-separated: causal, full (longest S only), causal-packed4, full-packed4")
-    parser.add_argument("--fused-ablations", action="store_true")
     parser.add_argument("--exp-ablation", action="store_true",
                         help="also time the forward, dK/dV and dQ kernels with exp2 replaced by one FMA "
                              "(wrong results; what the exponentials cost)")
     parser.add_argument("--kv-ablation", action="store_true",
                         help="also time the forward kernel with every list on key block 0 and with K/V copied only "
                              "for each item's first blocks (wrong results; what the K/V stream costs)")
-    parser.add_argument("--no-fused", action="store_true", help="skip the fused dK/dV/dQ kernel")
+    parser.add_argument("--no-fused", action="store_true", help="skip the fused (dq_thread) dK/dV/dQ kernel")
     parser.add_argument("--overheads", action="store_true",
                         help="also time the forward kernel alone (visit lists given) and the XLA work around "
                              "the kernels: the visit lists and the backward's (lse, delta)")
@@ -340,8 +313,7 @@ def main():
             flops, found, split_grads = variants(
                 seq_len, mask, key=jax.random.key(seq_len + mask.startswith("causal")), no_fused=args.no_fused,
                 overheads=args.overheads, cta_overhead=args.cta_overhead, dq_write_variants=args.dq_write_variants,
-                fused_ablations=args.fused_ablations, exp_ablation=args.exp_ablation,
-                kv_ablation=args.kv_ablation)
+                exp_ablation=args.exp_ablation, kv_ablation=args.kv_ablation)
             grads = split_grads() if any(v.fused for v in found) else None
             timed = []  # (variant, its compiled call, calls per sample, error vs split) of those that built
             for variant in found:

@@ -3,7 +3,7 @@
 # (FlashAttention-2 and cuDNN through SDPA), then the attention benchmark.
 # Run through the device tool from the repo root with .whl (the jax-triton wheel) carried.
 #   STEPS="tests anchor bench"  BENCH_ARGS="--impls triton,cudnn --budget-s 2"
-#   BENCH_ARGS="--impls mosaic,cudnn --mosaic-tuning=backward=split|backward=fused" (no quotes inside
+#   BENCH_ARGS="--impls mosaic,cudnn --mosaic-tuning=backward=split|backward=dq_thread" (no quotes inside
 #     BENCH_ARGS: it is split on spaces, so quotes would reach the script as literal characters)
 #   LONGVILA_GPU_IMPLS=mosaic (backends the tests check)  TEST_K="not 72" (pytest -k)
 #   STEPS="rowstats" (scripts/bench_row_stats.py)  STEPS="grid"  GRID_ARGS="--seqs 8192 --rounds 3" (scripts/bench_mosaic_grid.py)
@@ -11,7 +11,7 @@
 #     (scripts/profile_attention.py once per '|'-separated argument set)
 #   STEPS="power"  POWER_ARGS="--seq 32768 --mask causal|--seq 8192 --mask causal" (scripts/power_attention.py once per
 #     '|'-separated argument set: rate, SM clock and power of steps run back to back under the power cap)
-#   STEPS="kernels ptxas"  KERNEL_ARGS="--seqs 32768 --masks causal --fused-ablations"
+#   STEPS="kernels ptxas"  KERNEL_ARGS="--seqs 32768 --masks causal --dq-write-variants"
 #     kernels: scripts/bench_mosaic_kernels.py; ptxas: each Mosaic kernel's ptxas report (registers,
 #     spills, wgmma serialization), compiled once at S = 1024; PTXAS_SCRIPT="scripts/bench_attention.py
 #     --seqs 1024 --impls mosaic --masks causal --mosaic-tuning=backward=dq_thread" compiles

@@ -104,13 +104,13 @@ def test_backends_match_reference(rng, q_len, kv_len, q_heads, kv_heads, layout,
 
 def mosaic_backward_modes(impl, head_dim):
     """The backward variants to check: for mosaic every way of getting dQ that serves this D (each
-    set before its trace; "fused" needs D = 128; "dq_thread" also with queries on the rows), otherwise just
+    set before its trace; "dq_thread" also with queries on the rows), otherwise just
     the default (None)."""
     if impl != "mosaic":
         yield None
         return
     for mode in mosaic_backend.BACKWARD_MODES:
-        if mode == "auto" or mode == "fused" and head_dim != 128:  # auto: split at these lengths
+        if mode == "auto":  # split at these lengths
             continue
         mosaic_backend.set_backward(mode)
         yield mode

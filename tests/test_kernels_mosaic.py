@@ -285,7 +285,7 @@ def test_plain_causal_head_dim_128(rng, backward_mode):
     run_case(rng, 256, 256, 2, 2, 128, layout="plain", causal=True)
 
 
-@pytest.mark.parametrize("backward_mode", ["fused", "dq_thread"], indirect=True)
+@pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
 def test_fused_dq_packed_gqa_head_dim_128(rng, backward_mode):
     """dQ accumulated inside the dK/dV kernel: GQA 4/2 (each CTA adds to two heads' dQ), ragged
     lengths, packed segments, empty rows, dlse."""
@@ -596,7 +596,7 @@ def test_bad_grid_mode_names_the_choices():
 @pytest.mark.parametrize("setter, bad, message", [
     ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
     ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
-    ("set_backward", "atomic", "mode must be one of .'auto', 'split', 'fused', 'dq_thread'., got 'atomic'"),
+    ("set_backward", "atomic", "mode must be one of .'auto', 'split', 'dq_thread'., got 'atomic'"),
     ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_rescale", "never", "forward rescale: mode must be one of .'lazy', 'always'., got 'never'"),
     ("set_dq_prefetch", "two", "dQ prefetch: mode must be one of .'off', 'next_item'., got 'two'"),
@@ -637,12 +637,12 @@ def _fwd_bwd_for_cuda(batch: int) -> str:
     return jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
 
 
-@pytest.mark.parametrize("backward_mode,delta", [("split", "xla"), ("split", "kernel"), ("fused", "xla"),
-                                                 ("dq_thread", "xla")], indirect=["backward_mode"])
+@pytest.mark.parametrize("backward_mode,delta", [("split", "xla"), ("split", "kernel"), ("dq_thread", "xla")],
+                         indirect=["backward_mode"])
 def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta):
     """The whole Mosaic GPU lowering (layout inference included) for an H100/H200, run on CPU by
     ``jax.export``: forward + backward at D = 128, GQA 4/2, a ragged length. Split runs three
-    kernels (forward, dK/dV, dQ; delta from XLA or from the dQ kernel's GMEM loads of out); fused
+    kernels (forward, dK/dV, dQ; delta from XLA or from the dQ kernel's GMEM loads of out); dq_thread
     adds dQ inside the dK/dV kernel, so two."""
     mosaic_backend.set_delta(delta)
     try:
@@ -650,7 +650,7 @@ def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta):
     finally:
         mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     kernels = module.count("stablehlo.custom_call @mosaic_gpu")
-    assert kernels == {"split": 3, "fused": 2, "dq_thread": 2}[backward_mode]
+    assert kernels == {"split": 3, "dq_thread": 2}[backward_mode]
 
 
 def test_rank_ordered_persistent_grids_lower_for_cuda_without_a_gpu(monkeypatch):
@@ -785,7 +785,7 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
                 ("backward", mb.set_dq_loop, mb.DQ_LOOP, mosaic_backward.DQ_LOOPS),
                 ("backward", mb.set_dq_store, mb.DQ_STORE, mosaic_backward.DQ_STORES),
                 ("backward", mb.set_delta, mb.DELTA, mb.DELTA_MODES),
-                ("backward", mb.set_backward, mb.BACKWARD, ("fused", "dq_thread"))]  # "auto" runs split at 300 keys
+                ("backward", mb.set_backward, mb.BACKWARD, ("dq_thread",))]  # "auto" runs split at 300 keys
     monkeypatch.setitem(mb.PERSISTENT_WORKERS, "count", 2)  # fewer than the 12 items: persistent grids run
     default = {part: _mosaic_kernel_texts(monkeypatch, part) for part in ("forward", "backward")}
     assert _mosaic_kernel_texts(monkeypatch, "forward") == default["forward"]
