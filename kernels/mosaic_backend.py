@@ -200,8 +200,8 @@ def set_dq_thread(spec: str):
 # How the forward rescales its accumulator (``mosaic_rescale.RESCALES``): "lazy" (the default: a row's max
 # moves only when a tile's scores pass it by more than 2^8, and warps whose rows all kept theirs skip the
 # 64 multiplies a thread and step) or "always" (every step, the max following every tile). Measured on an H100
-# (BENCHMARKS.md, runs CI-CJ): the fwd+bwd step held at the power cap +0.3-0.4% at 32k causal (0.996 against 0.992-0.994
-# of JAX cuDNN) and +0.2-0.4% at 8k; the forward alone +1.9% at 8k, +0.4% at 32k.
+# (BENCHMARKS.md, runs CI-CJ): the fwd+bwd step held at the power cap +0.3-0.4% at 32k causal (0.996 against
+# 0.992-0.994 of JAX cuDNN) and +0.2-0.4% at 8k; the forward alone +1.9% at 8k, +0.4% at 32k.
 FORWARD_RESCALE_DEFAULT = "lazy"
 FORWARD_RESCALE = {"mode": FORWARD_RESCALE_DEFAULT}
 

@@ -29,6 +29,7 @@ from . import mosaic_common as mc
 from . import mosaic_rescale
 from . import mosaic_schedule as sched
 
+
 def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
             workers: int | None = None, positions_mask: bool = True, item_order: str = "auto", rescale: str = "lazy",
             interpret=None):

@@ -32,12 +32,12 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed). ``--json`` 
         --mosaic-tuning "forward=128,2;dkdv=64,2;dq=128,2|forward=64,4;dkdv=64,4;dq=64,4"
 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
-its own row; ``backward=dq_thread`` (or ``split``; ``auto``, the default, by length) picks how the backward gets dQ,
-``forward_rescale=always`` (or ``lazy``) how the forward rescales its accumulator, ``grid=blocks`` (or ``persistent``) the
-forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``: one of them), ``dq_store=registers`` (or
-``smem``) how dQ leaves its kernel, ``dq_loop=overlap`` (or ``serial``)
-the dQ kernel's, ``delta=kernel`` (or ``xla``) where the backward's row sum runs, ``item_order=auto`` (or
-``rank``, ``batch``) the order a persistent grid takes the batch rows' items in.
+its own row; ``backward=dq_thread`` (or ``split``; ``auto``, the default, by length) picks how the
+backward gets dQ, ``forward_rescale=always`` (or ``lazy``) how the forward rescales its accumulator,
+``grid=blocks`` (or ``persistent``) the forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``:
+one of them), ``dq_store=registers`` (or ``smem``) how dQ leaves its kernel, ``dq_loop=overlap`` (or
+``serial``) the dQ kernel's loop, ``delta=kernel`` (or ``xla``) where the backward's row sum runs,
+``item_order=auto`` (or ``rank``, ``batch``) the order a persistent grid takes the batch rows' items in.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """

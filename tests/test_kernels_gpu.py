@@ -191,14 +191,16 @@ def test_cudnn_lse_is_differentiable(rng):
     ("blocks", None, "smem", "", "xla", "lazy"), ("persistent", 7, "smem", "", "kernel", "lazy"),
     ("blocks", None, "smem", "", "kernel", "lazy"), ("persistent", 7, "smem", "", "xla", "always"),
     ("blocks", None, "smem", "", "xla", "always"), ("blocks", None, "smem", "serial", "xla", "lazy"),
-    ("persistent", 7, "smem,next_item", "", "xla", "lazy"), ("persistent", 7, "registers,next_item", "", "xla", "lazy")])
+    ("persistent", 7, "smem,next_item", "", "xla", "lazy"),
+    ("persistent", 7, "registers,next_item", "", "xla", "lazy")])
 def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dq_loop, delta, rescale):
     """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
     queries, K/V slots and output stores carried across items on the hardware's asynchronous
     copies) and with one CTA per block, dQ leaving through SMEM or from registers (``,next_item``: the
     persistent dQ holding two items' rows, on 64-key blocks); ``dq_loop``: the dQ loop (asynchronous
-    wgmmas waited for one by one, operands from registers; empty: the default); ``delta``: the backward's row sum in the dQ
-    kernel or in XLA; ``rescale``: how the forward rescales its accumulator (``mosaic_rescale.RESCALES``);
+    wgmmas waited for one by one, operands from registers; empty: the default); ``delta``: the backward's
+    row sum in the dQ kernel or in XLA; ``rescale``: how the forward rescales its accumulator
+    (``mosaic_rescale.RESCALES``);
     packed GQA 32/8, ragged length, empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
