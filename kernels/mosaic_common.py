@@ -197,25 +197,15 @@ def add_to_gmem(value, smem, gmem, *, in_flight=0):
     plgpu.copy_smem_to_gmem(smem, gmem, reduction_op="add")
 
 
-def add_to_gmem_interpret(value, smem, gmem, loaded, *, wait_for=None, then_signal=None, skip_wait=False):
+def add_to_gmem_interpret(value, smem, gmem, loaded):
     """:func:`add_to_gmem` for GPU interpret mode: a read-modify-write through ``smem`` (``loaded``:
-    its copy barrier). Threads adding to the same rows take turns: the caller waits on the barrier
-    ``wait_for`` first (unless ``skip_wait``, a traced bool) and arrives on ``then_signal`` after
-    its write (None for both: one thread writes these rows)."""
-
-    if wait_for is not None:
-        @pl.when(jnp.logical_not(skip_wait))
-        def _():
-            plgpu.barrier_wait(wait_for)
-
+    its copy barrier); one thread writes these rows at a time (the dQ thread)."""
     plgpu.copy_gmem_to_smem(gmem, smem, loaded)
     plgpu.barrier_wait(loaded)
     smem[...] = smem[...] + value
     plgpu.commit_smem()
     plgpu.copy_smem_to_gmem(smem, gmem)
     plgpu.wait_smem_to_gmem(0)
-    if then_signal is not None:
-        plgpu.barrier_arrive(then_signal)
 
 
 def list_entry(list_s, i):

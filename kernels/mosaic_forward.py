@@ -146,13 +146,13 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                 def scores(j):
                     return mc.matmul(q_a, k_s.at[slot_of(j)].T, tile)
 
-                def add_pv(acc, p16, j, release):
-                    """``acc + p16 @ v_j``, then v_j's slot is released on ``release``."""
+                def add_pv(acc, p16, j):
+                    """``acc + p16 @ v_j``, then v_j's slot is released."""
                     slot = slot_of(j)
                     plgpu.barrier_wait(v_bar.at[slot])
                     p16 = mc.register_operand(p16, p_s.at[wg], interpret=interpret)
                     acc = mc.matmul(p16, v_s.at[slot], acc.shape, init=acc, interpret=interpret)
-                    plgpu.barrier_arrive(release.at[slot])
+                    plgpu.barrier_arrive(v_consumed.at[slot])
                     return acc
 
                 def pipelined_step(j, carry):
@@ -161,7 +161,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
                     k_slot, v_slot = slot_of(j), slot_of(j - 1)
                     wait_keys(j)
                     if interpret is not None:  # no asynchronous wgmma: the same math, one product at a time
-                        acc = add_pv(acc, p_prev, j - 1, v_consumed)
+                        acc = add_pv(acc, p_prev, j - 1)
                         s = scores(j)
                         p, m, l, alpha = softmax(s, m, l, j)
                         plgpu.barrier_arrive(consumed.at[k_slot])
@@ -197,7 +197,7 @@ def forward(q, k, v, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, 
 
                 m, l, p = lax.cond(count > 0, first, nothing, None)
                 m, l, p, acc = lax.fori_loop(1, count, pipelined_step, (m, l, p, acc0))
-                acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1, v_consumed), lambda acc: acc, acc)
+                acc = lax.cond(count > 0, lambda acc: add_pv(acc, p, count - 1), lambda acc: acc, acc)
                 plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
                 empty = l == 0.0
                 l_safe = jnp.where(empty, 1.0, l)
