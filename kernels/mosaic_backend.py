@@ -436,6 +436,21 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
     return out[:, :q_len], lse[:, :, :q_len]
 
 
+def dq_thread_grads(q, k, v, dout, stats, q_tokens, kv_tokens, key_lists, *, causal, scale, positions_mask=True,
+                    interpret=None):
+    """``(dq, dk, dv)`` of padded operands from the dq_thread kernel (``mosaic_fused.dkdv_dq`` with ``DQ_THREAD``
+    and the dK/dV tuning): dQ added up in a zeroed float32 buffer inside the dK/dV kernel, scaled (where the
+    kernel left it unscaled) and cast to q's dtype."""
+    dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
+    dk, dv = mosaic_fused.dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, key_lists, dq_acc, causal=causal,
+                                  scale=scale, tuning=TUNING["dkdv"], positions_mask=positions_mask,
+                                  interpret=interpret, **DQ_THREAD)
+    dq_sum = dq_acc[...]
+    if DQ_THREAD["dq_scale"] == "after":  # the kernel added ds^T k unscaled
+        dq_sum = dq_sum * scale
+    return dq_sum.astype(q.dtype), dk, dv
+
+
 def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta=None, packed=True, interpret=None):
     """``(dq, dk, dv)`` from out, lse ``[B, Hq, Sq]`` and cotangents dout, dlse (or None); ``delta``:
     rowsum(dout * out) - dlse when the caller computed it, else None; ``packed``: ``_Plan.packed``."""
@@ -457,15 +472,9 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
                      loop=DQ_LOOP["mode"], prefetch=DQ_PREFETCH["mode"] == "next_item",
                      positions_mask=positions, item_order=ITEM_ORDER["mode"], interpret=interpret)
-    if dq_thread:  # dQ added up in float32 inside the dK/dV kernel
-        dq_acc = jax.new_ref(jnp.zeros(q_p.shape, jnp.float32))
-        operands = (q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists)
-        dk, dv = mosaic_fused.dkdv_dq(*operands, dq_acc, causal=causal, scale=scale, tuning=tuning,
-                                      positions_mask=positions, interpret=interpret, **DQ_THREAD)
-        dq_sum = dq_acc[...]
-        if DQ_THREAD["dq_scale"] == "after":  # the kernel added ds^T k unscaled
-            dq_sum = dq_sum * scale
-        dq_ = dq_sum.astype(q.dtype)
+    if dq_thread:
+        dq_, dk, dv = dq_thread_grads(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal,
+                                      scale=scale, positions_mask=positions, interpret=interpret)
     else:
         if in_kernel:  # dQ first: it computes delta for the dK/dV kernel
             dq_, stats = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists,

@@ -46,7 +46,6 @@ from longvila_jax.kernels import mosaic_backend as mb  # noqa: E402
 from longvila_jax.kernels import mosaic_backward as mbw  # noqa: E402
 from longvila_jax.kernels import mosaic_common as mc  # noqa: E402
 from longvila_jax.kernels import mosaic_forward as mfw  # noqa: E402
-from longvila_jax.kernels import mosaic_fused  # noqa: E402
 from longvila_jax.kernels import mosaic_plan  # noqa: E402
 from longvila_jax.kernels.row_stats import softmax_delta  # noqa: E402
 
@@ -181,10 +180,7 @@ def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhea
     forward_lists = plan.per_query_block(mb.TUNING["forward"].block)
 
     def fused():
-        dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
-        dk, dv = mosaic_fused.dkdv_dq(*tensors, key_lists, dq_acc, tuning=mb.TUNING["dkdv"], **mb.DQ_THREAD, **kw)
-        dq_sum = dq_acc[...] * kw["scale"] if mb.DQ_THREAD["dq_scale"] == "after" else dq_acc[...]
-        return dq_sum.astype(q.dtype), dk, dv
+        return mb.dq_thread_grads(*tensors, key_lists, **kw)
 
     def forward_kernel(lists=forward_lists):
         return mfw.forward(q, k, v, plan.q_tokens, plan.kv_tokens, lists, tuning=mb.TUNING["forward"],
