@@ -155,10 +155,10 @@ def backward_mode(head_dim: int, kv_len: int, packed: bool = False, device_kind:
 # where the loop's invariant wgmma descriptors come from, where dQ is scaled and when dp's product issues.
 DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers",
                          tile_rows="keys", probe="none", descriptors="per_step", dq_scale="after",
-                         dp_issue="after_p")
+                         dp_issue="after_p", k_layout="transposed")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
 _DQ_THREAD_POSITIONAL = ("chunk", "compute", "thread2", "ds_operand", "tile_rows", "probe", "descriptors")
-_DQ_THREAD_NAMES = _DQ_THREAD_POSITIONAL + ("dq_scale", "dp_issue")
+_DQ_THREAD_NAMES = _DQ_THREAD_POSITIONAL + ("dq_scale", "dp_issue", "k_layout")
 
 
 def set_dq_thread(spec: str):

@@ -67,6 +67,11 @@ DQ_SCALES = ("thread2", "after")
 # Diagnostics for the bench (dQ is then wrong): "no_add" skips thread 2's reduce-adds, "no_dq" all of
 # its dQ work (it only hands the ds buffers back).
 PROBES = ("none", "no_add", "no_dq")
+# How k sits in SMEM: "transposed" (``[D, keys]``, from an XLA transpose of k before the kernel: a dQ product
+# reads any 32 rows of D as its K-major ``b`` operand) or "rows" (``[keys, D]`` as k is in GMEM, no transpose:
+# the compute threads read it as the K-major ``a`` of ``s^T = k q^T`` and a dQ product reads a 64-column slice,
+# one swizzle tile wide, as its N-major ``b``; 64-column chunks only).
+K_LAYOUTS = ("transposed", "rows")
 # SMEM slots for q/dout, exactly (dk leaves through slots 0 and 1): with ds by parity (32 KiB) and the dQ
 # staging (32 KiB) beside k, v and two slots the CTA holds about 197 KiB of the 227 KiB it may have (213
 # with queries on the rows, whose p tiles take 16 more); a third slot does not fit at D = 128.
@@ -83,18 +88,14 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             tuning: mc.Tuning, chunk: int = DQ_CHUNK, registers: tuple[int, int] = REGISTERS,
             ds_operand: str = "registers", tile_rows: str = "keys", probe: str = "none",
             descriptors: str = "per_step", dq_scale: str = "thread2", dp_issue: str = "with_s",
-            positions_mask: bool = True, interpret=None):
+            k_layout: str = "transposed", positions_mask: bool = True, interpret=None):
     """Padded inputs (as :func:`.mosaic_backward.dkdv`) -> ``(dk, dv)`` like k, v; adds dQ to
     ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block, the visited 64-query
     blocks. ``chunk``: see ``DQ_CHUNK``; ``registers``: see ``REGISTERS``; ``ds_operand``: see
     ``DS_OPERANDS`` ("smem" only with ``tile_rows`` "queries"); ``tile_rows``: see ``TILE_ROWS``;
     ``probe``: see ``PROBES``; ``descriptors``: see ``DESCRIPTORS``;
     ``dq_scale``: see ``DQ_SCALES`` (with "after", ``dq_acc`` receives ``ds^T @ k`` unscaled); ``dp_issue``: see
-    ``DP_ISSUES``.
-
-    k sits in SMEM transposed (``[D, keys]``, from an XLA transpose of k), so that a dQ product can read
-    any 32 rows of D as its K-major ``b`` operand; the compute threads read it as the transposed ``a`` of
-    ``s = k q^T``."""
+    ``DP_ISSUES``; ``k_layout``: see ``K_LAYOUTS``."""
     q_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -115,7 +116,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                          f"from SMEM: ds_operand 'smem') and probe one of {PROBES}, got {tile_rows!r}, "
                          f"{ds_operand!r}, {probe!r}")
     for name, value, allowed in (("descriptors", descriptors, DESCRIPTORS), ("dq_scale", dq_scale, DQ_SCALES),
-                                 ("dp_issue", dp_issue, DP_ISSUES)):
+                                 ("dp_issue", dp_issue, DP_ISSUES), ("k_layout", k_layout, K_LAYOUTS)):
         if value not in allowed:
             raise ValueError(f"the fused dK/dV/dQ kernel: {name} must be one of {allowed}, got {value!r}")
     compute_regs, dq_regs = registers
@@ -123,9 +124,13 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         raise ValueError(f"the fused dK/dV/dQ kernel: registers (compute, thread 2) must be multiples of 8, "
                          f"at least 24, with 2 x compute + thread 2 <= 504, got {registers}")
     chunk = min(chunk, head_dim)
+    k_rows_first = k_layout == "rows"
+    if k_rows_first and chunk % 64:
+        raise ValueError(f"the fused dK/dV/dQ kernel: k_layout 'rows' reads k in 64-column slices (one swizzle "
+                         f"tile), so chunk must be 64, got {chunk}")
     n_chunks = head_dim // chunk
 
-    def body(q_ref, k_t_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, dk_ref, dv_ref,
+    def body(q_ref, k_in_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, dk_ref, dv_ref,
              k_s, v_s, kt_s, q_s, do_s, qt_s, st_s, list_s, p_s, ds_s, dq_s,
              list_bar, k_bar, v_bar, kt_bar, q_bar, do_bar, qt_bar, st_bar, consumed,
              ds_ready, ds_free, loops_done, dq_loaded):
@@ -151,8 +156,9 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             def chunk_step(c, carry):
                 cols = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
                 ds_tiles = [ds_s.at[parity, t] if by_queries else ds_s.at[parity, t].T for t in range(mc.COMPUTE)]
-                part = mc.chain((q_block, chunk), [(ds_t, k_s.at[t, cols, :].T) for t, ds_t in enumerate(ds_tiles)],
-                                interpret=interpret)
+                k_cols = [k_s.at[t, :, cols] if k_rows_first else k_s.at[t, cols, :].T  # [keys, chunk]
+                          for t in range(mc.COMPUTE)]
+                part = mc.chain((q_block, chunk), list(zip(ds_tiles, k_cols)), interpret=interpret)
 
                 @pl.when(c == n_chunks - 1)  # every product that reads this parity's ds is done
                 def _():
@@ -200,7 +206,8 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
         def _():
             plgpu.set_max_registers(compute_regs, action="increase")
             k_rows = pl.ds(kb * mc.BLOCK + wg * mc.ROWS, mc.ROWS)
-            mc.copy_in([(k_t_ref.at[b, hkv, :, k_rows], k_s.at[wg], k_bar.at[wg]),
+            k_src = k_in_ref.at[b, k_rows, hkv] if k_rows_first else k_in_ref.at[b, hkv, :, k_rows]
+            mc.copy_in([(k_src, k_s.at[wg], k_bar.at[wg]),
                         (v_ref.at[b, k_rows, hkv], v_s.at[wg], v_bar.at[wg]),
                         (kt_ref.at[b, :, k_rows], kt_s.at[wg], kt_bar.at[wg])])
 
@@ -235,9 +242,10 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
             def products(slot, own):
                 """``(s, dp)``'s operands: ``q k^T, dout v^T`` (queries on rows) or ``k q^T, v dout^T``;
                 ``own``: this thread's index into k_s and v_s (see ``DESCRIPTORS``)."""
+                k_tile = k_s.at[own]  # [keys, D] (rows) or [D, keys]
                 if by_queries:
-                    return (q_s.at[slot], k_s.at[own]), (do_s.at[slot], v_s.at[own].T)
-                return (k_s.at[own].T, q_s.at[slot].T), (v_s.at[own], do_s.at[slot].T)
+                    return (q_s.at[slot], k_tile.T if k_rows_first else k_tile), (do_s.at[slot], v_s.at[own].T)
+                return (k_tile if k_rows_first else k_tile.T, q_s.at[slot].T), (v_s.at[own], do_s.at[slot].T)
 
             def step(j, carry):
                 dk, dv = carry
@@ -304,7 +312,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
                 return carry
 
             lax.fori_loop(jnp.maximum(n_steps - 2, 0), n_steps, await_free, None)
-            # dk leaves through q's slot ``wg`` (k's tile is transposed), once the other thread's last
+            # dk leaves through q's slot ``wg`` (k's tile may be transposed), once the other thread's last
             # products are done reading q too
             plgpu.barrier_arrive(loops_done.at[0])
             plgpu.barrier_wait(loops_done.at[0])
@@ -318,10 +326,11 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
-    keys_t = plgpu.SMEM((mc.COMPUTE, head_dim, mc.ROWS), dtype, transforms=transforms)  # k transposed
+    keys = plgpu.SMEM((mc.COMPUTE, *((mc.ROWS, head_dim) if k_rows_first else (head_dim, mc.ROWS))), dtype,
+                      transforms=transforms)
     streamed = plgpu.SMEM((stages, q_block, head_dim), dtype, transforms=transforms)
     scratch = [
-        keys_t, resident,  # k (transposed), v (then dv)
+        keys, resident,  # k (see K_LAYOUTS), v (then dv)
         plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # key tokens
         streamed, streamed,  # q, dout
         plgpu.SMEM((stages, 2, q_block), jnp.int32),  # query tokens
@@ -346,5 +355,5 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
     out_type = (jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype))
     run = mc.kernel(body, name="attention_dkdv_dq_thread", out_type=out_type, scratch_types=scratch,
                     grid=(batch, n_k, kv_heads), interpret=interpret)
-    k_t = jnp.transpose(k, (0, 2, 3, 1))  # [B, Hkv, D, S]
-    return run(q, k_t, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc)
+    k_in = k if k_rows_first else jnp.transpose(k, (0, 2, 3, 1))  # [B, S, Hkv, D] or [B, Hkv, D, S]
+    return run(q, k_in, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc)

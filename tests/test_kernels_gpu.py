@@ -120,7 +120,9 @@ def mosaic_backward_modes(impl, head_dim):
     try:
         for label, spec in (("queries on the rows", "64,216,72,smem,queries"),
                             ("dp after p, 216/72", "dp_issue:after_p"),
-                            ("dp after p, 208/88", "dp_issue:after_p,compute:208,thread2:88")):
+                            ("dp after p, 208/88", "dp_issue:after_p,compute:208,thread2:88"),
+                            ("k in rows", "k_layout:rows"),
+                            ("queries on the rows, k in rows", "ds_operand:smem,tile_rows:queries,k_layout:rows")):
             mosaic_backend.set_dq_thread(spec)
             yield f"dq_thread, {label}"
     finally:

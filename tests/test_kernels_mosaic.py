@@ -311,11 +311,13 @@ def dq_thread_options(request):
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
 @pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries",
                                                "ds_operand:smem,tile_rows:queries,descriptors:hoisted,dq_scale:thread2",
-                                               "dq_scale:thread2"], indirect=True)
+                                               "dq_scale:thread2", "k_layout:rows",
+                                               "ds_operand:smem,tile_rows:queries,k_layout:rows"], indirect=True)
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_dq_thread_options_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
     """The dQ-thread kernel's other forms: FlashAttention-3's tile layout (s = q k^T; p and ds through
-    SMEM, read transposed by dv and dk), loop-invariant descriptors, dQ scaled inside the kernel: GQA 2/1,
+    SMEM, read transposed by dv and dk), loop-invariant descriptors, dQ scaled inside the kernel, k kept
+    in its own [keys, D] layout (no transpose) in either tile layout: GQA 2/1,
     ragged lengths, packed segments, empty rows, dlse."""
     assert mosaic_backend.DQ_THREAD != mosaic_backend.DQ_THREAD_DEFAULT
     run_switch_case(rng, head_dim)
