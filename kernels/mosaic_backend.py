@@ -22,7 +22,7 @@ from . import mosaic_common as mc
 from . import mosaic_fused
 from . import mosaic_plan as plan
 from . import trace_time
-from .row_stats import backward_delta, lse_base2, minus_dlse
+from .row_stats import backward_delta, lse_base2
 
 NAME = "mosaic"
 _DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -213,29 +213,19 @@ def set_forward_rescale(mode: str):
     _choose("forward rescale", RESCALES, FORWARD_RESCALE, mode)
 
 
-# How the dQ kernel's loop waits for s and dp (``mosaic_backward.DQ_LOOPS``): "overlap" (the default) for s
-# first, computing p while dp runs; "serial" for both at once. On an H200 (run AN, fwd+bwd, causal) "overlap"
-# alone: +1.1% at 8k, +3.4% at 32k.
-DQ_LOOP_DEFAULT = "overlap"
-DQ_LOOP = {"mode": DQ_LOOP_DEFAULT}
+# The dQ kernel's loop waits for s alone, computing p while dp runs: its "serial" loop was measured and
+# removed in the eighteenth session, its row is in kernels/NOTES.md.
 
 
-def set_dq_loop(mode: str):
-    """Choose how the dQ kernel's loop waits (see ``mosaic_backward.DQ_LOOPS``)."""
-    from .mosaic_backward import DQ_LOOPS
-
-    _choose("dQ loop", DQ_LOOPS, DQ_LOOP, mode)
-
-
-# How many CTAs run the forward and dQ kernels: "persistent" launches one per SM, each looping over
-# query blocks and heads (mosaic_schedule), so the next block's visit list and queries arrive while
-# the current one finishes; "blocks" launches one CTA per query block and head. Measured on an H200
-# (BENCHMARKS.md, run V, kernels alone, 8k tokens): persistent forward -8% time with 4 packed samples
-# (causal), -1% plain causal; persistent dQ +11% and +3% (its dout waits for dq to leave SMEM), so dQ
-# keeps one CTA per block. Run X repeated it: forward -9% / -3%, persistent dQ +8% / +1%.
+# How many CTAs run the forward: "persistent" launches one per SM, each looping over query blocks and
+# heads (mosaic_schedule), so the next block's visit list and queries arrive while the current one
+# finishes; "blocks" launches one CTA per query block and head (what long calls run, whose lists do not
+# fit a persistent CTA). Measured on an H200 (BENCHMARKS.md, run V, kernels alone, 8k tokens): persistent
+# forward -8% time with 4 packed samples (causal), -1% plain causal; run X repeated it: -9% / -3%.
+# (The dQ kernel runs one CTA per block: its persistent grid was measured and removed in the eighteenth
+# session, its row is in kernels/NOTES.md.)
 GRID_MODES = ("persistent", "blocks")
-GRID_KERNELS = ("forward", "dq")
-GRID = {"forward": "persistent", "dq": "blocks"}
+GRID = {"forward": "persistent"}
 DEFAULT_GRID = dict(GRID)
 # Workers of the persistent grid; None: the device's SM count (132 on an H100 or H200 SXM).
 PERSISTENT_WORKERS = {"count": None}
@@ -255,55 +245,23 @@ def set_item_order(mode: str):
     _choose("item order", ITEM_ORDERS, ITEM_ORDER, mode)
 
 
-# How the dQ kernel's result leaves the CTA: "smem" (staged in dout's SMEM buffer, one TMA store) or
-# "registers" (stored straight from the wgmma accumulators, so a persistent dQ can fetch the next
-# dout at once). Measured on an H200 (BENCHMARKS.md, run X): "registers" was no faster on either grid
-# (0.430 vs 0.406 ms per block, 4 packed samples of 2k), so "smem" stays the default.
-DQ_STORE = {"mode": "smem"}
+# dQ leaves its kernel through dout's SMEM buffer (one TMA store): the store from registers was measured and
+# removed in the eighteenth session, its row is in kernels/NOTES.md.
+# A dQ CTA holds one item's rows: prefetching the next item's was measured and removed in the eighteenth
+# session, its row is in kernels/NOTES.md.
+# The backward's delta is XLA's row sum (:mod:`.row_stats`): delta in the dQ kernel was measured and removed
+# in the eighteenth session, its row is in kernels/NOTES.md.
 
 
-def set_dq_store(mode: str):
-    """Choose how dQ leaves the kernel (see ``mosaic_backward.DQ_STORES``)."""
-    from .mosaic_backward import DQ_STORES
-
-    _choose("dQ store", DQ_STORES, DQ_STORE, mode)
-
-
-# Whether a persistent dQ kernel holds one item's q and dout ("off": the next q is fetched after the last
-# s, the next dout once dq has left dout's buffer) or two ("next_item": item i + 1's rows are fetched as
-# item i starts). Run X put a persistent dQ item at 6.55 us besides its tiles against 4.9 us per block; a
-# model of the grids (scripts/grid_balance.py, kernels/NOTES.md) says items under about 4.3 us would make
-# the persistent dQ the faster one with 4 packed samples at 8k. "next_item" needs a persistent dQ grid
-# (``set_grid("persistent", "dq")``) and SMEM for both items: 64-key blocks in 2 stages at D = 128
-# (``set_tuning("dq", 64, 2)``). Run BJ: dQ alone 1.6% faster than per block at packed 8k (5-9% predicted),
-# 3.5% slower at plain 8k, the whole packed step unchanged; "off" stays the default.
-DQ_PREFETCH = {"mode": "off"}
+def _grid_kernel(kernel: str):
+    if kernel not in GRID:
+        raise ValueError(f"mosaic grid: kernel must be 'forward' (the dQ kernel runs one CTA per block), "
+                         f"got {kernel!r}")
 
 
-def set_dq_prefetch(mode: str):
-    """Choose how many items' rows a persistent dQ kernel holds (see ``mosaic_backward.DQ_PREFETCHES``)."""
-    from .mosaic_backward import DQ_PREFETCHES
-
-    _choose("dQ prefetch", DQ_PREFETCHES, DQ_PREFETCH, mode)
-
-
-# Where the backward's ``delta = rowsum(dout * out) - dlse`` is computed: "xla" (the default: a row sum in
-# XLA before both kernels, :mod:`.row_stats`) or "kernel" (the dQ kernel, run first, loads out's rows from
-# GMEM into registers, computes delta and hands it to the dK/dV kernel: mosaic_backward.dq(out=...)). On an
-# H200 (BENCHMARKS.md, run AG) "kernel" took the 37 us row sum away but added 23 us to the dQ kernel (4
-# packed samples of 2k; 1 us per CTA for the unvectorized loads), and fwd+bwd moved by -1.0% to +1.3%:
-# within the noise, so "xla" stays. The dq_thread backward always uses "xla".
-DELTA_MODES = ("xla", "kernel")
-DELTA = {"mode": "xla"}
-
-
-def set_delta(mode: str):
-    """Choose where the backward's delta is computed (see ``DELTA_MODES``)."""
-    _choose("delta", DELTA_MODES, DELTA, mode)
-
-
-def workers(kernel: str) -> int | None:
-    """CTAs of ``kernel``'s persistent grid, or None for one CTA per block."""
+def workers(kernel: str = "forward") -> int | None:
+    """CTAs of ``kernel``'s persistent grid (the forward's), or None for one CTA per block."""
+    _grid_kernel(kernel)
     if GRID[kernel] != "persistent":
         return None
     if PERSISTENT_WORKERS["count"] is not None:
@@ -322,13 +280,12 @@ def set_backward(mode: str):
     _choose("backward", BACKWARD_MODES, BACKWARD, mode)
 
 
-def set_grid(mode: str, kernel: str | None = None):
-    """Choose the grid (see ``GRID_MODES``) of ``kernel`` ("forward" or "dq"; None: both)."""
-    if kernel is not None and kernel not in GRID_KERNELS:
-        raise ValueError(f"mosaic grid: kernel must be one of {GRID_KERNELS} or None, got {kernel!r}")
+def set_grid(mode: str, kernel: str = "forward"):
+    """Choose the grid (see ``GRID_MODES``) of ``kernel`` (only the forward has a choice)."""
+    _grid_kernel(kernel)
     if mode not in GRID_MODES:
         raise ValueError(f"mosaic grid: mode must be one of {GRID_MODES}, got {mode!r}")
-    GRID.update({name: mode for name in (GRID_KERNELS if kernel is None else (kernel,))})
+    GRID[kernel] = mode
 
 
 # Which masked tiles get the cheaper, positions-only mask (:mod:`.mosaic_plan` ``MASK_KINDS``):
@@ -460,27 +417,18 @@ def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta
     q_len, kv_len, q_pad, kv_pad = q.shape[1], k.shape[1], q_tokens.shape[-1], kv_tokens.shape[-1]
     lse = lse.astype(jnp.float32)
     tuning = TUNING["dkdv"]
-    mode = backward_mode(q.shape[-1], kv_len, packed)
-    dq_thread = mode == "dq_thread"
-    in_kernel = DELTA["mode"] == "kernel" and not dq_thread and delta is None
-    # row 1: delta, or (computed in the dQ kernel) the part of it that does not need out
-    delta = minus_dlse(lse, dlse) if in_kernel else backward_delta(out, dout, lse, dlse, delta)
+    dq_thread = backward_mode(q.shape[-1], kv_len, packed) == "dq_thread"
+    delta = backward_delta(out, dout, lse, dlse, delta)
     stats = jnp.pad(jnp.stack([lse_base2(lse), delta], axis=2), ((0, 0), (0, 0), (0, 0), (0, q_pad - q_len)))
     q_p, k_p, v_p = _pad_rows(q, q_pad), _pad_rows(k, kv_pad), _pad_rows(v, kv_pad)
     dout_p = _pad_rows(dout.astype(q.dtype), q_pad)
     positions = positions_mask()
-    dq_kwargs = dict(causal=causal, scale=scale, tuning=TUNING["dq"], workers=workers("dq"), store=DQ_STORE["mode"],
-                     loop=DQ_LOOP["mode"], prefetch=DQ_PREFETCH["mode"] == "next_item",
-                     positions_mask=positions, item_order=ITEM_ORDER["mode"], interpret=interpret)
     if dq_thread:
         dq_, dk, dv = dq_thread_grads(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal,
                                       scale=scale, positions_mask=positions, interpret=interpret)
     else:
-        if in_kernel:  # dQ first: it computes delta for the dK/dV kernel
-            dq_, stats = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists,
-                            out=_pad_rows(out.astype(q.dtype), q_pad), **dq_kwargs)
-        else:
-            dq_ = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists, **dq_kwargs)
+        dq_ = dq(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, query_lists, causal=causal, scale=scale,
+                 tuning=TUNING["dq"], positions_mask=positions, item_order=ITEM_ORDER["mode"], interpret=interpret)
         dk, dv = dkdv(q_p, k_p, v_p, dout_p, stats, q_tokens, kv_tokens, key_lists, causal=causal, scale=scale,
                       tuning=tuning, positions_mask=positions, interpret=interpret)
     return dq_[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]

@@ -13,12 +13,11 @@ custom VJP. ``stats`` is float32 ``[B, Hq, 2, Sq]``: row 0 the lse in base 2
   visited query block, for each query head of the GQA group in turn (the group's
   dK/dV sum stays in registers). The grid's ``r`` names a visit list, not a block:
   lists come longest first (:mod:`.mosaic_plan`).
-* dQ, work items ``(b, r, h)`` like the forward's (one CTA each, or a persistent
-  grid: :mod:`.mosaic_schedule`): threads 0/1 own 64 query rows each; thread 2
-  streams k, v and the key tokens of every visited key block.
+* dQ, work items ``(b, r, h)`` like the forward's (:mod:`.mosaic_schedule`), one CTA
+  each: threads 0/1 own 64 query rows each; thread 2 streams k, v and the key tokens
+  of every visited key block.
 
-Both loops wait for s alone and compute p while dp is still on the tensor cores (the dQ
-kernel's ``loop="overlap"``, what :mod:`.mosaic_backend` runs by default).
+Both loops wait for s alone and compute p while dp is still on the tensor cores.
 """
 
 from __future__ import annotations
@@ -191,43 +190,18 @@ def dkdv(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scal
     return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)
 
 
-DQ_STORES = ("smem", "registers")
-# How many items' resident rows a persistent dQ CTA holds: "off" one, "next_item" two (``dq(prefetch=)``)
-DQ_PREFETCHES = ("off", "next_item")
-# SMEM the dQ kernel's tiles may take beside its lists, tokens and stats: the default's q, dout (64 KB)
-# and two slots of 128-key k and v (128 KB) at D = 128
-DQ_TILE_BYTES = 192 * 1024
-# How the dQ loop waits for s = q k^T and dp = dout v^T: "serial" for both at once, "overlap" for s
-# first, computing p while dp still runs (interpret mode runs it as "serial").
-DQ_LOOPS = ("serial", "overlap")
+# (The dQ kernel's switches, its store from registers, its persistent grid and prefetch of the next item, its
+# in-kernel delta and serial loop, were measured and removed in the eighteenth session: kernels/NOTES.md.)
 
 
 def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale: float, tuning: mc.Tuning,
-       workers: int | None = None, store: str = "smem", loop: str = "serial", prefetch: bool = False, out=None,
        positions_mask: bool = True, item_order: str = "auto", interpret=None):
     """Padded inputs -> dq like q. ``lists``: per query block (``BLOCK``), the visited key blocks
-    (``tuning.block``). ``workers``: CTAs of a persistent grid (None: one per query block and head);
-    the next item's q, tokens and stats are fetched once the current item's last s is computed;
-    ``item_order``: the order its items are taken in (``mosaic_schedule.ITEM_ORDERS``).
-    ``loop``: see ``DQ_LOOPS``. ``store``: how dq leaves, ``smem`` (staged in dout's buffer, then one
-    TMA store; the next dout is fetched once that store has read the buffer) or ``registers`` (stored
-    to GMEM straight from the wgmma accumulator layout; the next dout is fetched with q).
-    ``prefetch``: a persistent CTA holds two items' q, dout, tokens and stats (``lax.rem(i, 2)``) and
-    fetches item i + 1's as item i starts, so they arrive while item i runs; it needs SMEM for both
-    pairs (``DQ_TILE_BYTES``: 64-key blocks in 2 stages at D = 128) and computes no delta (``out``).
-
-    ``out`` (padded like q): given, the kernel computes ``delta = rowsum(out * dout) + stats[:, :, 1]``
-    itself (``stats`` row 1 then holds ``-dlse``, 0 on empty rows) and returns ``(dq, stats)`` with that
-    delta in row 1, for the dK/dV kernel after it: no XLA row sum. out's rows go from GMEM straight
-    into registers (the SMEM has no room for a third resident tile)."""
-    if store not in DQ_STORES:
-        raise ValueError(f"mosaic dQ: store must be one of {DQ_STORES}, got {store!r}")
-    if loop not in DQ_LOOPS:
-        raise ValueError(f"mosaic dQ: loop must be one of {DQ_LOOPS}, got {loop!r}")
-    own_delta = out is not None
-    if prefetch and own_delta:
-        raise ValueError("mosaic dQ: prefetch does not compute delta in the kernel: pass out=None "
-                         "(mosaic_backend.set_delta('xla'))")
+    (``tuning.block``). One CTA per query block and head (the work items of :mod:`.mosaic_schedule`, one
+    per CTA; ``item_order``: their order, ``mosaic_schedule.ITEM_ORDERS``). Each step issues ``s = q k^T``
+    and ``dp = dout v^T`` and computes p while dp still runs (interpret mode waits for both at once); dq
+    leaves through dout's SMEM buffer, in one TMA store. (The body keeps the item loop of its persistent
+    form: with one item per CTA, the fetches for a next item never run.)"""
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -236,23 +210,10 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     dtype = q.dtype
     scale2 = scale * mc.LOG2E
     tile = (mc.ROWS, kv_block)  # queries x keys
-    residents = 2 if prefetch else 1  # items whose q and dout a CTA holds at once
-    tile_bytes = (residents * 2 * mc.BLOCK + 2 * stages * kv_block) * head_dim * jnp.dtype(dtype).itemsize
-    if prefetch and tile_bytes > DQ_TILE_BYTES:
-        raise ValueError(f"mosaic dQ prefetch: two items' q and dout and {stages} slots of {kv_block}-key k and v "
-                         f"take {tile_bytes // 1024} KB of SMEM, over {DQ_TILE_BYTES // 1024} KB: stream 64-key "
-                         f"blocks in 2 stages (mosaic_backend.set_tuning('dq', 64, 2))")
-    # prefetch: item i + 1's rows are fetched as item i starts, so its list must have arrived by then
-    work, list_slots = sched.plan_work((batch, n_q, q_heads), workers, lists.shape, lookahead=prefetch,
-                                       order=item_order)
+    work, list_slots = sched.plan_work((batch, n_q, q_heads), None, lists.shape, order=item_order)
 
-    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, *refs):
-        if own_delta:
-            o_ref, dq_ref, st_out_ref, *scratch = refs
-        else:
-            (dq_ref, *scratch), o_ref, st_out_ref = refs, None, None
-        (q_s, do_s, qt_s, st_s, k_s, v_s, kt_s, list_s, ds_s,
-         list_bar, list_free, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed) = scratch
+    def body(q_ref, k_ref, v_ref, do_ref, st_ref, qt_ref, kt_ref, list_ref, dq_ref, q_s, do_s, qt_s, st_s, k_s, v_s,
+             kt_s, list_s, ds_s, list_bar, list_free, q_bar, do_bar, qt_bar, st_bar, k_bar, v_bar, kt_bar, consumed):
         w = lax.axis_index("w")
         wg = mc.thread_index()
         copies = mc.key_block_issuers(kv_block, (k_ref, kt_ref, v_ref), (k_s, kt_s, v_s), (k_bar, kt_bar, v_bar),
@@ -264,34 +225,18 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
             mc.registers(compute=True)
             n_items = work.count(w)
 
-            def held(i):
-                """Item ``i``'s index into the resident buffers and their barriers (``residents x COMPUTE``)."""
-                return wg if residents == 1 else lax.rem(i, residents) * mc.COMPUTE + wg
-
             def query_rows(i):
                 return sched.item_rows(work, w, list_s, i, wg)
 
             def fetch_queries(i):  # item i's q, query tokens and stats
-                r = held(i)
                 sched.fetch_item(work, w, list_s, list_bar, i, wg, lambda b, h, rows: [
-                    (q_ref.at[b, rows, h], q_s.at[r], q_bar.at[r]),
-                    (qt_ref.at[b, :, rows], qt_s.at[r], qt_bar.at[r]),
-                    (st_ref.at[b, h, :, rows], st_s.at[r], st_bar.at[r])])
+                    (q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg]),
+                    (qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg]),
+                    (st_ref.at[b, h, :, rows], st_s.at[wg], st_bar.at[wg])])
 
             def fetch_dout(i):
                 b, h, rows = query_rows(i)
-                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_s.at[held(i)], do_bar.at[held(i)])
-
-            def item_delta(out_rows, b, h, q_rows):
-                """This thread's delta (``ROW``) from out's rows (registers) and dout's (arrived); the
-                stats with this delta go to ``st_out_ref``. (One resident item: no prefetch.)"""
-                dout_rows = plgpu.load(do_s.at[wg], layout=plgpu.Layout.WGMMA)
-                row_sum = jnp.sum(out_rows.astype(jnp.float32) * dout_rows.astype(jnp.float32), axis=1)
-                delta = row_sum + plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
-                st_s.at[wg, 1][...] = delta
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(st_s.at[wg], st_out_ref.at[b, h, :, q_rows])
-                return delta
+                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_s.at[wg], do_bar.at[wg])
 
             @pl.when(n_items > 0)
             def _():
@@ -302,26 +247,12 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 list_i = list_s.at[work.list_slot(i)]
                 count = mc.list_entry(list_i, 0)
                 b, h, q_rows = query_rows(i)
-                r = held(i)
-                # out's rows straight from GMEM into registers, while q and dout arrive by TMA
-                out_rows = (plgpu.load(o_ref.at[b, q_rows, h], layout=plgpu.Layout.WGMMA, optimized=False)
-                            if own_delta else None)  # (optimized: SMEM only)
                 for bar in (q_bar, qt_bar, st_bar, do_bar):
-                    plgpu.barrier_wait(bar.at[r])
-                q_seg = plgpu.load(qt_s.at[r, 0], layout=mc.ROW)
-                q_pos = plgpu.load(qt_s.at[r, 1], layout=mc.ROW)
-                lse2 = plgpu.load(st_s.at[r, 0], layout=mc.ROW)
-                if own_delta:
-                    delta = item_delta(out_rows, b, h, q_rows)
-                else:
-                    delta = plgpu.load(st_s.at[r, 1], layout=mc.ROW)
-                if prefetch:  # item i + 1's rows into the buffers item i - 1 held
-                    @pl.when(i + 1 < n_items)
-                    def _():
-                        if store == "smem":  # item i - 1's dq store has read its dout buffer
-                            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                        fetch_queries(i + 1)
-                        fetch_dout(i + 1)
+                    plgpu.barrier_wait(bar.at[wg])
+                q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
+                q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
+                lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
+                delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
 
                 def step_(j, acc):
                     slot = lax.rem(step + j, stages)
@@ -335,17 +266,17 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                         return mc.mask_tile(p, 0.0, mask_kind, kt_s.at[slot], q_seg, q_pos, causal=causal,
                                             q_on_rows=True, positions_mask=positions_mask)
 
-                    if loop == "overlap" and interpret is None:
+                    if interpret is None:
                         def overlapped(s_acc, dp_acc):
-                            plgpu.wgmma(s_acc, q_s.at[r], k_s.at[slot].T)
-                            plgpu.wgmma(dp_acc, do_s.at[r], v_s.at[slot].T)
+                            plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[slot].T)
+                            plgpu.wgmma(dp_acc, do_s.at[wg], v_s.at[slot].T)
                             p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1))  # dp may still run
                             return p, plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
 
                         p, dp = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32), plgpu.ACC(tile, jnp.float32))
                     else:
-                        s, dp = mc.matmuls((q_s.at[r], k_s.at[slot].T, tile),
-                                           (do_s.at[r], v_s.at[slot].T, tile))
+                        s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile),
+                                           (do_s.at[wg], v_s.at[slot].T, tile))
                         p = probs(s)
                     ds = p * (dp - mc.rows(delta, tile))
                     ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
@@ -356,25 +287,14 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 acc = lax.fori_loop(0, count, step_, mc.zeros((mc.ROWS, head_dim)))
                 last = i + 1 >= n_items
 
-                if not prefetch:
-                    @pl.when(jnp.logical_not(last))
-                    def _():
-                        if own_delta:  # this item's stats store has read st_s
-                            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-                        fetch_queries(i + 1)
-                        if store == "registers":  # dout's buffer is free too: all dp are computed
-                            fetch_dout(i + 1)
+                @pl.when(jnp.logical_not(last))
+                def _():
+                    fetch_queries(i + 1)
 
                 plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
-                dq_tile = (acc * scale).astype(dtype)
-                if store == "registers":
-                    dq_ref.at[b, q_rows, h][...] = dq_tile
-                    return step + count
-                do_s.at[r][...] = dq_tile  # dq leaves through dout's buffer
+                do_s.at[wg][...] = (acc * scale).astype(dtype)  # dq leaves through dout's buffer
                 plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(do_s.at[r], dq_ref.at[b, q_rows, h])
-                if prefetch:  # the next item's start waits for this store to have read do_s
-                    return step + count
+                plgpu.copy_smem_to_gmem(do_s.at[wg], dq_ref.at[b, q_rows, h])
                 plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
                 @pl.when(jnp.logical_not(last))
@@ -384,33 +304,24 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
                 return step + count
 
             lax.fori_loop(0, n_items, item, jnp.int32(0))
-            if own_delta:  # the last stats store (and, from registers, nothing else) is done
-                plgpu.wait_smem_to_gmem(0)
-            elif prefetch and store == "smem":  # the last dq store has read do_s
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     transforms = mc.mma_transforms(dtype)
-    held_rows = residents * mc.COMPUTE  # (item, thread) pairs of resident rows
-    resident = plgpu.SMEM((held_rows, mc.ROWS, head_dim), dtype, transforms=transforms)
+    resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
     streamed = plgpu.SMEM((stages, kv_block, head_dim), dtype, transforms=transforms)
     scratch = [
         resident, resident,  # q, dout (then dq)
-        plgpu.SMEM((held_rows, 2, mc.ROWS), jnp.int32),  # query tokens
-        plgpu.SMEM((held_rows, 2, mc.ROWS), jnp.float32),  # lse2, delta
+        plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.int32),  # query tokens
+        plgpu.SMEM((mc.COMPUTE, 2, mc.ROWS), jnp.float32),  # lse2, delta
         streamed, streamed,  # k, v
         plgpu.SMEM((stages, 2, kv_block), jnp.int32),  # key tokens
         plgpu.SMEM((list_slots, *lists.shape[2:]), jnp.int32),  # visit lists
         mc.staging_scratch(tile, dtype, interpret=interpret),  # ds (interpret mode only)
         plgpu.Barrier(num_barriers=list_slots),  # list arrived
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=list_slots),  # list released
-        *[plgpu.Barrier(num_barriers=held_rows)] * 4,
+        *[plgpu.Barrier(num_barriers=mc.COMPUTE)] * 4,
         *[plgpu.Barrier(num_barriers=stages)] * 3,
         plgpu.Barrier(num_arrivals=mc.COMPUTE, num_barriers=stages),
     ]
-    out_type = jax.ShapeDtypeStruct(q.shape, dtype)
-    if own_delta:
-        out_type = (out_type, jax.ShapeDtypeStruct(stats.shape, jnp.float32))
-    run = mc.kernel(body, name="attention_dq_delta" if own_delta else "attention_dq", out_type=out_type,
-                    scratch_types=scratch, grid=(work.workers,), grid_names=("w",), interpret=interpret)
-    operands = (q, k, v, dout, stats, q_tokens, kv_tokens, lists)
-    return run(*operands, out) if own_delta else run(*operands)
+    run = mc.kernel(body, name="attention_dq", out_type=jax.ShapeDtypeStruct(q.shape, dtype), scratch_types=scratch,
+                    grid=(work.workers,), grid_names=("w",), interpret=interpret)
+    return run(q, k, v, dout, stats, q_tokens, kv_tokens, lists)

@@ -33,7 +33,7 @@ from .mosaic_common import BLOCK, MEMORY, ROWS, drain, list_entry, registers, st
 
 LIST_SLOTS = 2  # visit lists a persistent CTA holds in SMEM: the current item's and the next one's
 LOOKAHEAD_SLOTS = 3  # with lookahead: the previous item's (until released), the current and the next one's
-# SMEM the list slots of a persistent CTA may take: the forward and dQ kernels hold about 196 KB of
+# SMEM the list slots of a persistent CTA may take: the forward kernel holds about 196 KB of
 # tiles beside them (of 227 KB). Longer lists (two slots: over 3,070 streamed blocks, 393k keys in 128-key
 # blocks; three: over 2,046, 262k keys) run one CTA per block, with one slot.
 LIST_SMEM_BYTES = 24 * 1024

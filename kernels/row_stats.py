@@ -43,14 +43,6 @@ def backward_delta(out, dout, lse, dlse, delta=None):
     return masked_delta(lse, delta)
 
 
-def minus_dlse(lse, dlse):
-    """float32 ``[B, Hq, Sq]``: ``-dlse`` (0 without dlse), 0 on rows with lse = -inf: the part of
-    :func:`softmax_delta` that a kernel adds to its own row sum."""
-    if dlse is None:
-        return jnp.zeros(lse.shape, jnp.float32)
-    return masked_delta(lse, -dlse.astype(jnp.float32))
-
-
 def lse_base2(lse):
     """float32 ``[B, Hq, Sq]``: lse in base 2, +inf on empty rows (so that ``exp2(s - lse) = 0``)."""
     lse = lse.astype(jnp.float32)

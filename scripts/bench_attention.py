@@ -34,10 +34,8 @@ out, dq, dk and dv (a wrong kernel cannot hide behind a good speed). ``--json`` 
 times each ``|``-separated Mosaic tuning (streamed block rows, SMEM stages per kernel) as
 its own row; ``backward=dq_thread`` (or ``split``; ``auto``, the default, by length) picks how the
 backward gets dQ, ``forward_rescale=always`` (or ``lazy``) how the forward rescales its accumulator,
-``grid=blocks`` (or ``persistent``) the forward and dQ kernels' grid (``forward_grid=``, ``dq_grid=``:
-one of them), ``dq_store=registers`` (or ``smem``) how dQ leaves its kernel, ``dq_loop=overlap`` (or
-``serial``) the dQ kernel's loop, ``delta=kernel`` (or ``xla``) where the backward's row sum runs,
-``item_order=auto`` (or ``rank``, ``batch``) the order a persistent grid takes the batch rows' items in.
+``grid=blocks`` (or ``persistent``) the forward's grid, ``item_order=auto`` (or ``rank``, ``batch``) the
+order a persistent grid takes the batch rows' items in.
 ``--triton-tiles "forward=128,64,8,3|forward=64,64,4,3;dq=128,64,8,3"`` does the same for
 the Triton tiles (block_m, block_n, num_warps, num_stages per kernel).
 """
@@ -213,29 +211,19 @@ DEFAULT_MOSAIC_TUNING = dict(mosaic_backend.TUNING)
 
 def set_mosaic_tuning(spec: str):
     """``forward=128,2;dkdv=64,2;dq=128,2;backward=split;forward_rescale=always;grid=blocks`` ->
-    mosaic_backend.TUNING, the dQ mode, the forward's rescale and the grids (kernels not named: defaults;
-    backward: auto, forward_rescale: lazy, the grids mosaic_backend.DEFAULT_GRID unless named;
-    ``grid`` sets both the forward's and dQ's, ``forward_grid`` and ``dq_grid`` one)."""
+    mosaic_backend.TUNING, the dQ mode, the forward's rescale and grid (kernels not named: defaults;
+    backward: auto, forward_rescale: lazy, the grid mosaic_backend.DEFAULT_GRID unless named)."""
     mosaic_backend.TUNING.update(DEFAULT_MOSAIC_TUNING)
     mosaic_backend.set_backward(mosaic_backend.BACKWARD_MODES[0])
     mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
-    mosaic_backend.set_dq_store("smem")
-    mosaic_backend.set_dq_prefetch("off")
-    mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
-    mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
     mosaic_backend.set_forward_rescale(mosaic_backend.FORWARD_RESCALE_DEFAULT)
     mosaic_backend.set_dq_thread("")
     mosaic_backend.set_mask_tiles(mosaic_backend.MASK_TILE_MODES[0])
     mosaic_backend.set_item_order("auto")
     modes = dict(mask_tiles=mosaic_backend.set_mask_tiles, dq_thread=mosaic_backend.set_dq_thread,
                  item_order=mosaic_backend.set_item_order,
-                 backward=mosaic_backend.set_backward, delta=mosaic_backend.set_delta,
-                 forward_rescale=mosaic_backend.set_forward_rescale,
-                 dq_store=mosaic_backend.set_dq_store, dq_prefetch=mosaic_backend.set_dq_prefetch,
-                 dq_loop=mosaic_backend.set_dq_loop,
-                 grid=mosaic_backend.set_grid,
-                 forward_grid=lambda mode: mosaic_backend.set_grid(mode, "forward"),
-                 dq_grid=lambda mode: mosaic_backend.set_grid(mode, "dq"))
+                 backward=mosaic_backend.set_backward, forward_rescale=mosaic_backend.set_forward_rescale,
+                 grid=mosaic_backend.set_grid)
     for item in filter(None, spec.split(";")):
         name, _, values = item.partition("=")
         if name in modes:
@@ -422,8 +410,8 @@ def main():
     ceiling = matmul_ceiling_tflops(args.ceiling_size)
     print(f"# bf16 matmul {args.ceiling_size}^3: {ceiling:.0f} TFLOP/s (ceiling anchor)")
     print(f"# mosaic tuning: {mosaic_backend.TUNING}, backward {mosaic_backend.BACKWARD['mode']}, "
-          f"forward rescale {mosaic_backend.FORWARD_RESCALE['mode']}, dQ loop {mosaic_backend.DQ_LOOP['mode']}, "
-          f"grids {mosaic_backend.GRID} ({mosaic_backend.workers('forward')} forward workers)")
+          f"forward rescale {mosaic_backend.FORWARD_RESCALE['mode']}, "
+          f"forward grid {mosaic_backend.GRID['forward']} ({mosaic_backend.workers('forward')} workers)")
     print("| impl | S | mask | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / cuDNN | fwd+bwd / cuDNN "
           "| fwd+bwd / own plain | fwd+bwd / ceiling | max rel err vs cuDNN | ms per call (fwd / fwd+bwd) "
           "| host dispatch ms per call |")

@@ -196,8 +196,7 @@ def variants(seq_len, mask, *, key, no_fused=False, overheads=False, cta_overhea
         return jnp.stack([lse2, softmax_delta(out, dout, lse, None)], axis=2)
 
     def dq_kernel(lists=query_lists):
-        return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], workers=mb.workers("dq"), loop=mb.DQ_LOOP["mode"],
-                      **kw)
+        return mbw.dq(*tensors, lists, tuning=mb.TUNING["dq"], **kw)
 
     def split_dkdv():
         return mbw.dkdv(*tensors, key_lists, tuning=mb.TUNING["dkdv"], **kw)
@@ -273,7 +272,7 @@ def main():
                              "visit list cut to that many tiles (wrong results; the fixed cost of a CTA)")
     parser.add_argument("--timing", choices=("sync", "async"), default="sync", help="as in bench_attention.py")
     parser.add_argument("--grid", choices=mb.GRID_MODES,
-                        help="the forward and dQ kernels' grid (default: mosaic_backend.DEFAULT_GRID)")
+                        help="the forward kernel's grid (default: mosaic_backend.DEFAULT_GRID)")
     parser.add_argument("--budget-s", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=0,
                         help="compile every variant of an (S, mask) first, then time them in this many "
@@ -300,7 +299,8 @@ def main():
     except ValueError:
         parser.error(f"--cta-overhead must be comma-separated tile counts such as 0,1,4, got {args.cta_overhead!r}")
     print(f"# device: {jax.devices()[0].device_kind}; jax {jax.__version__}; B={BATCH} Hq={Q_HEADS} "
-          f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}; timing {args.timing}; grids {mb.GRID}")
+          f"Hkv={KV_HEADS} D={HEAD_DIM} bf16; tuning {mb.TUNING}; timing {args.timing}; "
+          f"forward grid {mb.GRID['forward']}")
     rows = []
     for seq_len in seqs:
         for mask in mask_names:

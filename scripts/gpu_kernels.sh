@@ -6,7 +6,7 @@
 #   BENCH_ARGS="--impls mosaic,cudnn --mosaic-tuning=backward=split|backward=dq_thread" (no quotes inside
 #     BENCH_ARGS: it is split on spaces, so quotes would reach the script as literal characters)
 #   LONGVILA_GPU_IMPLS=mosaic (backends the tests check)  TEST_K="not 72" (pytest -k)
-#   STEPS="rowstats" (scripts/bench_row_stats.py)  STEPS="grid"  GRID_ARGS="--seqs 8192 --rounds 3" (scripts/bench_mosaic_grid.py)
+#   STEPS="rowstats" (scripts/bench_row_stats.py)
 #   STEPS="profile"  PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4"
 #     (scripts/profile_attention.py once per '|'-separated argument set)
 #   STEPS="power"  POWER_ARGS="--seq 32768 --mask causal|--seq 8192 --mask causal" (scripts/power_attention.py once per
@@ -44,10 +44,6 @@ if [[ " $STEPS " == *" bench "* ]]; then
 fi
 if [[ " $STEPS " == *" rowstats "* ]]; then
   timeout 120 python3 scripts/bench_row_stats.py ${ROWSTATS_ARGS:-} 2>&1 | tee "$OUT/bench_row_stats.log" | tail -10
-fi
-if [[ " $STEPS " == *" grid "* ]]; then
-  timeout ${GRID_TIMEOUT:-300} python3 scripts/bench_mosaic_grid.py ${GRID_ARGS:-} 2>&1 \
-    | tee "$OUT/bench_mosaic_grid.log" | tail -40
 fi
 if [[ " $STEPS " == *" profile "* ]]; then
   IFS='|' read -ra profiles <<< "${PROFILE_ARGS:---seq 8192 --mask causal-packed4}"

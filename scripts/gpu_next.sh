@@ -5,8 +5,8 @@
 # ping-pong was removed in the seventeenth session); 3: the goal rows at 8k,
 # 16k and 32k (plain and 4 packed samples) with the split backward and the dQ-thread kernel's 208/88
 # register split beside the defaults (is 32k at 1.00x cuDNN, and does 208/88 win at 16k-32k, as in runs BI
-# and BO, or not, as in run BP?); 4: the grids bench (dQ alone per block, persistent, prefetching the next
-# item; the whole step), once a per-item change is made; 5: a device profile of one 8k step, plain and 4
+# and BO, or not, as in run BP?); (4, the grids bench of the dQ kernel, went with its persistent grid in the
+# eighteenth session); 5: a device profile of one 8k step, plain and 4
 # packed samples, with dq_thread the 8k default (where the packed step's time goes now that no dQ kernel
 # runs: the dK/dV-dQ kernel's 512 items against the split's 2,560; and what dq_thread's float32 dQ buffer
 # costs outside the kernel: its zero fill and the final scale-and-cast).
@@ -50,8 +50,6 @@ case "${1:-}" in
   1) STEPS="tests" LONGVILA_GPU_IMPLS=mosaic TEST_K="not 72" TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
   3) STEPS="bench" BENCH_TIMEOUT=560 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=split|backward=dq_thread;dq_thread=compute:208,thread2:88 --seqs 8192,16384,32768 --masks causal,causal-packed4 --rounds 4 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
-  4) STEPS="grid" GRID_TIMEOUT=560 GRID_ARGS="--seqs 8192 --masks causal,causal-packed4 --rounds 3" \
-       exec bash "$here/gpu_kernels.sh" ;;
   5) STEPS="profile" PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4" exec bash "$here/gpu_kernels.sh" ;;
   accept) STEPS="anchor bench" BENCH_TIMEOUT=470 BENCH_ARGS="--impls mosaic,triton,jax-cudnn --seqs 8192,32768 --masks causal,full,causal-packed4,full-packed4,causal-batch4 --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
@@ -83,5 +81,5 @@ case "${1:-}" in
   kv) STEPS="kernels" KERNEL_TIMEOUT=420 KERNEL_ARGS="--seqs 32768 --masks causal,full --kv-ablation --no-fused --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|krows|krows-power|accept-tests|rescale|rescale-power|kv|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|4|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|krows|krows-power|accept-tests|rescale|rescale-power|kv|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

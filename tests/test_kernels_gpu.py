@@ -188,22 +188,13 @@ def test_cudnn_lse_is_differentiable(rng):
         assert rel_err(g, ref_g) <= TOL
 
 
-@pytest.mark.parametrize("grid,workers,dq_store,dq_loop,delta,rescale", [
-    ("persistent", 7, "smem", "", "xla", "lazy"), ("persistent", 7, "registers", "", "xla", "lazy"),
-    ("blocks", None, "smem", "", "xla", "lazy"), ("persistent", 7, "smem", "", "kernel", "lazy"),
-    ("blocks", None, "smem", "", "kernel", "lazy"), ("persistent", 7, "smem", "", "xla", "always"),
-    ("blocks", None, "smem", "", "xla", "always"), ("blocks", None, "smem", "serial", "xla", "lazy"),
-    ("persistent", 7, "smem,next_item", "", "xla", "lazy"),
-    ("persistent", 7, "registers,next_item", "", "xla", "lazy")])
-def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dq_loop, delta, rescale):
-    """The Mosaic forward and dQ kernels with 7 persistent CTAs (36-37 query blocks each: lists,
-    queries, K/V slots and output stores carried across items on the hardware's asynchronous
-    copies) and with one CTA per block, dQ leaving through SMEM or from registers (``,next_item``: the
-    persistent dQ holding two items' rows, on 64-key blocks); ``dq_loop``: the dQ loop (asynchronous
-    wgmmas waited for one by one, operands from registers; empty: the default); ``delta``: the backward's
-    row sum in the dQ kernel or in XLA; ``rescale``: how the forward rescales its accumulator
-    (``mosaic_rescale.RESCALES``);
-    packed GQA 32/8, ragged length, empty rows, dlse."""
+@pytest.mark.parametrize("grid,workers,rescale", [
+    ("persistent", 7, "lazy"), ("blocks", None, "lazy"), ("persistent", 7, "always"), ("blocks", None, "always")])
+def test_mosaic_grids_on_gpu(rng, grid, workers, rescale):
+    """The Mosaic forward with 7 persistent CTAs (36-37 query blocks each: lists, queries, K/V slots and
+    output stores carried across items on the hardware's asynchronous copies) and with one CTA per block;
+    ``rescale``: how it rescales its accumulator (``mosaic_rescale.RESCALES``); then the backward ("auto"
+    runs split at 1,000 keys); packed GQA 32/8, ragged length, empty rows, dlse."""
     if not dispatch.BACKENDS["mosaic"]._is_hopper() or "mosaic" not in selected(["mosaic"]):
         pytest.skip("needs a Hopper GPU and mosaic among LONGVILA_GPU_IMPLS")
     q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, 1000, 1000, 32, 8, 128))
@@ -222,16 +213,8 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dq_loop, delta, resca
     ref_out, ref_lse = reference_attention(q, k, v, **mask)
     ref_grads = jax.grad(loss(lambda *a: reference_attention(*a, **mask)), argnums=(0, 1, 2))(q, k, v)
     mosaic_backend.set_grid(grid)
-    dq_store, _, dq_prefetch = dq_store.partition(",")
-    mosaic_backend.set_dq_store(dq_store)
     mosaic_backend.PERSISTENT_WORKERS["count"] = workers
-    saved_tuning = dict(mosaic_backend.TUNING)
-    if dq_prefetch:
-        mosaic_backend.set_dq_prefetch(dq_prefetch)
-        mosaic_backend.set_tuning("dq", 64, 2)
-    mosaic_backend.set_delta(delta)
     mosaic_backend.set_forward_rescale(rescale)
-    mosaic_backend.set_dq_loop(dq_loop or mosaic_backend.DQ_LOOP_DEFAULT)
     try:
         def attention(*qkv):
             return flash_attention(*qkv, **mask, impl="mosaic")
@@ -242,13 +225,8 @@ def test_mosaic_grids_on_gpu(rng, grid, workers, dq_store, dq_loop, delta, resca
         grads = jax.jit(jax.grad(loss(attention), argnums=(0, 1, 2)))(q, k, v)
     finally:
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
-        mosaic_backend.set_dq_store("smem")
-        mosaic_backend.set_dq_prefetch("off")
         mosaic_backend.PERSISTENT_WORKERS["count"] = None
-        mosaic_backend.set_dq_loop(mosaic_backend.DQ_LOOP_DEFAULT)
-        mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
         mosaic_backend.set_forward_rescale(mosaic_backend.FORWARD_RESCALE_DEFAULT)
-        mosaic_backend.TUNING.update(saved_tuning)
     finite = np.isfinite(np.asarray(ref_lse))
     np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), finite)
     assert rel_err(out, ref_out) <= TOL

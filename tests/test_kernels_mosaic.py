@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from longvila_jax.kernels import (attention_delta, mosaic_backend, mosaic_common, mosaic_plan, mosaic_schedule,
-                                  reference_attention)
+from longvila_jax.kernels import attention_delta, mosaic_backend, mosaic_plan, mosaic_schedule, reference_attention
 from longvila_jax.kernels.mask import visible
 from longvila_jax.kernels.testing import query_key_layouts, random_qkv, rel_err, rising_scores_qkv
 
@@ -432,39 +431,6 @@ def test_forward_follows_scores_that_grow_along_the_keys(rng, rescale, monkeypat
     assert rel_err(grads[2], ref_grads[2]) <= TOL
 
 
-def test_delta_in_the_dq_kernel_packed_gqa(rng):
-    """The backward with delta computed in the dQ kernel (an XLA row sum everywhere else): GQA 2/1,
-    ragged lengths, packed segments, empty rows, dlse."""
-    mosaic_backend.set_delta("kernel")
-    try:
-        run_switch_case(rng)
-    finally:
-        mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
-
-
-@pytest.mark.parametrize("workers", [None, 3])
-def test_dq_kernel_hands_on_delta(rng, workers):
-    """``dq(out=...)`` returns the stats with row 1 = rowsum(out * dout) + the given row 1 (-dlse),
-    computed here in float64 from the same bf16 tiles; row 0 (lse) passes through unchanged. One
-    CTA per block and 3 persistent CTAs (several items each: the stats buffer is reused)."""
-    from longvila_jax.kernels import mosaic_backward
-
-    heads, kv_heads, length, dim = 4, 2, 256, 64
-    q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv(rng, 1, length, length, heads, kv_heads, dim))
-    out, dout = (jnp.asarray(rng.standard_normal(q.shape), jnp.bfloat16) for _ in range(2))
-    stats = jnp.asarray(rng.standard_normal((1, heads, 2, length)), jnp.float32)
-    tokens = mosaic_plan.token_array(jnp.ones((1, length), jnp.int32), jnp.arange(length, dtype=jnp.int32)[None],
-                                     length)
-    plan = mosaic_backend._Plan(tokens[:, 0], tokens[:, 0], tokens[:, 1], tokens[:, 1], True)
-    _, stats_out = mosaic_backward.dq(q, k, v, dout, stats, tokens, tokens, plan.per_query_block(128),
-                                      causal=True, scale=dim ** -0.5, tuning=mosaic_backend.TUNING["dq"],
-                                      workers=workers, out=out, interpret=INTERPRET)
-    row_sum = np.einsum("bshd,bshd->bhs", np.asarray(out, np.float64), np.asarray(dout, np.float64))
-    np.testing.assert_array_equal(np.asarray(stats_out)[:, :, 0], np.asarray(stats)[:, :, 0])
-    np.testing.assert_allclose(np.asarray(stats_out)[:, :, 1], row_sum + np.asarray(stats)[:, :, 1],
-                               rtol=1e-5, atol=1e-4)
-
-
 @pytest.mark.parametrize("order", ["batch", "rank"])
 @pytest.mark.parametrize("shape,workers", [((2, 4, 1), 3), ((2, 4, 1), 5), ((3, 2, 2), 4), ((1, 7, 1), 1),
                                            ((1, 5, 1), 9), ((2, 66, 2), 132), ((2, 25, 2), 132)])
@@ -505,11 +471,10 @@ def test_auto_item_order_runs_short_rows_by_rank():
 
 @pytest.mark.parametrize("order", ["rank", "batch"])
 def test_persistent_grids_over_batch_rows(rng, order, monkeypatch):
-    """Two batch rows of their own packed layouts on 3 persistent CTAs (forward and dQ; 8 items or more, the
-    last wave partial), items taken by rank (one row's list beside the other's) or row after row: each row's
-    out, lse and grads against the float32 reference."""
-    for kernel in mosaic_backend.GRID_KERNELS:
-        monkeypatch.setitem(mosaic_backend.GRID, kernel, "persistent")
+    """Two batch rows of their own packed layouts on 3 persistent forward CTAs (8 items, the last wave
+    partial), items taken by rank (one row's list beside the other's) or row after row: each row's out,
+    lse and grads against the float32 reference."""
+    monkeypatch.setitem(mosaic_backend.GRID, "forward", "persistent")
     monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 3)
     monkeypatch.setitem(mosaic_backend.ITEM_ORDER, "mode", order)
     run_case(rng, 200, 200, 2, 1, 64, layout="packed", causal=True, batch=2)
@@ -540,90 +505,37 @@ def test_bad_worker_count_is_refused():
         mosaic_schedule.Work((1, 4, 2), 0)
 
 
-@pytest.mark.parametrize("grid,workers,dq_store,dq_prefetch", [
-    ("persistent", 3, "smem", "off"), ("persistent", 3, "registers", "off"), ("blocks", None, "registers", "off"),
-    ("persistent", 3, "smem", "next_item"), ("persistent", 3, "registers", "next_item")])
-def test_forward_and_dq_grids_packed_gqa(rng, grid, workers, dq_store, dq_prefetch):
-    """The forward and dQ kernels with 3 persistent CTAs (some run two items or more of GQA 2/1:
-    lists, queries and slots carried across items, the last wave partial) and with one CTA per
-    block, dQ leaving through SMEM or from registers, the persistent dQ holding one item's rows or
-    two (``next_item``: 64-key blocks, both resident buffers in turn); ragged lengths, packed segments,
-    empty rows, dlse. (The default pair, persistent forward and dQ per block through SMEM, runs
-    everywhere else.)"""
+@pytest.mark.parametrize("grid,workers", [("persistent", 3), ("blocks", None)])
+def test_forward_grids_packed_gqa(rng, grid, workers, monkeypatch):
+    """The forward on 3 persistent CTAs (some run two items or more of GQA 2/1: lists, queries and slots
+    carried across items, the last wave partial) and on one CTA per block; ragged lengths, packed
+    segments, empty rows, dlse."""
     mosaic_backend.set_grid(grid)
-    mosaic_backend.set_dq_store(dq_store)
-    mosaic_backend.set_dq_prefetch(dq_prefetch)
-    mosaic_backend.PERSISTENT_WORKERS["count"] = workers
-    saved_tuning = dict(mosaic_backend.TUNING)
-    if dq_prefetch == "next_item":
-        mosaic_backend.set_tuning("dq", 64, 2)
+    monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", workers)
     try:
         run_switch_case(rng)
     finally:
         mosaic_backend.GRID.update(mosaic_backend.DEFAULT_GRID)
-        mosaic_backend.set_dq_store("smem")
-        mosaic_backend.set_dq_prefetch("off")
-        mosaic_backend.PERSISTENT_WORKERS["count"] = None
-        mosaic_backend.TUNING.update(saved_tuning)
-
-
-def test_dq_prefetch_refuses_what_it_cannot_hold():
-    """Two items' q and dout with 128-key k and v exceed the SMEM at D = 128 (the message names the tuning
-    that fits); the in-kernel delta is not part of the prefetching kernel."""
-    from longvila_jax.kernels import mosaic_backward
-
-    q = jnp.zeros((1, 256, 4, 128), jnp.bfloat16)
-    k = jnp.zeros((1, 256, 2, 128), jnp.bfloat16)
-    stats = jnp.zeros((1, 4, 2, 256), jnp.float32)
-    tokens = jnp.zeros((1, 2, 256), jnp.int32)
-    lists = jnp.zeros((1, 2, 1, 32), jnp.int32)
-    args = (q, k, k, q, stats, tokens, tokens, lists)
-    with pytest.raises(ValueError, match=r"take 256 KB of SMEM, over 192 KB: stream 64-key blocks in 2 stages "
-                                         r"\(mosaic_backend.set_tuning\('dq', 64, 2\)\)"):
-        mosaic_backward.dq(*args, causal=True, scale=0.1, tuning=mosaic_common.Tuning(128, 2), workers=2,
-                           prefetch=True)
-    with pytest.raises(ValueError, match=r"prefetch does not compute delta in the kernel: pass out=None"):
-        mosaic_backward.dq(*args, causal=True, scale=0.1, tuning=mosaic_common.Tuning(64, 2), workers=2,
-                           prefetch=True, out=q)
 
 
 def test_bad_grid_mode_names_the_choices():
     with pytest.raises(ValueError, match="grid: mode must be one of .'persistent', 'blocks'., got 'waves'"):
         mosaic_backend.set_grid("waves")
-    with pytest.raises(ValueError, match="kernel must be one of .'forward', 'dq'. or None, got 'dkdv'"):
+    with pytest.raises(ValueError, match="kernel must be 'forward' .the dQ kernel runs one CTA per block., got 'dkdv'"):
         mosaic_backend.set_grid("blocks", "dkdv")
+    with pytest.raises(ValueError, match="kernel must be 'forward' .*, got 'dkdv'"):
+        mosaic_backend.workers("dkdv")
     assert mosaic_backend.GRID == mosaic_backend.DEFAULT_GRID
 
 
 @pytest.mark.parametrize("setter, bad, message", [
-    ("set_dq_store", "tmem", "dQ store: mode must be one of .'smem', 'registers'., got 'tmem'"),
-    ("set_dq_loop", "fast", "dQ loop: mode must be one of .'serial', 'overlap'., got 'fast'"),
     ("set_backward", "atomic", "mode must be one of .'auto', 'split', 'dq_thread'., got 'atomic'"),
-    ("set_delta", "host", "delta: mode must be one of .'xla', 'kernel'., got 'host'"),
     ("set_forward_rescale", "never", "forward rescale: mode must be one of .'lazy', 'always'., got 'never'"),
-    ("set_dq_prefetch", "two", "dQ prefetch: mode must be one of .'off', 'next_item'., got 'two'"),
     ("set_mask_tiles", "none", "mask tiles: mode must be one of .'positions', 'full'., got 'none'"),
 ])
 def test_bad_mode_names_the_choices(setter, bad, message):
     with pytest.raises(ValueError, match=message):
         getattr(mosaic_backend, setter)(bad)
-
-
-def test_dq_from_registers_lowers_for_cuda_without_a_gpu():
-    """dQ stored to GMEM straight from the wgmma accumulators (a strided [64, D] view of
-    [B, S, H, D]) on the persistent grid: the Mosaic GPU lowering accepts it."""
-    from longvila_jax.kernels import mosaic_backward
-
-    shapes = [jax.ShapeDtypeStruct((1, 256, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
-    shapes += [jax.ShapeDtypeStruct((1, 4, 2, 256), jnp.float32), jax.ShapeDtypeStruct((1, 2, 256), jnp.int32),
-               jax.ShapeDtypeStruct((1, 2, 256), jnp.int32), jax.ShapeDtypeStruct((1, 2, 1, 32), jnp.int32)]
-
-    def run(*args):
-        return mosaic_backward.dq(*args, causal=True, scale=0.1, tuning=mosaic_backend.TUNING["dq"], workers=3,
-                                  store="registers")
-
-    module = jax.export.export(jax.jit(run), platforms=["cuda"])(*shapes).mlir_module()
-    assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
 
 
 def _fwd_bwd_for_cuda(batch: int) -> str:
@@ -639,34 +551,26 @@ def _fwd_bwd_for_cuda(batch: int) -> str:
     return jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"])(*shapes).mlir_module()
 
 
-@pytest.mark.parametrize("backward_mode,delta", [("split", "xla"), ("split", "kernel"), ("dq_thread", "xla")],
-                         indirect=["backward_mode"])
-def test_kernels_lower_for_cuda_without_a_gpu(backward_mode, delta):
+@pytest.mark.parametrize("backward_mode", ["split", "dq_thread"], indirect=True)
+def test_kernels_lower_for_cuda_without_a_gpu(backward_mode):
     """The whole Mosaic GPU lowering (layout inference included) for an H100/H200, run on CPU by
     ``jax.export``: forward + backward at D = 128, GQA 4/2, a ragged length. Split runs three
-    kernels (forward, dK/dV, dQ; delta from XLA or from the dQ kernel's GMEM loads of out); dq_thread
-    adds dQ inside the dK/dV kernel, so two."""
-    mosaic_backend.set_delta(delta)
-    try:
-        module = _fwd_bwd_for_cuda(batch=1)
-    finally:
-        mosaic_backend.set_delta(mosaic_backend.DELTA_MODES[0])
-    kernels = module.count("stablehlo.custom_call @mosaic_gpu")
+    kernels (forward, dK/dV, dQ); dq_thread adds dQ inside the dK/dV kernel, so two."""
+    kernels = _fwd_bwd_for_cuda(batch=1).count("stablehlo.custom_call @mosaic_gpu")
     assert kernels == {"split": 3, "dq_thread": 2}[backward_mode]
 
 
 def test_rank_ordered_persistent_grids_lower_for_cuda_without_a_gpu(monkeypatch):
     """Three batch rows on 4 persistent CTAs by rank (the item's row and list from the rank order's
-    index math) through the whole Mosaic GPU lowering at D = 128: forward, dK/dV and a persistent dQ."""
-    for kernel in mosaic_backend.GRID_KERNELS:
-        monkeypatch.setitem(mosaic_backend.GRID, kernel, "persistent")
+    index math) through the whole Mosaic GPU lowering at D = 128: a persistent forward, dK/dV and dQ."""
+    monkeypatch.setitem(mosaic_backend.GRID, "forward", "persistent")
     monkeypatch.setitem(mosaic_backend.PERSISTENT_WORKERS, "count", 4)
     monkeypatch.setitem(mosaic_backend.ITEM_ORDER, "mode", "rank")
     assert _fwd_bwd_for_cuda(batch=3).count("stablehlo.custom_call @mosaic_gpu") == 3
 
 
-@pytest.mark.parametrize("kernel,loop", [("dkdv", None), ("dq", "overlap")])
-def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
+@pytest.mark.parametrize("kernel", ["dkdv", "dq"])
+def test_backward_loops_lower_for_cuda_without_a_gpu(kernel):
     """The backward loops' GPU forms (asynchronous wgmmas waited for one by one, 16-bit operands from
     registers, which interpret mode does not run): the Mosaic GPU lowering accepts them, 3 slots,
     GQA 4/2."""
@@ -677,9 +581,7 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel, loop):
                jax.ShapeDtypeStruct((1, 2, 256), jnp.int32), jax.ShapeDtypeStruct((1, 2, 1, 32), jnp.int32)]
 
     def run(*args):
-        loops = {} if loop is None else dict(loop=loop)
-        return getattr(mosaic_backward, kernel)(*args, causal=True, scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3),
-                                                **loops)
+        return getattr(mosaic_backward, kernel)(*args, causal=True, scale=0.1, tuning=mosaic_backend.mc.Tuning(64, 3))
 
     module = jax.export.export(jax.jit(run), platforms=["cuda"])(*shapes).mlir_module()
     assert module.count("stablehlo.custom_call @mosaic_gpu") == 1
@@ -774,29 +676,25 @@ def test_every_dq_thread_option_reaches_the_kernel(backward_mode, monkeypatch):
 
 
 def test_every_backend_option_reaches_the_kernels(monkeypatch):
-    """Each non-default value of each of the mosaic backend's switches (the forward's rescale, grids, dK/dV
-    and dQ loops, dQ store, delta, mask tiles, backward) changes the Mosaic modules of the side it belongs to
-    (the forward, or the backward from a given out and lse); the defaults lowered twice give the same
-    modules, and a fwd+bwd through the custom VJP lowers the same modules as the two sides."""
-    from longvila_jax.kernels import mosaic_backward, mosaic_rescale
+    """Each non-default value of each of the mosaic backend's switches (the forward's rescale and grid, mask
+    tiles, backward) changes the Mosaic modules of the side it belongs to (the forward, or the backward from a
+    given out and lse); the defaults lowered twice give the same modules, and a fwd+bwd through the custom VJP
+    lowers the same modules as the two sides."""
+    from longvila_jax.kernels import mosaic_rescale
 
     mb = mosaic_backend
     switches = [("forward", mb.set_forward_rescale, mb.FORWARD_RESCALE, mosaic_rescale.RESCALES),
                 ("forward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
                 ("backward", mb.set_mask_tiles, mb.MASK_TILES, mb.MASK_TILE_MODES),
-                ("backward", mb.set_dq_loop, mb.DQ_LOOP, mosaic_backward.DQ_LOOPS),
-                ("backward", mb.set_dq_store, mb.DQ_STORE, mosaic_backward.DQ_STORES),
-                ("backward", mb.set_delta, mb.DELTA, mb.DELTA_MODES),
                 ("backward", mb.set_backward, mb.BACKWARD, ("dq_thread",))]  # "auto" runs split at 300 keys
-    monkeypatch.setitem(mb.PERSISTENT_WORKERS, "count", 2)  # fewer than the 12 items: persistent grids run
+    monkeypatch.setitem(mb.PERSISTENT_WORKERS, "count", 2)  # fewer than the 12 items: the forward is persistent
     default = {part: _mosaic_kernel_texts(monkeypatch, part) for part in ("forward", "backward")}
     assert _mosaic_kernel_texts(monkeypatch, "forward") == default["forward"]
     assert _mosaic_kernel_texts(monkeypatch, "both") == default["forward"] | default["backward"]
-    for kernel, part in zip(mb.GRID_KERNELS, ("forward", "backward"), strict=True):
-        other = next(mode for mode in mb.GRID_MODES if mode != mb.GRID[kernel])
-        monkeypatch.setitem(mb.GRID, kernel, other)
-        assert _mosaic_kernel_texts(monkeypatch, part) != default[part], f"grid {kernel}: {other}"
-        monkeypatch.setitem(mb.GRID, kernel, mb.DEFAULT_GRID[kernel])
+    other = next(mode for mode in mb.GRID_MODES if mode != mb.GRID["forward"])
+    monkeypatch.setitem(mb.GRID, "forward", other)
+    assert _mosaic_kernel_texts(monkeypatch, "forward") != default["forward"], f"forward grid: {other}"
+    monkeypatch.setitem(mb.GRID, "forward", mb.DEFAULT_GRID["forward"])
     for part, setter, state, modes in switches:
         initial = state["mode"]
         try:
@@ -806,16 +704,6 @@ def test_every_backend_option_reaches_the_kernels(monkeypatch):
                     assert _mosaic_kernel_texts(monkeypatch, part) != default[part], f"{setter.__name__}({mode!r})"
         finally:
             setter(initial)
-    # the dQ prefetch, where it applies: a persistent dQ on 64-key blocks (its SMEM holds two items then)
-    monkeypatch.setitem(mb.GRID, "dq", "persistent")
-    monkeypatch.setitem(mb.TUNING, "dq", mosaic_common.Tuning(block=64, stages=2))
-    one_item = _mosaic_kernel_texts(monkeypatch, "backward")["attention_dq"]
-    assert set(mosaic_backward.DQ_PREFETCHES) == {mb.DQ_PREFETCH["mode"], "next_item"}
-    mb.set_dq_prefetch("next_item")
-    try:
-        assert _mosaic_kernel_texts(monkeypatch, "backward")["attention_dq"] != one_item
-    finally:
-        mb.set_dq_prefetch("off")
 
 
 def test_visit_lists_are_constants_when_the_ids_are_known_at_trace_time(rng):
