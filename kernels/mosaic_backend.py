@@ -150,44 +150,27 @@ def backward_mode(head_dim: int, kv_len: int, packed: bool = False, device_kind:
         return "split"
     return mode
 
-# The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): columns of D per dQ product, registers per
-# thread (compute, thread 2), where dk reads ds from, the compute threads' tile layout, a diagnostic probe,
-# where the loop's invariant wgmma descriptors come from, where dQ is scaled and when dp's product issues.
-DQ_THREAD_DEFAULT = dict(chunk=mosaic_fused.DQ_CHUNK, registers=mosaic_fused.REGISTERS, ds_operand="registers",
-                         tile_rows="keys", probe="none", descriptors="per_step", dq_scale="after",
-                         dp_issue="after_p", k_layout="transposed")
+# The "dq_thread" kernel's options (mosaic_fused.dkdv_dq): registers per thread (compute, thread 2) and a
+# diagnostic probe. Its other forms were measured and removed in the eighteenth session (kernels/NOTES.md).
+DQ_THREAD_DEFAULT = dict(registers=mosaic_fused.REGISTERS, probe="none")
 DQ_THREAD = dict(DQ_THREAD_DEFAULT)
-_DQ_THREAD_POSITIONAL = ("chunk", "compute", "thread2", "ds_operand", "tile_rows", "probe", "descriptors")
-_DQ_THREAD_NAMES = _DQ_THREAD_POSITIONAL + ("dq_scale", "dp_issue", "k_layout")
+_DQ_THREAD_NAMES = ("compute", "thread2", "probe")
 
 
 def set_dq_thread(spec: str):
-    """The "dq_thread" kernel's options, checked when it is traced; empty: the defaults. Either by name,
-    ``"chunk:64,compute:224,thread2:56,descriptors:per_step"`` (names: ``_DQ_THREAD_NAMES``; compute and
-    thread2 are registers; see mosaic_fused), or by position,
-    ``"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE[,DESCRIPTORS]]]"``."""
-    fields = spec.split(",")
+    """The "dq_thread" kernel's options as NAME:VALUE pairs, checked when it is traced; empty: the defaults.
+    E.g. ``"compute:208,thread2:88"`` (registers per thread) or ``"probe:no_add"`` (see
+    ``mosaic_fused.PROBES``)."""
     try:
-        if not spec:
-            given = {}
-        elif ":" in spec:
-            given = dict(field.split(":") for field in fields)
-        elif 4 <= len(fields) <= len(_DQ_THREAD_POSITIONAL):
-            given = dict(zip(_DQ_THREAD_POSITIONAL, fields))
-        else:
-            raise ValueError
+        given = dict(field.split(":") for field in spec.split(",")) if spec else {}
         if set(given) - set(_DQ_THREAD_NAMES):
             raise ValueError
         registers = tuple(int(given.pop(name, default))
                           for name, default in zip(("compute", "thread2"), DQ_THREAD_DEFAULT["registers"]))
-        options = dict(DQ_THREAD_DEFAULT, **given, registers=registers)
-        options["chunk"] = int(options["chunk"])
     except ValueError:
-        raise ValueError(f"mosaic dq_thread options must be NAME:VALUE pairs (e.g. chunk:64,compute:216,thread2:72; "
-                         f"names: {', '.join(_DQ_THREAD_NAMES)}) or "
-                         f"CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND[,TILE_ROWS[,PROBE[,DESCRIPTORS]]] "
-                         f"(e.g. 64,216,72,registers), got {spec!r}") from None
-    DQ_THREAD.update(options)
+        raise ValueError(f"mosaic dq_thread options must be NAME:VALUE pairs (e.g. compute:208,thread2:88; "
+                         f"names: {', '.join(_DQ_THREAD_NAMES)}), got {spec!r}") from None
+    DQ_THREAD.update(dict(DQ_THREAD_DEFAULT, **given, registers=registers))
 
 # The forward's form (kernels/mosaic_forward.py; the alternatives were measured and removed in the seventeenth
 # session, kernels/NOTES.md): the pipelined loop (s_j issued with the previous step's p v; the serial loop and
@@ -396,16 +379,13 @@ def forward(q, k, v, plan_arrays, *, causal, scale, interpret=None):
 def dq_thread_grads(q, k, v, dout, stats, q_tokens, kv_tokens, key_lists, *, causal, scale, positions_mask=True,
                     interpret=None):
     """``(dq, dk, dv)`` of padded operands from the dq_thread kernel (``mosaic_fused.dkdv_dq`` with ``DQ_THREAD``
-    and the dK/dV tuning): dQ added up in a zeroed float32 buffer inside the dK/dV kernel, scaled (where the
-    kernel left it unscaled) and cast to q's dtype."""
+    and the dK/dV tuning): dQ added up unscaled in a zeroed float32 buffer inside the dK/dV kernel, then
+    scaled and cast to q's dtype."""
     dq_acc = jax.new_ref(jnp.zeros(q.shape, jnp.float32))
     dk, dv = mosaic_fused.dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, key_lists, dq_acc, causal=causal,
                                   scale=scale, tuning=TUNING["dkdv"], positions_mask=positions_mask,
                                   interpret=interpret, **DQ_THREAD)
-    dq_sum = dq_acc[...]
-    if DQ_THREAD["dq_scale"] == "after":  # the kernel added ds^T k unscaled
-        dq_sum = dq_sum * scale
-    return dq_sum.astype(q.dtype), dk, dv
+    return (dq_acc[...] * scale).astype(q.dtype), dk, dv
 
 
 def backward(q, k, v, out, lse, dout, dlse, plan_arrays, *, causal, scale, delta=None, packed=True, interpret=None):

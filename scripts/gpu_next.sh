@@ -38,10 +38,8 @@
 # order: the persistent forward's items by rank across batch rows (the default for several short rows since the
 # fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
 # causal tokens, with the packed rows beside them, in 4 interleaved rounds (prediction in kernels/NOTES.md).
-# krows: the dq_thread kernel with k in its own [keys, D] layout (dq_thread=k_layout:rows: no XLA transpose of k
-# before the backward, the dQ products reading 64-column slices of k's tile) against the transposed default: the
-# mosaic GPU tests of three cases (D 64 and 128, every backward mode), then 8k and 32k causal in 4 interleaved
-# rounds; krows-power: the same two and JAX cuDNN back to back under the power cap (32k and 8k causal).
+# (krows and krows-power, the dq_thread kernel with k in its own [keys, D] layout against k transposed, ran as runs
+# CN-CO in the eighteenth session; the layout is the only one since, so those calls went with the option.)
 # tests/test_gpu_next.py builds every Mosaic tuning named here on CPU, so that a typo or a broken
 # option combination costs a test run, not device time.
 set -uo pipefail
@@ -72,14 +70,8 @@ case "${1:-}" in
   rescale-power) STEPS="tests power" LONGVILA_GPU_IMPLS=mosaic TEST_K="rising" TEST_TIMEOUT=300 \
        POWER_ARGS="--impls mosaic,mosaic[forward_rescale=always],jax-cudnn --seq 32768 --mask causal --seconds 8 --rounds 2|--impls mosaic,mosaic[forward_rescale=always],jax-cudnn --seq 8192 --mask causal --seconds 6 --rounds 2" \
        exec bash "$here/gpu_kernels.sh" ;;
-  krows) STEPS="tests bench" LONGVILA_GPU_IMPLS=mosaic TEST_K="match_reference and (1000-1000 or 512-1536 or 1536-768)" TEST_TIMEOUT=200 \
-       BENCH_TIMEOUT=330 BENCH_ARGS="--impls mosaic,jax-cudnn --mosaic-tuning=|backward=dq_thread;dq_thread=k_layout:rows --seqs 8192,32768 --masks causal --rounds 4 --budget-s 1" \
-       exec bash "$here/gpu_kernels.sh" ;;
-  krows-power) STEPS="power" \
-       POWER_ARGS="--impls mosaic,mosaic[backward=dq_thread;dq_thread=k_layout:rows],jax-cudnn --seq 32768 --mask causal --seconds 8 --rounds 2|--impls mosaic,mosaic[backward=dq_thread;dq_thread=k_layout:rows],jax-cudnn --seq 8192 --mask causal --seconds 6 --rounds 2" \
-       exec bash "$here/gpu_kernels.sh" ;;
   kv) STEPS="kernels" KERNEL_TIMEOUT=420 KERNEL_ARGS="--seqs 32768 --masks causal,full --kv-ablation --no-fused --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|krows|krows-power|accept-tests|rescale|rescale-power|kv|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|rescale-power|kv|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

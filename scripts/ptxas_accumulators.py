@@ -9,8 +9,8 @@ ptxas serializes them (C7512) or ignores the limit (C7507): ptxas places accumul
 region needs more than 24 + their registers (32 need 64, 28 fit 56, 192 need 224).
 
 ``dp-after-p`` rewrites a dQ-thread kernel's PTX (``STEPS=ptxas PTX_KEEP=dkdv_dq`` in
-``scripts/gpu_kernels.sh``) the way ``set_dq_thread("dp_issue:after_p")`` orders it, dp's eight
-products moved from beside s's to after p's exponentials (s waited for alone), and prints ptxas's
+``scripts/gpu_kernels.sh``) of the old form, dp issued with s, the way the kernel now orders it (dp's
+eight products moved from beside s's to after p's exponentials, s waited for alone), and prints ptxas's
 report for each register split, like ``ptxas_registers.py``.
 """
 

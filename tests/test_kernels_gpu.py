@@ -104,8 +104,8 @@ def test_backends_match_reference(rng, q_len, kv_len, q_heads, kv_heads, layout,
 
 def mosaic_backward_modes(impl, head_dim):
     """The backward variants to check: for mosaic every way of getting dQ that serves this D (each
-    set before its trace; "dq_thread" also with queries on the rows), otherwise just
-    the default (None)."""
+    set before its trace; "dq_thread" also with its other register split), otherwise just the default
+    (None)."""
     if impl != "mosaic":
         yield None
         return
@@ -114,17 +114,10 @@ def mosaic_backward_modes(impl, head_dim):
             continue
         mosaic_backend.set_backward(mode)
         yield mode
-    # the dQ-thread kernel with queries on its tiles' rows (p and ds through SMEM), and with dp issued
-    # after p (its compute threads unserialized at 216 and 208 registers)
     mosaic_backend.set_backward("dq_thread")
     try:
-        for label, spec in (("queries on the rows", "64,216,72,smem,queries"),
-                            ("dp after p, 216/72", "dp_issue:after_p"),
-                            ("dp after p, 208/88", "dp_issue:after_p,compute:208,thread2:88"),
-                            ("k in rows", "k_layout:rows"),
-                            ("queries on the rows, k in rows", "ds_operand:smem,tile_rows:queries,k_layout:rows")):
-            mosaic_backend.set_dq_thread(spec)
-            yield f"dq_thread, {label}"
+        mosaic_backend.set_dq_thread("compute:208,thread2:88")
+        yield "dq_thread, 208/88"
     finally:
         mosaic_backend.set_dq_thread("")
 

@@ -308,22 +308,7 @@ def dq_thread_options(request):
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
-@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries",
-                                               "ds_operand:smem,tile_rows:queries,descriptors:hoisted,dq_scale:thread2",
-                                               "dq_scale:thread2", "k_layout:rows",
-                                               "ds_operand:smem,tile_rows:queries,k_layout:rows"], indirect=True)
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_dq_thread_options_packed_gqa(rng, backward_mode, dq_thread_options, head_dim):
-    """The dQ-thread kernel's other forms: FlashAttention-3's tile layout (s = q k^T; p and ds through
-    SMEM, read transposed by dv and dk), loop-invariant descriptors, dQ scaled inside the kernel, k kept
-    in its own [keys, D] layout (no transpose) in either tile layout: GQA 2/1,
-    ragged lengths, packed segments, empty rows, dlse."""
-    assert mosaic_backend.DQ_THREAD != mosaic_backend.DQ_THREAD_DEFAULT
-    run_switch_case(rng, head_dim)
-
-
-@pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
-@pytest.mark.parametrize("dq_thread_options", ["64,216,72,registers,keys,no_dq"], indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["probe:no_dq"], indirect=True)
 def test_dq_thread_probe_without_dq_work_keeps_dk_and_dv(rng, backward_mode, dq_thread_options):
     """The bench's "no_dq" probe: thread 2 does no dQ work, so dQ stays zero, while dK and dV are
     still right (the probe times the rest of the kernel)."""
@@ -351,38 +336,20 @@ def test_dq_thread_refuses_tunings_it_cannot_hold():
     with pytest.raises(ValueError, match=r"2 x compute \+ thread 2 <= 504, got \(232, 56\)"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
                              tuning=mosaic_backend.mc.Tuning(64, 2), registers=(232, 56))
-    with pytest.raises(ValueError, match="chunk must be 32 or 64 and ds_operand one of .'registers', 'smem'., got 16"):
+    with pytest.raises(ValueError, match="probe must be one of .'none', 'no_add', 'no_dq'., got 'no_k'"):
         mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
-                             tuning=mosaic_backend.mc.Tuning(64, 2), chunk=16)
-    with pytest.raises(ValueError, match=r"must be NAME:VALUE pairs .* or CHUNK,COMPUTE_REGS,THREAD2_REGS,DS_OPERAND"
-                                         r"\[,TILE_ROWS\[,PROBE\[,DESCRIPTORS\]\]\] \(e.g. 64,216,72,registers\), got '216,72'"):
-        mosaic_backend.set_dq_thread("216,72")
-    with pytest.raises(ValueError, match="names: chunk, compute, thread2, .*got 'chunk:64,stages:3'"):
-        mosaic_backend.set_dq_thread("chunk:64,stages:3")
-    with pytest.raises(ValueError, match="dq_scale must be one of .'thread2', 'after'., got 'before'"):
-        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
-                             tuning=mosaic_backend.mc.Tuning(64, 2), dq_scale="before")
-    with pytest.raises(ValueError, match="names: .*dq_scale, dp_issue\\) or .*got 'staging:plain'"):  # dropped: no effect
-        mosaic_backend.set_dq_thread("staging:plain")
-    with pytest.raises(ValueError, match="dp_issue must be one of .'with_s', 'after_p'., got 'early'"):
-        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
-                             tuning=mosaic_backend.mc.Tuning(64, 2), dp_issue="early")
-    with pytest.raises(ValueError, match="tile_rows must be one of .'keys', 'queries'. .* got 'queries', 'registers'"):
-        mosaic_fused.dkdv_dq(q, q, q, q, None, None, None, lists, q, causal=True, scale=0.1,
-                             tuning=mosaic_backend.mc.Tuning(64, 2), tile_rows="queries")
+                             tuning=mosaic_backend.mc.Tuning(64, 2), probe="no_k")
+    # positional specs and the removed forms' names are refused, naming the valid ones
+    for spec in ("216,72", "chunk:64", "dp_issue:with_s", "compute:two"):
+        with pytest.raises(ValueError, match=f"NAME:VALUE pairs .*names: compute, thread2, probe.*got '{spec}'"):
+            mosaic_backend.set_dq_thread(spec)
     assert mosaic_backend.DQ_THREAD == mosaic_backend.DQ_THREAD_DEFAULT
-    mosaic_backend.set_dq_thread("32,224,56,smem,queries,no_add,per_step")
+    mosaic_backend.set_dq_thread("thread2:88,compute:208,probe:no_add")
     try:
-        assert mosaic_backend.DQ_THREAD == dict(mosaic_backend.DQ_THREAD_DEFAULT, chunk=32, registers=(224, 56),
-                                                ds_operand="smem", tile_rows="queries", probe="no_add",
-                                                descriptors="per_step")
+        assert mosaic_backend.DQ_THREAD == dict(registers=(208, 88), probe="no_add")
     finally:
         mosaic_backend.set_dq_thread("")
-    mosaic_backend.set_dq_thread("thread2:56,compute:224,dq_scale:after")
-    try:
-        assert mosaic_backend.DQ_THREAD == dict(mosaic_backend.DQ_THREAD_DEFAULT, registers=(224, 56), dq_scale="after")
-    finally:
-        mosaic_backend.set_dq_thread("")
+    assert mosaic_backend.DQ_THREAD == mosaic_backend.DQ_THREAD_DEFAULT
 
 
 def test_forward_rescale_always_packed_gqa(rng, monkeypatch):
@@ -588,13 +555,10 @@ def test_backward_loops_lower_for_cuda_without_a_gpu(kernel):
 
 
 @pytest.mark.parametrize("backward_mode", ["dq_thread"], indirect=True)
-@pytest.mark.parametrize("dq_thread_options", ["64,216,72,smem,queries", "64,216,72,registers,keys,no_add,per_step",
-                                               "descriptors:hoisted,dq_scale:thread2",
-                                               "dp_issue:after_p,compute:208,thread2:88"], indirect=True)
+@pytest.mark.parametrize("dq_thread_options", ["probe:no_add", "compute:208,thread2:88"], indirect=True)
 def test_dq_thread_options_lower_for_cuda_without_a_gpu(backward_mode, dq_thread_options):
-    """The dQ-thread kernel's GPU forms that interpret mode does not run as on a GPU (queries on the rows:
-    asynchronous products reading p and ds transposed from SMEM; the probe without reduce-adds): the Mosaic
-    GPU lowering accepts them, GQA 4/2."""
+    """The dQ-thread kernel's GPU forms that interpret mode does not run as on a GPU (the probe without
+    reduce-adds, another register split): the Mosaic GPU lowering accepts them, GQA 4/2."""
     shapes = [jax.ShapeDtypeStruct((1, 300, heads, 128), jnp.bfloat16) for heads in (4, 2, 2, 4)]
     shapes += [jax.ShapeDtypeStruct((1, 300), jnp.int32)] * 2
 
@@ -659,14 +623,9 @@ def test_every_dq_thread_option_reaches_the_kernel(backward_mode, monkeypatch):
 
     default = _dq_thread_kernel_text(monkeypatch)
     assert _dq_thread_kernel_text(monkeypatch) == default
-    choices = {"ds_operand": mosaic_fused.DS_OPERANDS, "tile_rows": mosaic_fused.TILE_ROWS,
-               "probe": mosaic_fused.PROBES, "descriptors": mosaic_fused.DESCRIPTORS,
-               "dq_scale": mosaic_fused.DQ_SCALES, "dp_issue": mosaic_fused.DP_ISSUES, "chunk": (32, 64)}
-    variants = [f"{name}:{value}" for name, values in choices.items() for value in values
-                if value != mosaic_backend.DQ_THREAD_DEFAULT[name]]
-    variants = [v if v != "tile_rows:queries" else "tile_rows:queries,ds_operand:smem" for v in variants]
+    variants = [f"probe:{value}" for value in mosaic_fused.PROBES if value != "none"]
     variants.append("compute:224,thread2:56")
-    assert set(choices) | {"compute", "thread2"} == set(mosaic_backend._DQ_THREAD_NAMES)  # none left out
+    assert mosaic_backend._DQ_THREAD_NAMES == ("compute", "thread2", "probe")  # none left out
     try:
         for spec in variants:
             mosaic_backend.set_dq_thread(spec)
