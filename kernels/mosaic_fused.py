@@ -69,7 +69,7 @@ def dkdv_dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, dq_acc, *, causal:
     without its softmax scale, to ``dq_acc`` (a zeroed float32 ``jax.Ref`` like q). ``lists``: per key block,
     the visited 64-query blocks. ``registers``: see ``REGISTERS``; ``probe``: see ``PROBES``."""
     q_block, stages = tuning
-    batch, q_len, q_heads, head_dim = q.shape
+    batch, _, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
     group = q_heads // kv_heads
     n_k = k.shape[1] // mc.BLOCK
