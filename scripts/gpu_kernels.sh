@@ -7,6 +7,8 @@
 #     BENCH_ARGS: it is split on spaces, so quotes would reach the script as literal characters)
 #   LONGVILA_GPU_IMPLS=mosaic (backends the tests check)  TEST_K="not 72" (pytest -k)
 #   STEPS="rowstats" (scripts/bench_row_stats.py)
+#   STEPS="samples"  SAMPLES_ARGS="--seqs 8192 --rounds 3" (scripts/anchor_sample_length.py: what shorter samples
+#     cost PyTorch's FlashAttention-2, varlen FlashAttention-2 and cuDNN SDPA, each against its own plain rate)
 #   STEPS="profile"  PROFILE_ARGS="--seq 8192 --mask causal|--seq 8192 --mask causal-packed4"
 #     (scripts/profile_attention.py once per '|'-separated argument set)
 #   STEPS="power"  POWER_ARGS="--seq 32768 --mask causal|--seq 8192 --mask causal" (scripts/power_attention.py once per
@@ -41,6 +43,10 @@ if [[ " $STEPS " == *" bench "* ]]; then
   timeout ${BENCH_TIMEOUT:-300} python3 scripts/bench_attention.py ${BENCH_ARGS:-} --json "$OUT/bench_attention.json" \
     --plot "$OUT/bench_attention.png" 2>&1 \
     | tee "$OUT/bench_attention.log" | tail -40
+fi
+if [[ " $STEPS " == *" samples "* ]]; then  # PyTorch's kernels, one sample of S against N of S / N (and packed)
+  timeout ${SAMPLES_TIMEOUT:-240} python3 scripts/anchor_sample_length.py ${SAMPLES_ARGS:-} --json "$OUT/samples.json" 2>&1 \
+    | tee "$OUT/anchor_sample_length.log" | tail -20
 fi
 if [[ " $STEPS " == *" rowstats "* ]]; then
   timeout 120 python3 scripts/bench_row_stats.py ${ROWSTATS_ARGS:-} 2>&1 | tee "$OUT/bench_row_stats.log" | tail -10

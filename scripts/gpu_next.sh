@@ -34,6 +34,10 @@
 # kv: the forward kernel alone at 32k, causal and full, beside itself with every visit list on key block 0 (no L2
 # misses) and with K/V copied only for each item's first blocks (no copies from L2 either), 3 interleaved rounds:
 # how much of the forward the K/V stream holds (is a cluster sharing K/V by TMA multicast worth building?);
+# samples: the packed goal's question put to other kernels (nineteenth session): our causal rows (plain, 4 packed
+# samples, the 4 samples as a batch) beside JAX cuDNN, then PyTorch's FlashAttention-2 and cuDNN SDPA on one
+# sample against 4 batched ones, and FlashAttention-2's varlen kernel on 4 packed ones, 8k and 32k, each against
+# its own plain rate (does any kernel keep 0.9 of its 8k rate on 2k samples?);
 # accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic);
 # order: the persistent forward's items by rank across batch rows (the default for several short rows since the
 # fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
@@ -72,6 +76,8 @@ case "${1:-}" in
        exec bash "$here/gpu_kernels.sh" ;;
   kv) STEPS="kernels" KERNEL_TIMEOUT=420 KERNEL_ARGS="--seqs 32768 --masks causal,full --kv-ablation --no-fused --rounds 3 --budget-s 1" \
        exec bash "$here/gpu_kernels.sh" ;;
+  samples) STEPS="bench samples" BENCH_TIMEOUT=330 BENCH_ARGS="--impls mosaic,triton --seqs 8192,32768 --masks causal,causal-packed4,causal-batch4 --rounds 3 --budget-s 1" \
+       SAMPLES_TIMEOUT=240 SAMPLES_ARGS="--seqs 8192,32768 --rounds 3 --budget-s 0.5" exec bash "$here/gpu_kernels.sh" ;;
   accept-tests) STEPS="tests" LONGVILA_GPU_IMPLS=triton,cudnn,xla TEST_TIMEOUT=560 exec bash "$here/gpu_kernels.sh" ;;
-  *) echo "usage: bash scripts/gpu_next.sh accept|accept-tests|rescale|rescale-power|kv|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|5 (see the comment at the top)" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh accept|samples|accept-tests|rescale|rescale-power|kv|order|packed-profile|batch4|power|h100-packed|h100-32k|1|3|5 (see the comment at the top)" >&2; exit 2 ;;
 esac

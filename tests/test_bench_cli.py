@@ -168,3 +168,22 @@ def test_measure_convert_memory_reports_the_peak_ratio(tmp_path):
                      "128", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--vocab", "256")
     ratio = re.search(r"\(peak - baseline\) / checkpoint = ([\d.]+)x", out)
     assert ratio and float(ratio.group(1)) >= 0
+
+
+def test_anchor_sample_length_times_each_layout_against_its_own_plain_row(tmp_path):
+    pytest.importorskip("torch")
+    run_script("anchor_sample_length.py", "--device", "cpu", "--impls", "math", "--seqs", "128", "--samples", "4",
+               "--rounds", "2", "--budget-s", "0.02", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
+               "--json", str(tmp_path / "samples.json"))
+    rows = json.loads((tmp_path / "samples.json").read_text())["rows"]
+    assert [(r["impl"], r["layout"], r["samples"]) for r in rows] == [("math", "plain", 1), ("math", "batch", 4)]
+    plain, batch = rows
+    # each layout's first sample against a float32 causal attention of those tokens alone
+    assert all(r["rel_err"] < 1e-5 for r in rows)
+    # the batch holds a quarter of the plain row's FLOPs: its rate ratio is plain ms / (4 x its ms)
+    assert batch["own_plain_rounds"] == pytest.approx(
+        [p / (4 * m) for p, m in zip(plain["fwd_bwd_ms_samples"], batch["fwd_bwd_ms_samples"])])
+    assert plain["own_plain"] is None and len(batch["fwd_bwd_ms_samples"]) == 2
+    with pytest.raises(AssertionError, match="do not split into 3 samples"):
+        run_script("anchor_sample_length.py", "--device", "cpu", "--impls", "math", "--seqs", "128", "--samples",
+                   "3")

@@ -21,7 +21,8 @@ import bench_attention  # noqa: E402
 QUEUE = (SCRIPTS / "gpu_next.sh").read_text()
 # gpu_kernels.sh's argument variables and the scripts they go to
 ARGUMENTS_OF = {"BENCH_ARGS": "bench_attention.py", "KERNEL_ARGS": "bench_mosaic_kernels.py",
-                "PROFILE_ARGS": "profile_attention.py", "POWER_ARGS": "power_attention.py"}
+                "PROFILE_ARGS": "profile_attention.py", "POWER_ARGS": "power_attention.py",
+                "SAMPLES_ARGS": "anchor_sample_length.py"}
 TOL = 1e-2  # bf16 inputs against a float32 reference (relative, whole tensor)
 
 
