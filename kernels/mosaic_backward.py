@@ -200,8 +200,8 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
     (``tuning.block``). One CTA per query block and head (the work items of :mod:`.mosaic_schedule`, one
     per CTA; ``item_order``: their order, ``mosaic_schedule.ITEM_ORDERS``). Each step issues ``s = q k^T``
     and ``dp = dout v^T`` and computes p while dp still runs (interpret mode waits for both at once); dq
-    leaves through dout's SMEM buffer, in one TMA store. (The body keeps the item loop of its persistent
-    form: with one item per CTA, the fetches for a next item never run.)"""
+    leaves through dout's SMEM buffer, in one TMA store. (The item loop and next-item fetches of its
+    persistent form, measured and removed in the eighteenth session, went in the nineteenth.)"""
     kv_block, stages = tuning
     batch, q_len, q_heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -223,87 +223,57 @@ def dq(q, k, v, dout, stats, q_tokens, kv_tokens, lists, *, causal: bool, scale:
         @pl.when(wg < mc.MEMORY)
         def _():
             mc.registers(compute=True)
-            n_items = work.count(w)
+            sched.fetch_item(work, w, list_s, list_bar, 0, wg, lambda b, h, rows: [
+                (q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg]),
+                (qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg]),
+                (st_ref.at[b, h, :, rows], st_s.at[wg], st_bar.at[wg]),
+                (do_ref.at[b, rows, h], do_s.at[wg], do_bar.at[wg])])
+            b, h, q_rows = sched.item_rows(work, w, list_s, 0, wg)  # (the list has arrived)
+            list_i = list_s.at[work.list_slot(0)]
+            count = mc.list_entry(list_i, 0)
+            for bar in (q_bar, qt_bar, st_bar, do_bar):
+                plgpu.barrier_wait(bar.at[wg])
+            q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
+            q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
+            lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
+            delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
 
-            def query_rows(i):
-                return sched.item_rows(work, w, list_s, i, wg)
+            def step_(j, acc):
+                slot = lax.rem(j, stages)
+                _, mask_kind = mc.visited(list_i, j)
+                plgpu.barrier_wait(k_bar.at[slot])
+                plgpu.barrier_wait(kt_bar.at[slot])
+                plgpu.barrier_wait(v_bar.at[slot])
 
-            def fetch_queries(i):  # item i's q, query tokens and stats
-                sched.fetch_item(work, w, list_s, list_bar, i, wg, lambda b, h, rows: [
-                    (q_ref.at[b, rows, h], q_s.at[wg], q_bar.at[wg]),
-                    (qt_ref.at[b, :, rows], qt_s.at[wg], qt_bar.at[wg]),
-                    (st_ref.at[b, h, :, rows], st_s.at[wg], st_bar.at[wg])])
+                def probs(s):
+                    p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
+                    return mc.mask_tile(p, 0.0, mask_kind, kt_s.at[slot], q_seg, q_pos, causal=causal,
+                                        q_on_rows=True, positions_mask=positions_mask)
 
-            def fetch_dout(i):
-                b, h, rows = query_rows(i)
-                plgpu.copy_gmem_to_smem(do_ref.at[b, rows, h], do_s.at[wg], do_bar.at[wg])
+                if interpret is None:
+                    def overlapped(s_acc, dp_acc):
+                        plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[slot].T)
+                        plgpu.wgmma(dp_acc, do_s.at[wg], v_s.at[slot].T)
+                        p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1))  # dp may still run
+                        return p, plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
 
-            @pl.when(n_items > 0)
-            def _():
-                fetch_queries(0)
-                fetch_dout(0)
+                    p, dp = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32), plgpu.ACC(tile, jnp.float32))
+                else:
+                    s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile),
+                                       (do_s.at[wg], v_s.at[slot].T, tile))
+                    p = probs(s)
+                ds = p * (dp - mc.rows(delta, tile))
+                ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
+                acc = mc.matmul(ds16, k_s.at[slot], acc.shape, init=acc, interpret=interpret)
+                plgpu.barrier_arrive(consumed.at[slot])
+                return acc
 
-            def item(i, step):
-                list_i = list_s.at[work.list_slot(i)]
-                count = mc.list_entry(list_i, 0)
-                b, h, q_rows = query_rows(i)
-                for bar in (q_bar, qt_bar, st_bar, do_bar):
-                    plgpu.barrier_wait(bar.at[wg])
-                q_seg = plgpu.load(qt_s.at[wg, 0], layout=mc.ROW)
-                q_pos = plgpu.load(qt_s.at[wg, 1], layout=mc.ROW)
-                lse2 = plgpu.load(st_s.at[wg, 0], layout=mc.ROW)
-                delta = plgpu.load(st_s.at[wg, 1], layout=mc.ROW)
-
-                def step_(j, acc):
-                    slot = lax.rem(step + j, stages)
-                    _, mask_kind = mc.visited(list_i, j)
-                    plgpu.barrier_wait(k_bar.at[slot])
-                    plgpu.barrier_wait(kt_bar.at[slot])
-                    plgpu.barrier_wait(v_bar.at[slot])
-
-                    def probs(s):
-                        p = jnp.exp2(s * scale2 - mc.rows(lse2, tile))
-                        return mc.mask_tile(p, 0.0, mask_kind, kt_s.at[slot], q_seg, q_pos, causal=causal,
-                                            q_on_rows=True, positions_mask=positions_mask)
-
-                    if interpret is None:
-                        def overlapped(s_acc, dp_acc):
-                            plgpu.wgmma(s_acc, q_s.at[wg], k_s.at[slot].T)
-                            plgpu.wgmma(dp_acc, do_s.at[wg], v_s.at[slot].T)
-                            p = probs(plgpu.wgmma_accumulator_load(s_acc, wait_n=1))  # dp may still run
-                            return p, plgpu.wgmma_accumulator_load(dp_acc, wait_n=0)
-
-                        p, dp = pl.run_scoped(overlapped, plgpu.ACC(tile, jnp.float32), plgpu.ACC(tile, jnp.float32))
-                    else:
-                        s, dp = mc.matmuls((q_s.at[wg], k_s.at[slot].T, tile),
-                                           (do_s.at[wg], v_s.at[slot].T, tile))
-                        p = probs(s)
-                    ds = p * (dp - mc.rows(delta, tile))
-                    ds16 = mc.register_operand(ds.astype(dtype), ds_s.at[wg], interpret=interpret)
-                    acc = mc.matmul(ds16, k_s.at[slot], acc.shape, init=acc, interpret=interpret)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return acc
-
-                acc = lax.fori_loop(0, count, step_, mc.zeros((mc.ROWS, head_dim)))
-                last = i + 1 >= n_items
-
-                @pl.when(jnp.logical_not(last))
-                def _():
-                    fetch_queries(i + 1)
-
-                plgpu.barrier_arrive(list_free.at[work.list_slot(i)])
-                do_s.at[wg][...] = (acc * scale).astype(dtype)  # dq leaves through dout's buffer
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(do_s.at[wg], dq_ref.at[b, q_rows, h])
-                plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
-                @pl.when(jnp.logical_not(last))
-                def _():
-                    fetch_dout(i + 1)
-
-                return step + count
-
-            lax.fori_loop(0, n_items, item, jnp.int32(0))
+            acc = lax.fori_loop(0, count, step_, mc.zeros((mc.ROWS, head_dim)))
+            plgpu.barrier_arrive(list_free.at[work.list_slot(0)])
+            do_s.at[wg][...] = (acc * scale).astype(dtype)  # dq leaves through dout's buffer
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(do_s.at[wg], dq_ref.at[b, q_rows, h])
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
     transforms = mc.mma_transforms(dtype)
     resident = plgpu.SMEM((mc.COMPUTE, mc.ROWS, head_dim), dtype, transforms=transforms)
