@@ -37,7 +37,9 @@
 # samples: the packed goal's question put to other kernels (nineteenth session): our causal rows (plain, 4 packed
 # samples, the 4 samples as a batch) beside JAX cuDNN, then PyTorch's FlashAttention-2 and cuDNN SDPA on one
 # sample against 4 batched ones, and FlashAttention-2's varlen kernel on 4 packed ones, 8k and 32k, each against
-# its own plain rate (does any kernel keep 0.9 of its 8k rate on 2k samples?);
+# its own plain rate (does any kernel keep 0.9 of its 8k rate on 2k samples?). Ran as run CR, whose varlen rows
+# (no gradients) and 32k plain PyTorch rows (a reference too large) failed in the script, since fixed: next, on an
+# H100, to time those rows;
 # accept-tests: the GPU correctness tests of triton, cudnn and xla (1 covers mosaic);
 # order: the persistent forward's items by rank across batch rows (the default for several short rows since the
 # fourteenth session) against row after row (item_order=batch, the order of runs CA-CC), 4 rows of 2k and of 4k
