@@ -26,12 +26,17 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "anchors"))
+import anchor_attention  # noqa: E402  (shared/bench's script: its FLOP count)
 
 Q_HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -42,10 +47,8 @@ LAYOUTS = {"flash": ("plain", "batch"), "cudnn": ("plain", "batch"), "math": ("p
 
 def causal_flops(length, n_samples, heads, head_dim, backward):
     """Visible FLOPs of ``n_samples`` causal samples of ``length / n_samples`` tokens (forward, or
-    forward+backward at 3.5x)."""
-    per = length // n_samples
-    flops = 4 * n_samples * per * per * heads * head_dim / 2
-    return flops * (3.5 if backward else 1.0)
+    forward+backward at 3.5x): the anchors' own count, samples as batch items."""
+    return anchor_attention.flops(n_samples, heads, length // n_samples, head_dim, True, backward)
 
 
 def cumulative_lengths(length, n_samples, device):
@@ -227,8 +230,7 @@ def main():
                         print(f"# {row.impl} {length} {row.layout} {kind} failed: {type(e).__name__}: {str(e)[:160]}")
                         row.ms[kind].append(float("nan"))
         for row in rows:
-            plain = next(r for r in rows if r.impl == row.impl and r.layout == "plain") \
-                if any(r.impl == row.impl and r.layout == "plain" for r in rows) else None
+            plain = next((r for r in rows if r.impl == row.impl and r.layout == "plain"), None)
             med = {k: statistics.median(v) for k, v in row.ms.items()}
             rate = {k: row.tflops(k, med[k]) for k in med}
             record = dict(impl=row.impl, seq=length, layout=row.layout, samples=row.n, fwd_tflops=rate["fwd"],
