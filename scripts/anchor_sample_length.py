@@ -198,6 +198,14 @@ def main():
         raise SystemExit(f"--impls: unknown {unknown}; choose from {sorted(LAYOUTS)}")
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be 1 or more, got {args.rounds}")
+    if args.samples < 1:
+        raise SystemExit(f"--samples must be 1 or more, got {args.samples}")
+    lengths = [int(s) for s in args.seqs.split(",")]
+    for length in lengths:  # a bad length stops here, before any timing
+        try:
+            cumulative_lengths(length, args.samples, "cpu")
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -207,8 +215,7 @@ def main():
           "| per round (median, range) | rel err vs float32 | ms (fwd / fwd+bwd) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
-    for length in (int(s) for s in args.seqs.split(",")):
-        cumulative_lengths(length, args.samples, "cpu")  # a bad length stops here
+    for length in lengths:
         gen = torch.Generator(device=device).manual_seed(length)
         tensors = tuple(torch.randn(length, h, HEAD_DIM, device=device, dtype=dtype, generator=gen)
                         for h in (Q_HEADS, KV_HEADS, KV_HEADS))
